@@ -1,0 +1,19 @@
+"""ftexport-runtime: load an ftexport bundle and predict, with onnxruntime, tokenizers and numpy only."""
+
+from .bundle import Bundle, Manifest, Variant
+from .errors import BackendUnavailable, BundleError, FtexportError, PredictError
+from .postprocess import Prediction
+from .predictor import Predictor
+
+__version__ = "0.1.0"
+__all__ = [
+    "BackendUnavailable",
+    "Bundle",
+    "BundleError",
+    "FtexportError",
+    "Manifest",
+    "PredictError",
+    "Prediction",
+    "Predictor",
+    "Variant",
+]

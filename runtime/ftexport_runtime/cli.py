@@ -1,0 +1,99 @@
+"""`ftexport-runtime`: predict with, inspect and verify bundles from the shell.
+
+argparse, not click: the runtime depends on onnxruntime, tokenizers and numpy only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .bundle import Bundle
+from .errors import FtexportError
+from .predictor import Predictor
+
+
+def _predict(args: argparse.Namespace) -> int:
+    texts = list(args.texts)
+    if args.file:
+        with open(args.file, encoding="utf-8") as f:
+            texts += [line.rstrip("\n") for line in f if line.strip()]
+    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads)
+    preds = predictor.predict(texts)
+    if args.json:
+        print(json.dumps([dict(text=t, **p.as_dict()) for t, p in zip(texts, preds)], indent=2))
+    else:
+        for t, p in zip(texts, preds):
+            print(f"{p.label}\t{p.score:.4f}\t{t}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    bundle = Bundle.open(args.bundle, verify="none" if args.no_verify else "all")
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m.to_json(), indent=2))
+        return 0
+    print(f"bundle    {bundle.root}")
+    print(f"name      {m.name}\ntask      {m.task}\nlabels    {', '.join(m.labels)}\nmax len   {m.max_length}")
+    for name, v in m.variants.items():
+        mark = " (default)" if name == m.default_variant else ""
+        print(f"variant   {name}: {v.file} [{v.precision}]{mark}")
+    if m.parity:
+        print(f"parity    {'passed' if m.parity.get('passed') else 'FAILED'}")
+    print("verified  " + ("no (--no-verify)" if args.no_verify else f"sha256 of {len(m.files)} files"))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    bundle = Bundle.open(args.bundle)
+    print(f"ok: {len(bundle.manifest.files)} files match their sha256 in {bundle.root}/manifest.json")
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog="ftexport-runtime", description="Run ftexport bundles with ONNX Runtime (no torch)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: dict[str, argparse.ArgumentParser] = {}
+
+    p = commands["predict"] = sub.add_parser("predict", help="print label and score for each text")
+    p.add_argument("bundle", help="bundle directory or .tar.gz")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--file", help="also read texts from this file, one per line")
+    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default)")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="execution backend")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_predict)
+
+    p = commands["info"] = sub.add_parser("info", help="show what a bundle holds")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check")
+    p.set_defaults(func=_info)
+
+    p = commands["verify"] = sub.add_parser("verify", help="check every file's sha256 against the manifest")
+    p.add_argument("bundle")
+    p.set_defaults(func=_verify)
+    return parser, commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, commands = build_parser()
+    if argv and argv[0] in commands:  # options may follow the texts: predict B "a" --json
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FtexportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

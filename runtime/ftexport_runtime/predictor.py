@@ -1,0 +1,170 @@
+"""Predictor: what applications embed. Tokenize with tokenizers, run with onnxruntime,
+post-process with numpy. Validation and benchmarks of the ONNX backends use this same
+class, so what ftexport measures is what ships.
+
+Thread safety: one Predictor may be shared by threads. onnxruntime's `InferenceSession.run`
+is thread-safe, and the tokenizer is configured once at load and only read afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .backends import check_available, check_session, get_backend
+from .bundle import Bundle, Variant
+from .errors import BundleError, PredictError
+from .postprocess import Prediction, classify
+
+_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class Predictor:
+    """Run a bundle's model on texts.
+
+    >>> p = Predictor.from_bundle("runs/quickstart/bundle")
+    >>> p.predict(["a wonderful, moving film"])[0].label
+    'positive'
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        variant: str | None = None,
+        backend: str = "cpu",
+        threads: int | None = None,
+        max_batch: int = 64,
+        session_options: ort.SessionOptions | None = None,
+    ):
+        if max_batch < 1:
+            raise PredictError(f"max_batch must be at least 1, got {max_batch}")
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.backend = get_backend(backend)
+        self.variant: Variant = bundle.variant(variant, self.backend.name)
+        self.max_batch = max_batch
+        self.labels = list(self.manifest.labels)
+        self.max_length = self.manifest.max_length
+        self.tokenizer = self._load_tokenizer()
+        check_available(self.backend)
+        opts = session_options or ort.SessionOptions()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.threads = threads
+        model_path = bundle.path_of(self.variant.file)
+        try:
+            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.backend.providers())
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]})") from None
+        check_session(self.session, self.backend)
+        self._inputs = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
+        unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown or "input_ids" not in self._inputs:
+            raise BundleError(
+                f"{model_path}: model inputs {sorted(self._inputs)} do not match what the tokenizer gives "
+                "(input_ids, attention_mask, token_type_ids); re-export the model"
+            )
+        self._output = self.session.get_outputs()[0].name
+        # On a GPU, bind inputs and outputs explicitly: one host-to-device copy per input and
+        # one device-to-host copy of the logits, instead of ORT's per-call staging.
+        self._io_binding = self.backend.name != "cpu"
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        variant: str | None = None,
+        backend: str = "cpu",
+        threads: int | None = None,
+        max_batch: int = 64,
+        session_options: ort.SessionOptions | None = None,
+        verify: str = "all",
+    ) -> Predictor:
+        """Open and verify a bundle (directory or .tar.gz) and load one of its variants.
+
+        variant: a name from the manifest ("fp32", "int8", ...); default: the manifest's choice.
+        backend: "cpu", "cuda" or "tensorrt"; a GPU backend that would fall back to CPU raises.
+        threads: ONNX Runtime intra-op threads (default: onnxruntime's choice, one per core).
+        max_batch: larger inputs are split into batches of this size.
+        """
+        return cls(Bundle.open(path, verify=verify), variant, backend, threads, max_batch, session_options)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def _load_tokenizer(self) -> Tokenizer:
+        info = self.manifest.tokenizer
+        path = self.bundle.path_of(info["file"])
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise BundleError(f"{path}: not a readable tokenizer.json ({str(e)[:200]})") from None
+        tok.no_padding()
+        tok.enable_truncation(max_length=self.max_length)
+        tok.enable_padding(pad_id=int(info.get("pad_id", 0)), pad_token=str(info.get("pad_token", "[PAD]")))
+        return tok
+
+    @staticmethod
+    def _check_texts(texts: Sequence[str]) -> list[str]:
+        if isinstance(texts, str):
+            raise PredictError("predict() takes a list of texts, got a single string; wrap it in a list")
+        texts = list(texts)
+        if not texts:
+            raise PredictError("predict() got an empty list of texts; pass at least one string")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise PredictError(f"predict(): text #{i} is a {type(t).__name__}, not a string")
+        return texts
+
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tokenize a batch into the model's input arrays (padded to the longest text)."""
+        encs = self.tokenizer.encode_batch(self._check_texts(texts))
+        fields = {
+            "input_ids": [e.ids for e in encs],
+            "attention_mask": [e.attention_mask for e in encs],
+            "token_type_ids": [e.type_ids for e in encs],
+        }
+        return {name: np.asarray(fields[name], dtype=dtype) for name, dtype in self._inputs.items()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the model on already-encoded inputs; returns float32 logits."""
+        if self._io_binding:
+            binding = self.session.io_binding()
+            for name, array in feeds.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+            binding.bind_output(self._output, "cuda")
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([self._output], feeds)[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        texts = self._check_texts(texts)
+        parts = [self.run(self.encode(texts[i : i + self.max_batch])) for i in range(0, len(texts), self.max_batch)]
+        return np.concatenate(parts, axis=0)
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """Label and score for each text, in order."""
+        return classify(self.logits(texts), self.labels)
+
+    def metadata(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m.name,
+            "task": m.task,
+            "labels": m.labels,
+            "max_length": m.max_length,
+            "variant": self.variant.name,
+            "precision": self.variant.precision,
+            "backend": self.backend.name,
+            "providers": self.providers,
+        }
