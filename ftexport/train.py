@@ -1,0 +1,284 @@
+"""`ftexport train`: fine-tune a pretrained model on the recipe's data with the Hugging Face
+Trainer, fully or with a LoRA adapter (peft).
+
+Output: a save_pretrained directory. For LoRA it holds the adapter (and the classifier
+head, which peft saves beside it); `ftexport merge` folds it into dense weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import progress
+from .artifacts import make_key, read_record, stage_dir, write_record
+from .data import fingerprint, load_data
+from .errors import ModelError, RecipeError
+from .recipe import Recipe, resolve_model_path
+from .tasks import get_task
+
+
+def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
+    """A model directory must hold a config.json that transformers can read."""
+    from transformers import AutoConfig
+
+    if not path.is_dir():
+        raise ModelError(f"{where}: {path} is not a directory holding a Hugging Face model")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{where}: {path} is not a model: it has no config.json (expected a save_pretrained folder)")
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except (ValueError, OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{where}: {path}/config.json cannot be read by transformers ({str(e).splitlines()[0][:200]})") from None
+
+
+def load_tokenizer(path: Path, where: str = "recipe.model.path") -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"{where}: no usable tokenizer in {path} ({str(e).splitlines()[0][:200]})") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelError(f"{where}: {path} has no fast tokenizer (tokenizer.json); the runtime needs one")
+    return tok
+
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("recipe.training.device: 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def precision_flags(mixed: str, device: str) -> dict[str, bool]:
+    """bf16 where the GPU has it, else fp16; nothing on the CPU (slower there, and lossy)."""
+    import torch
+
+    if device != "cuda" or mixed == "no":
+        if mixed in ("fp16", "bf16") and device != "cuda":
+            raise RecipeError(f"recipe.training.mixed_precision: {mixed} needs a CUDA device; use 'auto' or 'no' on the CPU")
+        return {"bf16": False, "fp16": False}
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": mixed == "bf16", "fp16": mixed == "fp16"}
+
+
+def _progress_callback() -> Any:
+    """Trainer's own callbacks print every log dict to stdout; keep stdout for results, show
+    the loss on the progress bar and each dev evaluation as one line on stderr."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class Progress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            if getattr(self, "training_bar", None) is not None and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
+            if scores:
+                progress.info(f"step {state.global_step}: dev " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    return Progress
+
+
+def version_specific_args(group_by_length: bool, warmup_ratio: float) -> dict[str, Any]:
+    """TrainingArguments that transformers 5 renamed: group_by_length became
+    train_sampling_strategy, and warmup_ratio became a float warmup_steps."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    kw: dict[str, Any] = {}
+    if "warmup_ratio" in params:
+        kw["warmup_ratio"] = warmup_ratio
+    else:
+        kw["warmup_steps"] = float(warmup_ratio)  # a float in [0, 1) is a ratio of the steps
+    if "group_by_length" in params:
+        kw["group_by_length"] = group_by_length
+    elif group_by_length:
+        kw["train_sampling_strategy"] = "group_by_length"
+    return kw
+
+
+def train_key(recipe: Recipe) -> str:
+    return make_key("train", recipe.section_hash("task", "model", "data", "method", "training"), fingerprint(recipe.data))
+
+
+def build_peft(model: Any, recipe: Recipe, task_type: str) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    m = recipe.method
+    config = LoraConfig(
+        task_type=task_type,
+        r=m.r,
+        lora_alpha=m.alpha,
+        lora_dropout=m.dropout,
+        target_modules=m.target_modules or "all-linear",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise RecipeError(f"recipe.method.target_modules: {str(e).splitlines()[0][:200]}") from None
+
+
+def trainable_parameters(model: Any) -> dict[str, float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
+
+
+def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Fine-tune per the recipe and write the model (or adapter) directory to `output`."""
+    import torch
+    import transformers
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    task = get_task(recipe.task)
+    base = resolve_model_path(recipe.model.path).resolve()
+    check_model_dir(base)
+    t = recipe.training
+    device = resolve_device(t.device)
+    flags = precision_flags(t.mixed_precision, device)
+    data = load_data(recipe.data, ("train", "validation"))
+    dev = data.get("validation")
+    if t.early_stopping_patience and dev is None:
+        raise RecipeError("recipe.training.early_stopping_patience: needs a dev split; set data.validation")
+    output = Path(output)
+    key = train_key(recipe)
+
+    tokenizer = load_tokenizer(base)
+    progress.step(f"train: {len(data['train'])} examples, labels {data.label_names}, method {recipe.method.name}, device {device}")
+    transformers.set_seed(t.seed)
+    model = task.load_model(base, data.label_names, recipe.model.trust_remote_code)
+    if recipe.method.name == "lora":
+        model = build_peft(model, recipe, task.peft_task_type)
+    params = trainable_parameters(model)
+    progress.info(f"trainable parameters: {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
+
+    max_len = recipe.model.max_length
+    train_ds = task.dataset(tokenizer, data["train"].texts, data["train"].labels, max_len)
+    dev_ds = task.dataset(tokenizer, dev.texts, dev.labels, max_len) if dev is not None else None
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        return task.metrics(logits, pred.label_ids, len(data.label_names))
+
+    # Checkpoints live beside the stage (not inside its temp dir) so an interrupted run resumes.
+    ckpt_dir = output.parent / f".{output.name}.checkpoints"
+    if ckpt_dir.exists() and (ckpt_dir / "KEY").is_file() and (ckpt_dir / "KEY").read_text() != key:
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "KEY").write_text(key)
+    resume = any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+
+    evaluating = dev_ds is not None
+    strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
+    cuda = device == "cuda"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.scheduler,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy=strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=strategy if evaluating else "steps",
+        save_steps=t.eval_steps or 500,
+        save_total_limit=2,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model=t.metric if evaluating else None,
+        greater_is_better=True,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=quiet,
+        use_cpu=not cuda,
+        dataloader_num_workers=t.dataloader_workers,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        tf32=bool(cuda and torch.cuda.get_device_capability()[0] >= 8),
+        **flags,
+        **version_specific_args(t.group_by_length, t.warmup_ratio),
+    )
+    callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        data_collator=DataCollatorWithPadding(tokenizer, padding=t.padding, max_length=max_len if t.padding == "max_length" else None),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics if evaluating else None,
+        callbacks=callbacks,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not quiet:
+        trainer.add_callback(_progress_callback())
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "steps": result.global_step,
+        "trainable_parameters": params,
+        "resumed": resume,
+    }
+    if evaluating:
+        ev = trainer.evaluate()
+        metrics.update({k.removeprefix("eval_"): v for k, v in ev.items() if k.startswith("eval_") and isinstance(v, float)})
+    progress.info(
+        f"trained {result.global_step} steps in {metrics['train_runtime_s']:.0f}s "
+        f"({metrics['train_samples_per_second']:.1f} samples/s)"
+        + (f", dev {t.metric} {metrics.get(t.metric, float('nan')):.4f}" if evaluating else "")
+    )
+
+    with stage_dir(output) as tmp:
+        trainer.model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        write_record(
+            tmp,
+            "train",
+            key,
+            inputs={"base_model": str(base), "data": fingerprint(recipe.data)},
+            settings={"method": recipe.method.model_dump(), "training": t.model_dump(), "max_length": max_len},
+            metrics=metrics,
+            method=recipe.method.name,
+            base_model=str(base),
+            labels=data.label_names,
+            task=recipe.task,
+            max_length=max_len,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return read_record(output) or {}
+
+
+def predict_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """PyTorch reference logits, batch by batch, on whatever device the model is on."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
+    return np.concatenate(out, axis=0)
