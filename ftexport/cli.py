@@ -1,0 +1,303 @@
+"""The `ftexport` command line. Each command parses its options and calls one stage
+function; `run` chains them from a recipe. Bad input ends with one line on stderr and
+exit code 2; a failed parity gate exits 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, progress
+from .errors import FtexportError, RecipeError
+
+
+class _Group(click.Group):
+    """Turns FtexportError into one line and its exit code; tracebacks are for bugs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FtexportError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; completed stages are kept, `ftexport run` resumes from the next one", err=True)
+            ctx.exit(130)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|optimum|peft)\b.*")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _recipe(path: str) -> Any:
+    from .recipe import load_recipe
+
+    return load_recipe(path)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _int_list(value: str | None, name: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        sizes = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise RecipeError(f"--{name}: expected comma-separated integers, got {value!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise RecipeError(f"--{name}: sizes must be positive integers, got {value!r}")
+    return sizes
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ftexport")
+@click.option("-q", "--quiet", is_flag=True, help="Print no progress, only results and errors.")
+def main(quiet: bool) -> None:
+    """Fine-tune, compress and export compact transformers to validated ONNX bundles.
+
+    \b
+    ftexport run recipes/quickstart.yaml       the whole chain from a recipe
+    ftexport train | merge | export | quantize | validate | bench | pack
+                                               one stage each; every stage reads
+                                               directories and writes one new directory
+    """
+    progress.set_quiet(quiet)
+    _quiet_libraries()
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Re-run every stage even if its output is up to date.")
+@click.option("--stop-after", type=click.Choice(["train", "merge", "export", "quantize", "validate", "bench", "pack"]), help="Stop after this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None:
+    """Run the whole pipeline of RECIPE: train, merge, export, quantize, validate, bench, pack.
+
+    Each stage writes its own folder under the recipe's output (default runs/NAME). A stage
+    whose inputs and settings are unchanged is skipped, so after a failure the same command
+    resumes at the stage that failed. Exit 1 when the parity gate fails.
+    """
+    from .pipeline import run as run_pipeline
+
+    from .errors import GateFailed
+    from .report import parity_table
+
+    r = _recipe(recipe)
+    try:
+        result = run_pipeline(r, force=force, stop_after=stop_after)
+    except GateFailed as e:
+        if e.report:
+            _echo_json(e.report) if as_json else click.echo("\n" + parity_table(e.report) + "\n")
+        raise
+    if as_json:
+        _echo_json({"bundle": str(result.bundle), "parity": result.parity, "bench": result.bench, "ran": result.ran, "skipped": result.skipped})
+        return
+    if result.parity:
+        click.echo("\n" + result.table())
+    if (result.bundle / "manifest.json").is_file() and (stop_after in (None, "pack")):
+        click.echo(f"\nbundle: {result.bundle}")
+        click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: OUTPUT/train from the recipe].")
+def train(recipe: str, output: str | None) -> None:
+    """Fine-tune the recipe's model on its data (full or LoRA) with the Hugging Face Trainer.
+
+    Writes a save_pretrained folder: the full model, or the LoRA adapter with its head.
+    """
+    from .pipeline import stage_dirs
+    from .train import train as train_stage
+
+    r = _recipe(recipe)
+    out = Path(output) if output else stage_dirs(r)["train"]
+    record = train_stage(r, out, quiet=progress.quiet())
+    click.echo(f"{out}  ({record['metrics'].get('steps')} steps)")
+
+
+@main.command()
+@click.argument("train_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the dense model.")
+def merge(train_dir: str, output: str) -> None:
+    """Fold a LoRA adapter from `ftexport train` into dense weights.
+
+    Checks that merged and unmerged models give the same logits on a batch (exit 1 if not).
+    A fully fine-tuned model is passed through unchanged.
+    """
+    from .merge import merge as merge_stage
+
+    merge_stage(train_dir, output)
+    click.echo(output)
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 23), help="ONNX opset.")
+@click.option("--max-length", type=click.IntRange(2, None), help="Tokens per text in the bundle [default: from training, or the model's limit].")
+@click.option("--name", help="Bundle name [default: the model folder's name].")
+def export(model_dir: str, output: str, opset: int, max_length: int | None, name: str | None) -> None:
+    """Export a dense model folder to an ONNX bundle through Hugging Face Optimum.
+
+    The bundle holds model.onnx (dynamic batch and sequence axes), tokenizer.json and
+    manifest.json (labels, max length, inputs, sha256 of every file).
+    """
+    from .export import export as export_stage
+
+    export_stage(model_dir, output, opset=opset, max_length=max_length, name=name)
+    click.echo(output)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--mode", "modes", type=click.Choice(["dynamic", "fp16"]), multiple=True, default=["dynamic"], show_default=True,
+              help="Variant to add (repeatable): dynamic = int8 for the CPU, fp16 = fused fp16 for the GPU.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="One weight scale per output channel, or one per tensor.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights, for CPUs whose int8 kernels saturate.")
+def quantize(bundle: str, output: str, modes: tuple[str, ...], per_channel: bool, reduce_range: bool) -> None:
+    """Add compressed variants to BUNDLE through Optimum (ORTQuantizer, ORTOptimizer).
+
+    dynamic adds model.int8.onnx (the CPU default); fp16 adds model.fp16.onnx (the CUDA
+    default). The fp32 model stays for comparison.
+    """
+    from .quantize import quantize as quantize_stage
+
+    quantize_stage(bundle, output, list(modes), per_channel, reduce_range)
+    click.echo(output)
+
+
+def _gates(recipe: Any, thresholds: tuple[str, ...]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from .recipe import Gate, format_error
+
+    gates = recipe.validate_.gates()
+    for t in thresholds:
+        key, eq, value = t.partition("=")
+        precision, dot, field = key.partition(".")
+        if not (eq and dot) or precision not in ("fp32", "fp16", "int8"):
+            raise RecipeError(f"--threshold {t!r}: expected PRECISION.FIELD=VALUE, e.g. int8.min_agreement=0.98")
+        data = gates.get(precision, Gate()).model_dump()
+        data[field] = value
+        try:
+            gates[precision] = Gate.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise RecipeError(format_error({**err, "loc": ("validate", precision, *err["loc"])}).replace("recipe.validate", "--threshold")) from None
+    return gates
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--reference", required=True, type=click.Path(file_okay=False), help="The PyTorch model the bundle was exported from.")
+@click.option("--recipe", "recipe_path", required=True, type=click.Path(dir_okay=False), help="Recipe whose data and thresholds to use.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder [default: BUNDLE.parity].")
+@click.option("--split", type=click.Choice(["test", "validation"]), help="Held-out split [default: the recipe's].")
+@click.option("--backend", "backends", type=click.Choice(["cpu", "cuda", "tensorrt"]), multiple=True,
+              help="Run the variants here (repeatable) [default: the recipe's, cpu]. A GPU backend that falls back to CPU fails the gate.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="PRECISION.FIELD=VALUE", help="Override a gate, e.g. int8.min_agreement=0.98 (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print parity.json to stdout.")
+def validate(bundle: str, reference: str, recipe_path: str, output: str | None, split: str | None, backends: tuple[str, ...],
+             thresholds: tuple[str, ...], as_json: bool) -> None:
+    """The parity gate: PyTorch vs every variant of BUNDLE on the held-out split.
+
+    Reports accuracy, macro-F1, top-1 agreement and logit differences; writes parity.json
+    and parity.md. Exit 0 when every variant meets its precision's thresholds, 1 if not.
+    """
+    from .report import parity_table
+    from .validate import validate as validate_stage
+
+    r = _recipe(recipe_path)
+    gates = _gates(r, thresholds)
+    out = output or f"{bundle.rstrip('/')}.parity"
+    report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends)
+    _echo_json(report) if as_json else click.echo(parity_table(report))
+    if not report["passed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--reference", type=click.Path(file_okay=False), help="PyTorch model for the baseline (needed for the pytorch backend).")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Take the bench settings from this recipe.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder [default: BUNDLE.bench].")
+@click.option("--batch-sizes", help="Comma-separated batch sizes [default: 1,8].")
+@click.option("--seq-len", type=int, help="Tokens per text [default: 128].")
+@click.option("--iterations", type=int, help="Timed calls per cell [default: 50].")
+@click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
+@click.option("--threads", type=int, help="Threads for every backend [default: all cores].")
+@click.option("--backends", help="Comma-separated, e.g. pytorch,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
+def bench(bundle: str, reference: str | None, recipe_path: str | None, output: str | None, batch_sizes: str | None, seq_len: int | None,
+          iterations: int | None, warmup: int | None, threads: int | None, backends: str | None, as_json: bool) -> None:
+    """Latency (p50/p90/p99) and throughput of PyTorch fp32 and the bundle's ONNX variants.
+
+    All backends get the same texts, cut to exactly --seq-len tokens, in the same process;
+    ONNX variants run through the runtime's Predictor, tokenization included.
+    """
+    from pydantic import ValidationError
+
+    from .bench import bench as bench_stage
+    from .recipe import BenchSection, format_error
+    from .report import bench_table
+
+    base = _recipe(recipe_path).bench if recipe_path else BenchSection()
+    updates: dict[str, Any] = {
+        "batch_sizes": _int_list(batch_sizes, "batch-sizes"), "seq_len": seq_len, "iterations": iterations,
+        "warmup": warmup, "threads": threads, "backends": backends.split(",") if backends else None,
+    }
+    try:
+        section = BenchSection.model_validate({**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RecipeError(format_error({**err, "loc": ("bench", *err["loc"])}).replace("recipe.bench.", "--").replace("_", "-")) from None
+    out = output or f"{bundle.rstrip('/')}.bench"
+    report = bench_stage(bundle, reference, section, out)
+    _echo_json(report) if as_json else click.echo(bench_table(report))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Final bundle folder.")
+@click.option("--parity", "parity_dir", type=click.Path(file_okay=False), help="Output of `ftexport validate` to record (a failed gate refuses to pack).")
+@click.option("--bench", "bench_dir", type=click.Path(file_okay=False), help="Output of `ftexport bench` to record.")
+@click.option("--tar", is_flag=True, help="Also write OUTPUT.tar.gz.")
+def pack(bundle: str, output: str, parity_dir: str | None, bench_dir: str | None, tar: bool) -> None:
+    """Write the final bundle: models, tokenizer, reports and a manifest with their sha256,
+    the parity results it passed and its measured latency."""
+    from .pack import pack as pack_stage
+
+    click.echo(pack_stage(bundle, output, parity_dir, bench_dir, tar))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def doctor(as_json: bool) -> None:
+    """What this machine can run: GPU, CUDA, cuDNN, ONNX Runtime providers (each one tried,
+    so a silent fallback to CPU shows up), TensorRT; and why a backend is unavailable."""
+    from .doctor import diagnose, render
+
+    info = diagnose()
+    _echo_json(info) if as_json else click.echo(render(info))
+
+
+if __name__ == "__main__":
+    main()

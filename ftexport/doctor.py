@@ -1,0 +1,115 @@
+"""`ftexport doctor`: what this machine can run, and for each backend it cannot, why.
+
+A provider listed by onnxruntime is not proof it works (CUDA/cuDNN mismatches make ORT
+fall back to the CPU silently), so each GPU provider is tried on a one-node model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _tiny_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def probe_provider(provider: str) -> tuple[bool, str]:
+    """Build a session on `provider` and check ORT really uses it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        hint = "install onnxruntime-gpu (pip install 'ftexport[gpu]')" if provider == "CUDAExecutionProvider" else \
+            "install onnxruntime-gpu and TensorRT 10 from NVIDIA's index (pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com)"
+        return False, f"onnxruntime {ort.__version__} has no {provider}; {hint}"
+    if hasattr(ort, "preload_dlls") and provider != "CPUExecutionProvider":
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - a failed preload shows up in the probe below
+            pass
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            sess = ort.InferenceSession(str(_tiny_onnx(Path(d) / "p.onnx")), providers=[provider, "CPUExecutionProvider"])
+            sess.run(None, {"x": np.ones((1, 4), dtype=np.float32)})
+        except Exception as e:  # noqa: BLE001
+            return False, f"{provider} failed to start: {str(e).splitlines()[0][:200]}"
+        active = sess.get_providers()
+    if active[0] != provider:
+        return False, f"{provider} is listed but ONNX Runtime fell back to {active[0]} (CUDA or cuDNN libraries missing or mismatched)"
+    return True, "ok"
+
+
+def diagnose() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "packages": {}}
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "peft", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tokenizers"):
+        info["packages"][name] = _version(name)
+    gpu: dict[str, Any] = {"available": False}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            gpu = {"available": True, "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                   "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+                   "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported()}
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+                gpu["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+            except (OSError, subprocess.TimeoutExpired, IndexError):
+                gpu["driver"] = None
+        else:
+            gpu["reason"] = f"torch {torch.__version__} sees no CUDA device"
+    except ImportError:
+        gpu["reason"] = "torch is not installed"
+    info["gpu"] = gpu
+    import onnxruntime as ort
+
+    info["onnxruntime_providers"] = ort.get_available_providers()
+    backends = {"cpu": {"ok": True, "detail": "CPUExecutionProvider"}}
+    for name, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        ok, detail = probe_provider(provider)
+        backends[name] = {"ok": ok, "detail": detail}
+    if importlib.util.find_spec("tensorrt") is None:
+        backends["tensorrt-engine"] = {"ok": False, "detail": "the tensorrt Python package is not installed; pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"}
+    else:
+        backends["tensorrt-engine"] = {"ok": gpu["available"], "detail": "ok" if gpu["available"] else "TensorRT needs a CUDA GPU"}
+    backends["torch-cuda"] = {"ok": gpu["available"], "detail": "ok" if gpu["available"] else gpu.get("reason", "")}
+    info["backends"] = backends
+    return info
+
+
+def render(info: dict[str, Any]) -> str:
+    lines = [f"python          {info['python']} ({info['machine']})"]
+    for name, v in info["packages"].items():
+        lines.append(f"{name:16s}{v or '-'}")
+    g = info["gpu"]
+    if g["available"]:
+        lines.append(f"gpu             {g['name']} (sm {g['compute_capability']}, {g['memory_gib']} GiB, CUDA {g['cuda']}, cuDNN {g['cudnn']}, driver {g.get('driver')})")
+    else:
+        lines.append(f"gpu             none ({g.get('reason')})")
+    lines.append("backends")
+    for name, b in info["backends"].items():
+        lines.append(f"  {'yes' if b['ok'] else 'no ':3s}  {name:16s}{'' if b['ok'] else b['detail']}")
+    return "\n".join(lines)

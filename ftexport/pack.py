@@ -1,0 +1,80 @@
+"""`ftexport pack`: the final bundle. Copies a bundle, records the parity and latency
+results it passed in its manifest (and ships the reports, hashed like the models), and
+optionally writes a .tar.gz. A bundle whose parity gate failed is not packed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ftexport_runtime.bundle import Bundle, make_tarball, write_manifest
+
+from . import bench as bench_mod
+from . import progress
+from . import validate as validate_mod
+from .artifacts import link_tree, make_key, read_record, stage_dir, write_record
+from .errors import GateFailed
+from .report import bench_table, parity_table, summary_table
+
+REPORT_MD = "report.md"
+
+
+def parity_summary(parity: dict[str, Any]) -> dict[str, Any]:
+    keep = ("backend", "accuracy", "macro_f1", "accuracy_drop", "agreement", "max_logit_diff", "mean_logit_diff", "passed", "checks", "error")
+    return {
+        "passed": parity["passed"],
+        "split": parity["split"],
+        "examples": parity["examples"],
+        "reference": {k: parity["reference"][k] for k in ("accuracy", "macro_f1")},
+        "variants": {n: {k: v[k] for k in keep if k in v} for n, v in parity["variants"].items()},
+    }
+
+
+def latency_summary(bench: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "machine": {k: bench["machine"].get(k) for k in ("cpu", "cores", "cpu_flags", "gpu")},
+        "threads": bench["threads"],
+        "results": [{k: r[k] for k in ("backend", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s")} for r in bench["results"]],
+        "skipped": bench.get("skipped", {}),
+    }
+
+
+def pack_key(bundle_dir: Path, parity_dir: Path | None, bench_dir: Path | None, tar: bool) -> str:
+    keys = [(read_record(d) or {}).get("key") if d else None for d in (bundle_dir, parity_dir, bench_dir)]
+    return make_key("pack", keys, tar)
+
+
+def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | None = None, bench_dir: str | Path | None = None, tar: bool = False) -> Path:
+    bundle_dir, output = Path(bundle_dir), Path(output)
+    bundle = Bundle.open(bundle_dir)
+    parity = validate_mod.load_report(parity_dir) if parity_dir else None
+    bench = bench_mod.load_report(bench_dir) if bench_dir else None
+    if parity is not None and not parity["passed"]:
+        raise GateFailed(f"pack: refusing to pack {bundle_dir}: it failed the parity gate (see {parity_dir}/parity.md)")
+    progress.step(f"pack: writing the bundle to {output}")
+    manifest = bundle.manifest
+    with stage_dir(output) as tmp:
+        link_tree(bundle_dir, tmp)
+        sections = []
+        if parity is not None:
+            manifest.parity = parity_summary(parity)
+            (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+            manifest.files["parity.json"] = ""
+            sections.append(parity_table(parity))
+        if bench is not None:
+            manifest.latency = latency_summary(bench)
+            (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+            manifest.files["bench.json"] = ""
+            sections.append(bench_table(bench))
+        if parity is not None:
+            sections.insert(0, summary_table(parity, bench))
+        if sections:
+            (tmp / REPORT_MD).write_text(f"# {manifest.name}\n\n" + "\n\n".join(sections) + "\n")
+            manifest.files[REPORT_MD] = ""
+        write_manifest(tmp, manifest)
+        write_record(tmp, "pack", pack_key(bundle_dir, Path(parity_dir) if parity_dir else None, Path(bench_dir) if bench_dir else None, tar), {"bundle": (read_record(bundle_dir) or {}).get("key")}, {"tar": tar}, {})
+    if tar:
+        archive = make_tarball(output, output.parent / f"{output.name}.tar.gz")
+        progress.info(f"wrote {archive}")
+    return output

@@ -1,0 +1,107 @@
+"""`ftexport run`: chain the stages of a recipe, each into its own directory under the
+recipe's output folder, skipping a stage whose artifact is already there with the same key
+(same inputs, same settings), so a failed run resumes where it stopped.
+
+    runs/NAME/train      adapter (or full model)   ftexport train
+    runs/NAME/merged     dense model               ftexport merge
+    runs/NAME/onnx       bundle, fp32              ftexport export
+    runs/NAME/quantized  bundle, fp32 + int8       ftexport quantize
+    runs/NAME/parity     parity.json / .md         ftexport validate
+    runs/NAME/bench      bench.json / .md          ftexport bench
+    runs/NAME/bundle     the final bundle          ftexport pack
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import bench as bench_mod
+from . import progress
+from . import validate as validate_mod
+from .artifacts import is_fresh
+from .data import load_data
+from .errors import GateFailed
+from .export import export, export_key
+from .merge import merge, merge_key
+from .pack import pack, pack_key
+from .quantize import quantize, quantize_key
+from .recipe import Recipe
+from .report import summary_table
+from .train import train, train_key
+
+STAGES = ("train", "merge", "export", "quantize", "validate", "bench", "pack")
+DIRS = {"train": "train", "merge": "merged", "export": "onnx", "quantize": "quantized", "validate": "parity", "bench": "bench", "pack": "bundle"}
+
+
+@dataclass
+class RunResult:
+    root: Path
+    bundle: Path
+    parity: dict[str, Any]
+    bench: dict[str, Any] | None
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return summary_table(self.parity, self.bench)
+
+
+def stage_dirs(recipe: Recipe) -> dict[str, Path]:
+    root = recipe.output_dir()
+    return {s: root / d for s, d in DIRS.items()}
+
+
+def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> RunResult:
+    """Run every stage (or up to `stop_after`); raise GateFailed when parity fails."""
+    d = stage_dirs(recipe)
+    result = RunResult(recipe.output_dir(), d["pack"], {}, None)
+    quantizing = bool(recipe.quantize.modes)
+    bundle_dir = d["quantize"] if quantizing else d["export"]
+    gates = recipe.validate_.gates()
+    rebuilt = force  # once a stage runs, every later one runs: keys hash settings, not outputs
+
+    def held_out_texts() -> list[str]:
+        section = recipe.data
+        return load_data(section.model_copy(update={"max_test_samples": 64}), ("test",))["test"].texts
+
+    plan: list[tuple[str, Callable[[], str], Callable[[], Any]]] = [
+        ("train", lambda: train_key(recipe), lambda: train(recipe, d["train"], quiet=progress.quiet())),
+        ("merge", lambda: merge_key(d["train"]), lambda: merge(d["train"], d["merge"])),
+        ("export", lambda: export_key(d["merge"], recipe.export.opset, None), lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name)),
+    ]
+    if quantizing:
+        q = recipe.quantize
+        plan.append(("quantize", lambda: quantize_key(d["export"], q.modes, q.per_channel, q.reduce_range), lambda: quantize(d["export"], d["quantize"], q.modes, q.per_channel, q.reduce_range)))
+    v = recipe.validate_
+    plan += [
+        ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends),
+         lambda: validate_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends)),
+        ("bench", lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
+         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], held_out_texts())),
+        ("pack", lambda: pack_key(bundle_dir, d["validate"], d["bench"], False), lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"])),
+    ]
+    for stage, key, action in plan:
+        if not rebuilt and is_fresh(d[stage], key()):
+            progress.step(f"{stage}: up to date, skipped ({d[stage]})")
+            result.skipped.append(stage)
+        else:
+            t0 = time.monotonic()
+            action()
+            result.seconds[stage] = time.monotonic() - t0
+            result.ran.append(stage)
+            rebuilt = True
+        if stage == "validate":
+            result.parity = validate_mod.load_report(d["validate"])
+            if not result.parity["passed"]:
+                failed = [f"{n}: {c['name']} {c['value']:.4g} (limit {c['limit']:.4g})" for n, r in result.parity["variants"].items() for c in r["checks"] if not c["passed"]]
+                raise GateFailed(f"validate: parity gate failed ({'; '.join(failed)}); report in {d['validate']}/parity.md", result.parity)
+        if stage == "bench":
+            result.bench = bench_mod.load_report(d["bench"])
+        if stage == stop_after:
+            break
+    return result
