@@ -71,12 +71,13 @@ def parity_table(report: dict[str, Any]) -> str:
 
 def bench_table(report: dict[str, Any]) -> str:
     rows = [
-        [r["backend"], r["batch"], r["seq_len"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["std_ms"], r["throughput_per_s"],
+        [r["backend"], r["batch"], r["seq_len"], *(_ms(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "std_ms")), f"{r['throughput_per_s']:.1f}",
          f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None]
         for r in report["results"]
     ]
     m = report["machine"]
-    where = m["cpu"] + (f" + {m['gpu']}" if m.get("gpu") else "")
+    flags = ", ".join(m.get("cpu_flags") or []) or "no AVX2"
+    where = f"{m['cpu']} [{flags}]" + (f" + {m['gpu']}" if m.get("gpu") else "")
     head = f"Latency on {where} ({m['cores']} cores, {report['threads']} threads), {report['iterations']} iterations after {report['warmup']} warm-up\n\n"
     table = markdown_table(["backend", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "stdev ms", "seq/s", "vs PyTorch"], rows)
     skipped = "".join(f"\n- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items())

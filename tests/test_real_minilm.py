@@ -1,6 +1,6 @@
 """The README's quickstart, run as written, on the real all-MiniLM-L6-v2 and SST-2.
 
-Slow (about 6 minutes on 2 CPU cores): it trains for real. It checks the issue's promises:
+Slow (about 8 minutes on 2 CPU cores): it trains for real. It checks the issue's promises:
 a validated int8 bundle with at least 85% test accuracy and at most 1 point lost to int8,
 a closing table, and a bundle the torch-free runtime answers from.
 """
