@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,7 +122,10 @@ def _pytorch_runner(model: Any, tokenizer: Any, texts: list[str], max_length: in
 
 
 def parse_backend(name: str) -> tuple[str, str, str | None]:
-    """'pytorch' -> (pytorch, cpu, None); 'ort-cuda-fp16' -> (ort, cuda, fp16); 'ort-int8' -> (ort, cpu, int8)."""
+    """'pytorch' -> (pytorch, cpu, None); 'ort-cuda-fp16' -> (ort, cuda, fp16); 'ort-int8' -> (ort, cpu, int8);
+    'optimum-int8' -> (optimum, cpu, None): the plain Optimum path, exported and quantized here."""
+    if name == "optimum-int8":
+        return "optimum", "cpu", None
     if name.startswith("pytorch"):
         return "pytorch", "cuda" if name == "pytorch-cuda" else "cpu", None
     rest = name.removeprefix("ort-")
@@ -136,7 +141,7 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
     import torch
 
     kind, device, variant = parse_backend(name)
-    if kind == "pytorch":
+    if kind in ("pytorch", "optimum"):
         if reference_dir is None:
             return "no --reference model given"
         if device == "cuda" and not torch.cuda.is_available():
@@ -176,11 +181,19 @@ def bench(
         progress.info(f"{b}: skipped ({reason})")
 
     runners: dict[str, Any] = {}
+    cleanup: list[Path] = []
     for b in backends:
         kind, device, variant = parse_backend(b)
         if kind == "pytorch":
             model = get_task(bundle.manifest.task).auto_model_class().from_pretrained(str(reference)).eval().to(device)
             runners[b] = (model, load_tokenizer(reference, "reference model"), device)
+        elif kind == "optimum":
+            from .export import plain_optimum_int8
+
+            progress.info("optimum-int8: exporting and quantizing the reference the plain Optimum way (ORTModel + ORTQuantizer preset)")
+            work = Path(tempfile.mkdtemp(prefix="ftexport-optimum-"))
+            cleanup.append(work)
+            runners[b] = (plain_optimum_int8(reference, work, threads), load_tokenizer(reference, "reference model"), "cpu")
         else:
             runners[b] = Predictor(bundle, variant=variant, backend=device, threads=threads)
     texts_source = next((r for r in runners.values() if isinstance(r, Predictor)), None) or Predictor(bundle, threads=threads)
@@ -198,10 +211,12 @@ def bench(
             results.append({"backend": b, "batch": batch, "seq_len": section.seq_len, **stats})
             progress.info(f"{b:14s} batch {batch:3d}  p50 {stats['p50_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} seq/s")
 
+    for work in cleanup:
+        shutil.rmtree(work, ignore_errors=True)
     for r in results:
         base = next((x for x in results if x["backend"] == "pytorch" and x["batch"] == r["batch"]), None)
         r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base else None
-    sizes = {b: bundle.path_of(bundle.variant(parse_backend(b)[2]).file).stat().st_size for b in backends if b.startswith("ort-")}
+    sizes = {b: bundle.path_of(bundle.variant(parse_backend(b)[2]).file).stat().st_size for b in backends if parse_backend(b)[0] == "ort"}
     report = {
         "schema_version": SCHEMA_VERSION,
         "machine": machine_info(),

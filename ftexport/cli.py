@@ -168,19 +168,44 @@ def export(model_dir: str, output: str, opset: int, max_length: int | None, name
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
-@click.option("--mode", "modes", type=click.Choice(["dynamic", "fp16"]), multiple=True, default=["dynamic"], show_default=True,
-              help="Variant to add (repeatable): dynamic = int8 for the CPU, fp16 = fused fp16 for the GPU.")
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="One weight scale per output channel, or one per tensor.")
-@click.option("--reduce-range", is_flag=True, help="7-bit weights, for CPUs whose int8 kernels saturate.")
-def quantize(bundle: str, output: str, modes: tuple[str, ...], per_channel: bool, reduce_range: bool) -> None:
-    """Add compressed variants to BUNDLE through Optimum (ORTQuantizer, ORTOptimizer).
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False),
+              help="Take the quantize section, the calibration data and the int8 gate from this recipe; flags override it.")
+@click.option("--mode", "modes", type=click.Choice(["dynamic", "static", "fp16"]), multiple=True,
+              help="Variant to add (repeatable): dynamic = int8, activations scaled at run time; static = int8 calibrated "
+                   "on training texts (needs --recipe); fp16 = fused fp16 for the GPU.  [default: dynamic]")
+@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]),
+              help="Optimum graph optimization first: O1 basic, O2 + attention/LayerNorm/GELU fusions, O3 + fast GELU "
+                   "(adds model.opt.onnx; int8 is made from it), O4 = O3 + fp16 for the GPU.")
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), help="Static int8 graph format [default: qdq, which TensorRT reads].")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), help="Static int8 range estimator [default: minmax].")
+@click.option("--calibration-samples", type=click.IntRange(1, None), help="Training texts to calibrate on [default: 128].")
+@click.option("--per-channel/--per-tensor", default=None, help="One weight scale per output channel, or one per tensor [default: per-channel].")
+@click.option("--reduce-range", is_flag=True, default=None, help="7-bit weights, for CPUs whose int8 kernels saturate.")
+@click.option("--accuracy-aware", is_flag=True, default=None,
+              help="If int8 misses the recipe's int8 gate on validation texts, keep the most sensitive layers in fp32 and retry (needs --recipe).")
+def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str, ...], optimize: str | None, fmt: str | None,
+             calibration_method: str | None, calibration_samples: int | None, per_channel: bool | None, reduce_range: bool | None,
+             accuracy_aware: bool | None) -> None:
+    """Add optimized and compressed variants to BUNDLE.
 
-    dynamic adds model.int8.onnx (the CPU default); fp16 adds model.fp16.onnx (the CUDA
-    default). The fp32 model stays for comparison.
+    dynamic adds model.int8.onnx (the CPU default), static model.int8-static.onnx, fp16
+    model.fp16.onnx (the CUDA default), --optimize model.opt.onnx. The fp32 model stays for
+    the parity gate. Example: ftexport quantize B -o B2 --recipe r.yaml --mode static --optimize O2
     """
     from .quantize import quantize as quantize_stage
+    from .recipe import QuantizeSection
 
-    quantize_stage(bundle, output, list(modes), per_channel, reduce_range)
+    recipe = _recipe(recipe_path) if recipe_path else None
+    base = recipe.quantize if recipe else QuantizeSection()
+    update: dict[str, Any] = {k: v for k, v in {"modes": list(modes) or None, "optimize": optimize, "format": fmt,
+                                                  "per_channel": per_channel, "reduce_range": reduce_range}.items() if v is not None}
+    cal = {k: v for k, v in {"method": calibration_method, "samples": calibration_samples}.items() if v is not None}
+    if cal:
+        update["calibration"] = base.calibration.model_copy(update=cal)
+    if accuracy_aware:
+        update["accuracy_aware"] = base.accuracy_aware.model_copy(update={"enabled": True})
+    section = QuantizeSection.model_validate({**base.model_dump(), **{k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in update.items()}})
+    quantize_stage(bundle, output, section, recipe.data if recipe else None, recipe.validate_.int8 if recipe else None)
     click.echo(output)
 
 

@@ -1,5 +1,6 @@
-"""Everything that calls Hugging Face Optimum lives here: ONNX export (optimum.exporters.onnx)
-and ONNX Runtime quantization (optimum.onnxruntime.ORTQuantizer). Optimum pins transformers
+"""Everything that calls Hugging Face Optimum lives here: ONNX export (optimum.exporters.onnx),
+graph optimization (ORTOptimizer) and the plain Optimum int8 baseline that bench compares
+against. Optimum pins transformers
 (<4.58 for optimum-onnx 0.1.0), so a move to transformers 5 touches only this module.
 
 `ftexport export` turns a save_pretrained directory into a bundle: model.onnx with dynamic
@@ -124,7 +125,57 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
     return manifest
 
 
-# ---- quantization through Optimum's ORTQuantizer ------------------------------------------
+# ---- graph optimization through Optimum's ORTOptimizer ----------------------------------
+
+
+def optimize_onnx(bundle_dir: Path, model_file: str, save_dir: Path, level: str) -> tuple[Path, dict[str, Any]]:
+    """Optimum's optimization levels: O1 basic (constant folding, redundant nodes), O2 + the
+    transformer fusions (attention, SkipLayerNorm, BiasGelu), O3 + fast GELU, O4 = O3 + fp16
+    for the GPU (inputs stay int64 and logits float32, so callers see no difference)."""
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig
+
+    if not (bundle_dir / CONFIG_FILE).is_file():
+        raise BundleError(f"{bundle_dir}: graph optimization needs the model's config.json in the bundle; re-export it with this ftexport")
+    for_gpu = level == "O4"
+    cfg = AutoOptimizationConfig.with_optimization_level(level, for_gpu=for_gpu)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    with _quiet_optimum():
+        optimizer = ORTOptimizer.from_pretrained(bundle_dir, file_names=[model_file])
+        optimizer.optimize(save_dir=save_dir, optimization_config=cfg)
+    produced = sorted(save_dir.glob("*.onnx"))
+    if not produced:
+        raise BundleError(f"{bundle_dir}: Optimum's optimizer produced no model at level {level}")
+    return produced[0], {"optimization_level": level, "optimized_for": "gpu" if for_gpu else "cpu", "fp16": for_gpu}
+
+
+# ---- the plain Optimum path, as a user would write it: the baseline ftexport must beat ----
+
+
+def plain_optimum_int8(model_dir: Path, workdir: Path, threads: int | None = None) -> Any:
+    """ORTModelForSequenceClassification export + ORTQuantizer dynamic int8 with the
+    AutoQuantizationConfig preset for this CPU, defaults untouched. Returns the loaded
+    ORTModel (called like a transformers model) for `ftexport bench`'s optimum-int8 row."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    flags = cpu_flags()
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        cfg = AutoQuantizationConfig.arm64(is_static=False)
+    elif "avx512_vnni" in flags:
+        cfg = AutoQuantizationConfig.avx512_vnni(is_static=False)
+    else:
+        cfg = AutoQuantizationConfig.avx2(is_static=False)
+    with _quiet_optimum():
+        model = ORTModelForSequenceClassification.from_pretrained(str(model_dir), export=True)
+        model.save_pretrained(workdir / "fp32")
+        ORTQuantizer.from_pretrained(model).quantize(save_dir=workdir / "int8", quantization_config=cfg)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads  # the same thread count as every other backend
+        return ORTModelForSequenceClassification.from_pretrained(str(workdir / "int8"), file_name="model_quantized.onnx", session_options=opts)
 
 
 def cpu_flags() -> set[str]:
@@ -136,75 +187,3 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
-
-
-# Operators worth quantizing in an encoder: the MatMuls (where the time goes) and the
-# embedding Gather (where the bytes are). Optimum's presets also list Conv, Attention,
-# LSTM, Transpose and EmbedLayerNormalization, which a plain BERT export does not use.
-INT8_OPERATORS = ["MatMul", "Gather"]
-
-
-def dynamic_int8_config(per_channel: bool, reduce_range: bool) -> tuple[Any, dict[str, Any]]:
-    """Optimum's AutoQuantizationConfig for this CPU, with signed int8 weights.
-
-    Measured on the quickstart MiniLM (SST-2 test, 872 sentences, AVX2 CPU): Optimum's avx2
-    preset (unsigned weights) agreed with PyTorch on 97.6% of answers and lost 1.0 point;
-    signed per-channel weights agreed on 98.5% and lost 0.1 (docs/benchmarks.md).
-    """
-    from onnxruntime.quantization import QuantType
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    flags = cpu_flags()
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        target = "arm64"
-        cfg = AutoQuantizationConfig.arm64(is_static=False, per_channel=per_channel)
-    elif "avx512_vnni" in flags or "avx_vnni" in flags:
-        target = "avx512_vnni"
-        cfg = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=per_channel)
-    else:
-        target = "avx2"
-        cfg = AutoQuantizationConfig.avx2(is_static=False, per_channel=per_channel, reduce_range=reduce_range)
-    cfg.reduce_range = reduce_range
-    cfg.weights_dtype = QuantType.QInt8
-    cfg.operators_to_quantize = list(INT8_OPERATORS)
-    detail = {
-        "mode": "dynamic", "target": target, "per_channel": per_channel, "reduce_range": reduce_range,
-        "format": "QOperator", "weights": "int8", "operators": list(INT8_OPERATORS),
-    }
-    return cfg, detail
-
-
-def quantize_dynamic_onnx(model_path: Path, save_dir: Path, per_channel: bool = True, reduce_range: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Dynamic int8 (weights int8 ahead of time, activations scaled at run time)."""
-    from optimum.onnxruntime import ORTQuantizer
-
-    cfg, detail = dynamic_int8_config(per_channel, reduce_range)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    with _quiet_optimum():
-        quantizer = ORTQuantizer.from_pretrained(model_path.parent, file_name=model_path.name)
-        out = quantizer.quantize(quantization_config=cfg, save_dir=save_dir)
-    produced = sorted(Path(out).glob("*quantized*.onnx")) if Path(out).is_dir() else [Path(out)]
-    if not produced:
-        raise BundleError(f"{model_path}: Optimum's quantizer produced no model in {save_dir}")
-    return produced[0], detail
-
-
-# ---- fp16 through Optimum's ORTOptimizer --------------------------------------------------
-
-
-def fp16_onnx(bundle_dir: Path, model_file: str, save_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """fp16 weights and activations, attention fused for the GPU (ORT transformer optimizer,
-    level 2). Inputs stay int64 and logits float32, so callers see no difference."""
-    from optimum.onnxruntime import ORTOptimizer
-    from optimum.onnxruntime.configuration import OptimizationConfig
-
-    if not (bundle_dir / CONFIG_FILE).is_file():
-        raise BundleError(f"{bundle_dir}: fp16 conversion needs the model's config.json in the bundle; re-export it with this ftexport")
-    cfg = OptimizationConfig(optimization_level=2, optimize_for_gpu=True, fp16=True)
-    with _quiet_optimum():
-        optimizer = ORTOptimizer.from_pretrained(bundle_dir, file_names=[model_file])
-        optimizer.optimize(save_dir=save_dir, optimization_config=cfg)
-    produced = sorted(save_dir.glob("*.onnx"))
-    if not produced:
-        raise BundleError(f"{bundle_dir}: Optimum's optimizer produced no fp16 model")
-    return produced[0], {"mode": "fp16", "optimization_level": "O2", "optimized_for": "gpu", "io": "int64 in, float32 out"}

@@ -60,7 +60,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     """Run every stage (or up to `stop_after`); raise GateFailed when parity fails."""
     d = stage_dirs(recipe)
     result = RunResult(recipe.output_dir(), d["pack"], {}, None)
-    quantizing = bool(recipe.quantize.modes)
+    quantizing = bool(recipe.quantize.modes or recipe.quantize.optimize)
     bundle_dir = d["quantize"] if quantizing else d["export"]
     gates = recipe.validate_.gates()
     rebuilt = force  # once a stage runs, every later one runs: keys hash settings, not outputs
@@ -76,7 +76,8 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     ]
     if quantizing:
         q = recipe.quantize
-        plan.append(("quantize", lambda: quantize_key(d["export"], q.modes, q.per_channel, q.reduce_range), lambda: quantize(d["export"], d["quantize"], q.modes, q.per_channel, q.reduce_range)))
+        plan.append(("quantize", lambda: quantize_key(d["export"], q, recipe.data, gates["int8"]),
+                     lambda: quantize(d["export"], d["quantize"], q, recipe.data, gates["int8"])))
     v = recipe.validate_
     plan += [
         ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends),

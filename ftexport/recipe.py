@@ -111,10 +111,35 @@ class ExportSection(Section):
     opset: int = Field(17, ge=11, le=23)
 
 
+class Calibration(Section):
+    """Static int8: activation ranges measured on real texts before quantizing."""
+
+    samples: int = Field(128, gt=0, description="texts drawn from the split to calibrate on")
+    split: Literal["train", "validation"] = "train"
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="how a range is read from the observed activations")
+    percentile: float = Field(99.999, gt=90, le=100, description="for method: percentile")
+
+
+class AccuracyAware(Section):
+    """When an int8 model misses the int8 gate, keep its most sensitive layers in fp32 and retry."""
+
+    enabled: bool = False
+    samples: int = Field(256, gt=0, description="validation texts on which sensitivity and the gate are measured")
+    max_fp32_layers: int = Field(4, gt=0, description="give up after keeping this many layers in fp32")
+
+
 class QuantizeSection(Section):
-    modes: list[Literal["dynamic", "fp16"]] = Field(["dynamic"], description="variants to add: dynamic (int8, CPU), fp16 (GPU); [] for none")
+    modes: list[Literal["dynamic", "static", "fp16"]] = Field(
+        ["dynamic"], description="variants to add: dynamic (int8, activations scaled at run time), static (int8, calibrated), fp16 (GPU); [] for none"
+    )
+    optimize: Literal["O1", "O2", "O3", "O4"] | None = Field(
+        None, description="ORT graph optimization through Optimum before int8 (O1 basic, O2 + fusions, O3 + fast GELU; O4 = O3 + fp16, GPU)"
+    )
+    format: Literal["qdq", "qoperator"] = Field("qdq", description="static int8 graph format: QDQ (portable, feeds TensorRT) or QOperator")
     per_channel: bool = Field(True, description="one weight scale per output channel: on MiniLM it keeps top-1 agreement at 0.99 instead of 0.93")
     reduce_range: bool = Field(False, description="7-bit weights, for old CPUs whose int8 kernels saturate; costs accuracy elsewhere")
+    calibration: Calibration = Calibration()
+    accuracy_aware: AccuracyAware = AccuracyAware()
 
 
 class Gate(Section):
@@ -124,6 +149,7 @@ class Gate(Section):
     min_agreement: float | None = Field(None, ge=0, le=1, description="share of top-1 answers equal to PyTorch's")
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="PyTorch accuracy minus this accuracy")
     min_accuracy: float | None = Field(None, ge=0, le=1)
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="lowest cosine similarity of a logit vector to PyTorch's")
 
 
 class ValidateSection(Section):
@@ -138,7 +164,7 @@ class ValidateSection(Section):
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8}
 
 
-BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_]*)$"
+BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_]*)$"
 BENCH_BACKENDS = ("pytorch", "ort-fp32", "ort-int8", "pytorch-cuda", "ort-cuda-fp32", "ort-cuda-fp16")
 
 
@@ -158,7 +184,7 @@ class BenchSection(Section):
     def _known(cls, v: list[str]) -> list[str]:
         for name in v:
             if not re.match(BACKEND_PATTERN, name):
-                raise ValueError(f"unknown backend {name!r}; use pytorch, pytorch-cuda, ort-VARIANT or ort-cuda-VARIANT (e.g. ort-int8, ort-cuda-fp16)")
+                raise ValueError(f"unknown backend {name!r}; use pytorch, pytorch-cuda, optimum-int8, ort-VARIANT or ort-cuda-VARIANT (e.g. ort-int8, ort-cuda-fp16)")
         if not v:
             raise ValueError("expected at least one backend")
         return v

@@ -61,6 +61,8 @@ def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate) -> l
         check("min_agreement", result["agreement"], gate.min_agreement, result["agreement"] >= gate.min_agreement)
     if gate.max_accuracy_drop is not None:
         check("max_accuracy_drop", drop, gate.max_accuracy_drop, drop <= gate.max_accuracy_drop + 1e-12)
+    if gate.min_cosine is not None:
+        check("min_cosine", result["min_cosine"], gate.min_cosine, result["min_cosine"] >= gate.min_cosine)
     if gate.min_accuracy is not None:
         check("min_accuracy", result["accuracy"], gate.min_accuracy, result["accuracy"] >= gate.min_accuracy)
     return checks
