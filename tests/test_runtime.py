@@ -213,3 +213,45 @@ def test_cli_info_and_verify(bundle):
     assert "parity    passed" in info.stdout
     ok = run_cli("verify", str(bundle))
     assert ok.returncode == 0 and ok.stdout.startswith("ok:")
+
+
+def test_silent_gpu_fallback_is_refused(monkeypatch, bundle):
+    """ORT builds a CUDA session that quietly runs on the CPU when the CUDA/cuDNN libraries
+    do not load; the runtime must raise instead of running slowly."""
+    import onnxruntime as ort
+
+    from ftexport_runtime import backends
+    from ftexport_runtime.errors import BackendUnavailable
+
+    class FellBack:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    with pytest.raises(BackendUnavailable, match="silent fallback"):
+        backends.check_session(FellBack(), backends.get_backend("cuda"))
+    backends.check_session(FellBack(), backends.get_backend("cpu"))  # what was asked for: fine
+
+    # the whole path: the provider "exists" but the session comes up on the CPU
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = ort.InferenceSession
+
+    def cpu_only(path, sess_options=None, providers=None, **kw):
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider but ONNX Runtime is running on CPUExecutionProvider"):
+        Predictor.from_bundle(bundle, backend="cuda")
+
+
+def test_validate_fails_a_gpu_backend_the_machine_cannot_run(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from ftexport.cli import main
+
+    recipe_path, result = tiny_run
+    out = CliRunner().invoke(main, ["-q", "validate", str(result.root / "quantized"), "--reference", str(result.root / "merged"),
+                                    "--recipe", str(recipe_path), "--backend", "cuda", "-o", str(tmp_path / "p"), "--json"])
+    assert out.exit_code == 1
+    report = json.loads((tmp_path / "p" / "parity.json").read_text())
+    failed = report["variants"]["int8@cuda"]
+    assert failed["passed"] is False and "CUDAExecutionProvider" in json.dumps(failed)
