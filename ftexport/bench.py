@@ -80,14 +80,19 @@ def texts_of_length(predictor: Predictor, seq_len: int, batch: int, pool: list[s
     return out
 
 
-def time_calls(fn: Callable[[], Any], warmup: int, iterations: int) -> list[float]:
+def time_calls(fn: Callable[[], Any], warmup: int, iterations: int, max_seconds: float | None = None) -> list[float]:
+    """Wall time of `iterations` calls after `warmup` untimed ones; with `max_seconds`, stop
+    early once the budget is spent (at least 3 timed calls, so percentiles mean something)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times: list[float] = []
+    start = time.perf_counter()
     for _ in range(iterations):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if max_seconds is not None and len(times) >= 3 and time.perf_counter() - start > max_seconds:
+            break
     return times
 
 
@@ -96,6 +101,7 @@ def summarize(times: list[float], batch: int) -> dict[str, float]:
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p90_ms": float(np.percentile(ms, 90)),
+        "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
         "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
@@ -168,15 +174,16 @@ def bench(
     bundle_dir, output = Path(bundle_dir), Path(output)
     reference = Path(reference_dir) if reference_dir else None
     bundle = Bundle.open(bundle_dir)
-    if section.seq_len > bundle.manifest.max_length:
-        raise RecipeError(f"bench seq_len {section.seq_len} exceeds the bundle's max_length {bundle.manifest.max_length}")
+    too_long = [n for n in section.grid_seq_lens() if n > bundle.manifest.max_length]
+    if too_long:
+        raise RecipeError(f"bench sequence length {too_long[0]} exceeds the bundle's max_length {bundle.manifest.max_length}; use at most {bundle.manifest.max_length}")
     if reference is not None:
         check_model_dir(reference, "reference model")
     threads = section.threads or default_threads()
     torch.set_num_threads(threads)
     skipped = {b: r for b in section.backends if (r := skip_reason(b, bundle, reference))}
     backends = [b for b in section.backends if b not in skipped]
-    progress.step(f"bench: {', '.join(backends)} at batch {section.batch_sizes}, seq {section.seq_len}, {threads} threads")
+    progress.step(f"bench: {', '.join(backends)} at batch {section.batch_sizes} x seq {section.grid_seq_lens()}, {threads} threads")
     for b, reason in skipped.items():
         progress.info(f"{b}: skipped ({reason})")
 
@@ -199,29 +206,39 @@ def bench(
     texts_source = next((r for r in runners.values() if isinstance(r, Predictor)), None) or Predictor(bundle, threads=threads)
 
     results = []
-    for batch in section.batch_sizes:
-        texts = texts_of_length(texts_source, section.seq_len, batch, texts_pool)
-        for b in backends:
-            runner = runners[b]
-            if isinstance(runner, Predictor):
-                fn = lambda p=runner: p.predict(texts)  # noqa: E731
-            else:
-                fn = _pytorch_runner(*runner[:2], texts, bundle.manifest.max_length, runner[2])
-            stats = summarize(time_calls(fn, section.warmup, section.iterations), batch)
-            results.append({"backend": b, "batch": batch, "seq_len": section.seq_len, **stats})
-            progress.info(f"{b:14s} batch {batch:3d}  p50 {stats['p50_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} seq/s")
+    for seq_len in section.grid_seq_lens():
+        for batch in section.batch_sizes:
+            texts = texts_of_length(texts_source, seq_len, batch, texts_pool)
+            for b in backends:
+                runner = runners[b]
+                if isinstance(runner, Predictor):
+                    fn = lambda p=runner: p.predict(texts)  # noqa: E731
+                else:
+                    fn = _pytorch_runner(*runner[:2], texts, bundle.manifest.max_length, runner[2])
+                stats = summarize(time_calls(fn, section.warmup, section.iterations, section.max_seconds), batch)
+                results.append({"backend": b, "batch": batch, "seq_len": seq_len, **stats})
+                progress.info(f"{b:14s} batch {batch:3d} seq {seq_len:4d}  p50 {stats['p50_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} seq/s")
 
     for work in cleanup:
         shutil.rmtree(work, ignore_errors=True)
     for r in results:
-        base = next((x for x in results if x["backend"] == "pytorch" and x["batch"] == r["batch"]), None)
+        def cell(backend: str, r: dict[str, Any] = r) -> dict[str, Any] | None:
+            return next((x for x in results if x["backend"] == backend and x["batch"] == r["batch"] and x["seq_len"] == r["seq_len"]), None)
+
+        base = cell("pytorch")
         r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base else None
+        # int8 or GPU slower than fp32 on the CPU is a finding, not something to hide
+        fp32 = cell("ort-fp32")
+        kind, device, variant = parse_backend(r["backend"])
+        if fp32 and r is not fp32 and (device != "cpu" or "int8" in (variant or "") or kind == "optimum") and r["p50_ms"] > fp32["p50_ms"]:
+            r["flag"] = f"slower than ort-fp32 on the CPU ({r['p50_ms']:.2f} vs {fp32['p50_ms']:.2f} ms)"
     sizes = {b: bundle.path_of(bundle.variant(parse_backend(b)[2]).file).stat().st_size for b in backends if parse_backend(b)[0] == "ort"}
     report = {
         "schema_version": SCHEMA_VERSION,
         "machine": machine_info(),
         "threads": threads,
-        "seq_len": section.seq_len,
+        "seq_len": section.seq_len if section.seq_len in section.grid_seq_lens() else section.grid_seq_lens()[0],
+        "seq_lens": section.grid_seq_lens(),
         "batch_sizes": section.batch_sizes,
         "warmup": section.warmup,
         "iterations": section.iterations,
@@ -246,6 +263,35 @@ def load_report(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def p50(report: dict[str, Any], backend: str, batch: int = 1) -> float | None:
-    return next((r["p50_ms"] for r in report["results"] if r["backend"] == backend and r["batch"] == batch), None)
+def p50(report: dict[str, Any], backend: str, batch: int = 1, seq_len: int | None = None) -> float | None:
+    seq = seq_len or report["seq_len"]
+    return next((r["p50_ms"] for r in report["results"] if r["backend"] == backend and r["batch"] == batch and r["seq_len"] == seq), None)
+
+
+def compare_reports(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
+    """Per cell (backend, batch, seq) found in both reports: old and new p50 and the change.
+    A cell whose p50 grew by more than `tolerance` (0.1 = 10%) is a regression."""
+    before = {(r["backend"], r["batch"], r["seq_len"]): r for r in old.get("results", [])}
+    rows = []
+    for r in new["results"]:
+        o = before.get((r["backend"], r["batch"], r["seq_len"]))
+        if o is None:
+            continue
+        change = r["p50_ms"] / o["p50_ms"] - 1.0
+        rows.append({"backend": r["backend"], "batch": r["batch"], "seq_len": r["seq_len"], "old_p50_ms": o["p50_ms"],
+                     "new_p50_ms": r["p50_ms"], "change": change, "regression": change > tolerance})
+    return rows
+
+
+def read_report_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / BENCH_JSON
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"{path}: not a readable bench.json ({str(e)[:120]})") from None
+    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION or "results" not in report:
+        raise RecipeError(f"{path}: not a bench.json of schema version {SCHEMA_VERSION}; re-run `ftexport bench` to make one")
+    return report
 

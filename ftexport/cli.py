@@ -266,17 +266,23 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder [default: BUNDLE.bench].")
 @click.option("--batch-sizes", help="Comma-separated batch sizes [default: 1,8].")
 @click.option("--seq-len", type=int, help="Tokens per text [default: 128].")
+@click.option("--seq-lens", help="Comma-separated grid of sequence lengths, e.g. 16,64,128,256 [default: --seq-len].")
+@click.option("--max-seconds", type=float, help="Time budget per cell; a cell stops early once it is spent (at least 3 calls).")
+@click.option("--compare", "compare_path", type=click.Path(dir_okay=True), help="An earlier bench.json: print per-cell p50 changes and exit 1 on a regression.")
+@click.option("--tolerance", default=0.10, show_default=True, type=click.FloatRange(0, None), help="With --compare: slower by more than this share is a regression.")
 @click.option("--iterations", type=int, help="Timed calls per cell [default: 50].")
 @click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
 @click.option("--threads", type=int, help="Threads for every backend [default: all cores].")
 @click.option("--backends", help="Comma-separated, e.g. pytorch,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
 def bench(bundle: str, reference: str | None, recipe_path: str | None, output: str | None, batch_sizes: str | None, seq_len: int | None,
+          seq_lens: str | None, max_seconds: float | None, compare_path: str | None, tolerance: float,
           iterations: int | None, warmup: int | None, threads: int | None, backends: str | None, as_json: bool) -> None:
     """Latency (p50/p90/p99) and throughput of PyTorch fp32 and the bundle's ONNX variants.
 
     All backends get the same texts, cut to exactly --seq-len tokens, in the same process;
-    ONNX variants run through the runtime's Predictor, tokenization included.
+    ONNX variants run through the runtime's Predictor, tokenization included. With --compare
+    OLD.json it is a CI regression gate: exit 1 when a cell got slower than --tolerance.
     """
     from pydantic import ValidationError
 
@@ -286,7 +292,8 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
 
     base = _recipe(recipe_path).bench if recipe_path else BenchSection()
     updates: dict[str, Any] = {
-        "batch_sizes": _int_list(batch_sizes, "batch-sizes"), "seq_len": seq_len, "iterations": iterations,
+        "batch_sizes": _int_list(batch_sizes, "batch-sizes"), "seq_len": seq_len, "seq_lens": _int_list(seq_lens, "seq-lens"),
+        "max_seconds": max_seconds, "iterations": iterations,
         "warmup": warmup, "threads": threads, "backends": backends.split(",") if backends else None,
     }
     try:
@@ -294,9 +301,22 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     except ValidationError as e:
         err = e.errors()[0]
         raise RecipeError(format_error({**err, "loc": ("bench", *err["loc"])}).replace("recipe.bench.", "--").replace("_", "-")) from None
+    from .bench import compare_reports, read_report_file
+    from .report import compare_table
+
+    old = read_report_file(compare_path) if compare_path else None  # a bad file fails before any timing
     out = output or f"{bundle.rstrip('/')}.bench"
     report = bench_stage(bundle, reference, section, out)
     _echo_json(report) if as_json else click.echo(bench_table(report))
+    if old is not None:
+        rows = compare_reports(old, report, tolerance)
+        click.echo(compare_table(rows, tolerance), err=as_json)
+        slower = [r for r in rows if r["regression"]]
+        if slower:
+            worst = max(slower, key=lambda r: r["change"])
+            click.echo(f"Error: {len(slower)} cell(s) slower than {tolerance:.0%}: worst {worst['backend']} batch {worst['batch']} "
+                       f"seq {worst['seq_len']} {worst['change']:+.1%}", err=True)
+            sys.exit(1)
 
 
 @main.command()

@@ -170,9 +170,11 @@ BENCH_BACKENDS = ("pytorch", "ort-fp32", "ort-int8", "pytorch-cuda", "ort-cuda-f
 
 class BenchSection(Section):
     batch_sizes: list[int] = [1, 8]
-    seq_len: int = Field(128, gt=1)
+    seq_len: int = Field(128, gt=1, description="tokens per text in the headline cells (and the run's closing table)")
+    seq_lens: list[int] | None = Field(None, description="grid of sequence lengths (default: [seq_len])")
     warmup: int = Field(5, ge=0)
     iterations: int = Field(50, gt=0)
+    max_seconds: float | None = Field(None, gt=0, description="time budget per cell: stop timing a cell early once it is spent")
     threads: int | None = Field(None, gt=0, description="threads for every backend (default: physical cores)")
     backends: list[str] = Field(
         list(BENCH_BACKENDS),
@@ -189,12 +191,15 @@ class BenchSection(Section):
             raise ValueError("expected at least one backend")
         return v
 
-    @field_validator("batch_sizes")
+    @field_validator("batch_sizes", "seq_lens")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if not v or any(b <= 0 for b in v):
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(b <= 0 for b in v)):
             raise ValueError(f"expected a non-empty list of positive sizes, got {v}")
         return v
+
+    def grid_seq_lens(self) -> list[int]:
+        return list(dict.fromkeys(self.seq_lens or [self.seq_len]))
 
 
 class Recipe(Section):

@@ -71,7 +71,7 @@ def parity_table(report: dict[str, Any]) -> str:
 
 def bench_table(report: dict[str, Any]) -> str:
     rows = [
-        [r["backend"], r["batch"], r["seq_len"], *(_ms(r[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "std_ms")), f"{r['throughput_per_s']:.1f}",
+        [r["backend"], r["batch"], r["seq_len"], *(_ms(r.get(k)) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms")), f"{r['throughput_per_s']:.1f}",
          f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None]
         for r in report["results"]
     ]
@@ -79,9 +79,17 @@ def bench_table(report: dict[str, Any]) -> str:
     flags = ", ".join(m.get("cpu_flags") or []) or "no AVX2"
     where = f"{m['cpu']} [{flags}]" + (f" + {m['gpu']}" if m.get("gpu") else "")
     head = f"Latency on {where} ({m['cores']} cores, {report['threads']} threads), {report['iterations']} iterations after {report['warmup']} warm-up\n\n"
-    table = markdown_table(["backend", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "stdev ms", "seq/s", "vs PyTorch"], rows)
+    table = markdown_table(["backend", "batch", "seq", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "stdev ms", "seq/s", "vs PyTorch"], rows)
     skipped = "".join(f"\n- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items())
-    return head + table + ("\n" + skipped if skipped else "")
+    flagged = "".join(f"\n- FLAG {r['backend']} batch {r['batch']} seq {r['seq_len']}: {r['flag']}" for r in report["results"] if r.get("flag"))
+    return head + table + ("\n" + skipped if skipped else "") + ("\n" + flagged if flagged else "")
+
+
+def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
+    body = [[r["backend"], r["batch"], r["seq_len"], _ms(r["old_p50_ms"]), _ms(r["new_p50_ms"]), f"{r['change']:+.1%}",
+             "REGRESSION" if r["regression"] else "ok"] for r in rows]
+    head = f"p50 change per cell (regression: slower by more than {tolerance:.0%})\n\n"
+    return head + markdown_table(["backend", "batch", "seq", "old p50 ms", "new p50 ms", "change", "verdict"], body)
 
 
 def summary_table(parity: dict[str, Any], bench: dict[str, Any] | None) -> str:
@@ -90,7 +98,7 @@ def summary_table(parity: dict[str, Any], bench: dict[str, Any] | None) -> str:
     def latency(backend: str) -> float | None:
         if not bench:
             return None
-        return next((r["p50_ms"] for r in bench["results"] if r["backend"] == backend and r["batch"] == 1), None)
+        return next((r["p50_ms"] for r in bench["results"] if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == bench["seq_len"]), None)
 
     if not bench:
         rows = [["PyTorch fp32", parity["reference"]["accuracy"]]] + [[f"ONNX {n}", v.get("accuracy")] for n, v in parity["variants"].items()]
