@@ -27,12 +27,13 @@ from . import progress
 from .artifacts import make_key, read_record, stage_dir, write_record
 from .errors import RecipeError
 from .recipe import BenchSection
-from .report import bench_table, machine_info
+from .report import bench_html, bench_table, machine_info
 from .tasks import get_task
 from .train import check_model_dir, load_tokenizer
 
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
+REPORT_HTML = "report.html"
 SCHEMA_VERSION = 1
 
 # Used when no held-out texts are given: plain English, so WordPiece lengths are realistic.
@@ -167,8 +168,10 @@ def bench(
     section: BenchSection,
     output: str | Path,
     texts_pool: list[str] | None = None,
+    parity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Time every requested backend at each batch size; write bench.json and bench.md."""
+    """Time every requested backend in each grid cell; write bench.json, bench.md and
+    report.html (plots; with `parity`, the accuracy-vs-latency scatter too)."""
     import torch
 
     bundle_dir, output = Path(bundle_dir), Path(output)
@@ -249,6 +252,7 @@ def bench(
     with stage_dir(output) as tmp:
         (tmp / BENCH_JSON).write_text(json.dumps(report, indent=2) + "\n")
         (tmp / BENCH_MD).write_text(bench_table(report) + "\n")
+        (tmp / REPORT_HTML).write_text(bench_html(report, parity))
         write_record(
             tmp, "bench", bench_key(bundle_dir, reference or bundle_dir, section),
             {"bundle": (read_record(bundle_dir) or {}).get("key")}, section.model_dump(), {},

@@ -269,6 +269,7 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 @click.option("--seq-lens", help="Comma-separated grid of sequence lengths, e.g. 16,64,128,256 [default: --seq-len].")
 @click.option("--max-seconds", type=float, help="Time budget per cell; a cell stops early once it is spent (at least 3 calls).")
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=True), help="An earlier bench.json: print per-cell p50 changes and exit 1 on a regression.")
+@click.option("--parity", "parity_dir", type=click.Path(file_okay=False), help="Output of `ftexport validate`: adds the accuracy-vs-latency plot to report.html.")
 @click.option("--tolerance", default=0.10, show_default=True, type=click.FloatRange(0, None), help="With --compare: slower by more than this share is a regression.")
 @click.option("--iterations", type=int, help="Timed calls per cell [default: 50].")
 @click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
@@ -276,7 +277,7 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 @click.option("--backends", help="Comma-separated, e.g. pytorch,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
 def bench(bundle: str, reference: str | None, recipe_path: str | None, output: str | None, batch_sizes: str | None, seq_len: int | None,
-          seq_lens: str | None, max_seconds: float | None, compare_path: str | None, tolerance: float,
+          seq_lens: str | None, max_seconds: float | None, compare_path: str | None, parity_dir: str | None, tolerance: float,
           iterations: int | None, warmup: int | None, threads: int | None, backends: str | None, as_json: bool) -> None:
     """Latency (p50/p90/p99) and throughput of PyTorch fp32 and the bundle's ONNX variants.
 
@@ -306,7 +307,10 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
 
     old = read_report_file(compare_path) if compare_path else None  # a bad file fails before any timing
     out = output or f"{bundle.rstrip('/')}.bench"
-    report = bench_stage(bundle, reference, section, out)
+    from .validate import load_report as load_parity
+
+    parity = load_parity(parity_dir) if parity_dir else None
+    report = bench_stage(bundle, reference, section, out, parity=parity)
     _echo_json(report) if as_json else click.echo(bench_table(report))
     if old is not None:
         rows = compare_reports(old, report, tolerance)

@@ -15,7 +15,7 @@ from . import progress
 from . import validate as validate_mod
 from .artifacts import link_tree, make_key, read_record, stage_dir, write_record
 from .errors import GateFailed
-from .report import bench_table, parity_table, summary_table
+from .report import bench_html, bench_table, parity_table, summary_table
 
 REPORT_MD = "report.md"
 
@@ -67,6 +67,8 @@ def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | No
             (tmp / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
             manifest.files["bench.json"] = ""
             sections.append(bench_table(bench))
+            (tmp / "report.html").write_text(bench_html(bench, parity))
+            manifest.files["report.html"] = ""
         if parity is not None:
             sections.insert(0, summary_table(parity, bench))
         if sections:

@@ -83,7 +83,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends),
          lambda: validate_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends)),
         ("bench", lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
-         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], held_out_texts())),
+         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], held_out_texts(), validate_mod.load_report(d["validate"]))),
         ("pack", lambda: pack_key(bundle_dir, d["validate"], d["bench"], False), lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"])),
     ]
     for stage, key, action in plan:

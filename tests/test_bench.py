@@ -76,3 +76,42 @@ def test_bad_grids_backends_and_reports_are_one_line_errors(tiny_run, tmp_path):
         assert out.exit_code == 2, (args, out.output)
         assert message in out.output and len(out.output.strip().splitlines()) == 1, (args, out.output)
         assert not (tmp_path / "x").exists()
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_report_html_is_self_contained_and_renders_in_headless_chromium(tiny_run, tmp_path):
+    import re
+    import subprocess
+
+    import pytest
+
+    result = tiny_run[1]
+    out = run_bench(result, tmp_path / "b", "--batch-sizes", "1", "--seq-lens", "8,16", "--parity", str(result.root / "parity"))
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "b" / "report.html").read_text()
+    assert page.count('<svg class="plot"') == 3  # latency vs length, speed-up, accuracy vs latency
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched: readable offline
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("headless Chromium not found (Debian: apt-get install chromium; .ci/run installs it)")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "b" / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    rendered = re.search(r'data-plots="([^"]*)"', dom)
+    assert rendered, dom[:500]
+    plots = dict(item.split(":", 1) for item in rendered.group(1).split())
+    assert set(plots) == {"line", "bar", "scatter"}
+    for kind, info in plots.items():
+        size, series = info.split(":")
+        width, height = map(int, size.split("x"))
+        assert width >= 600 and height >= 300, (kind, info)  # laid out at full size
+        assert int(series) >= 3, (kind, info)  # pytorch, ort-fp32, ort-int8 drawn
+    png = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900", f"--screenshot={png}",
+                    (tmp_path / "b" / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert png.is_file() and png.stat().st_size > 20_000  # a painted page, not a blank one
