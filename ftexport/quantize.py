@@ -289,7 +289,8 @@ def quantize(
     src = bundle.variant("fp32")
     onnx_io(bundle.path_of(src.file))
     manifest = bundle.manifest
-    predictor = Predictor(bundle, variant="fp32") if (int8_modes and data is not None) else None
+    needs_texts = "static" in int8_modes or section.accuracy_aware.enabled
+    predictor = Predictor(bundle, variant="fp32") if (needs_texts and data is not None) else None
     with stage_dir(output) as tmp:
         link_tree(bundle_dir, tmp)
         int8_source = tmp / src.file
