@@ -57,7 +57,13 @@ def test_compare_catches_an_injected_slowdown(tiny_run, tmp_path):
     (tmp_path / "slow_old.json").write_text(json.dumps(slow_old))
     ok = run_bench(result, tmp_path / "new2", "--batch-sizes", "1", "--seq-len", "8", "--compare", str(tmp_path / "slow_old.json"))
     assert ok.exit_code == 0, ok.output
-    assert "REGRESSION" not in ok.output and "-9" in ok.output  # about -90%
+    assert "REGRESSION" not in ok.output
+    # each cell's printed change is new p50 / old p50 - 1, from the two reports (about -90%)
+    new = json.loads((tmp_path / "new2" / "bench.json").read_text())
+    old_p50 = {(r["backend"], r["batch"], r["seq_len"]): r["p50_ms"] for r in slow_old["results"]}
+    for r in new["results"]:
+        change = r["p50_ms"] / old_p50[(r["backend"], r["batch"], r["seq_len"])] - 1
+        assert change < -0.5 and f"{change:+.1%}" in ok.output, (r["backend"], change)
 
 
 def test_bad_grids_backends_and_reports_are_one_line_errors(tiny_run, tmp_path):
