@@ -224,14 +224,12 @@ def bench(
 
     for work in cleanup:
         shutil.rmtree(work, ignore_errors=True)
+    cells = {(r["backend"], r["batch"], r["seq_len"]): r for r in results}
     for r in results:
-        def cell(backend: str, r: dict[str, Any] = r) -> dict[str, Any] | None:
-            return next((x for x in results if x["backend"] == backend and x["batch"] == r["batch"] and x["seq_len"] == r["seq_len"]), None)
-
-        base = cell("pytorch")
+        base = cells.get(("pytorch", r["batch"], r["seq_len"]))
         r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base else None
         # int8 or GPU slower than fp32 on the CPU is a finding, not something to hide
-        fp32 = cell("ort-fp32")
+        fp32 = cells.get(("ort-fp32", r["batch"], r["seq_len"]))
         kind, device, variant = parse_backend(r["backend"])
         if fp32 and r is not fp32 and (device != "cpu" or "int8" in (variant or "") or kind == "optimum") and r["p50_ms"] > fp32["p50_ms"]:
             r["flag"] = f"slower than ort-fp32 on the CPU ({r['p50_ms']:.2f} vs {fp32['p50_ms']:.2f} ms)"
@@ -265,11 +263,6 @@ def load_report(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{directory}: no {BENCH_JSON} (run `ftexport bench` first)")
     return json.loads(path.read_text())
-
-
-def p50(report: dict[str, Any], backend: str, batch: int = 1, seq_len: int | None = None) -> float | None:
-    seq = seq_len or report["seq_len"]
-    return next((r["p50_ms"] for r in report["results"] if r["backend"] == backend and r["batch"] == batch and r["seq_len"] == seq), None)
 
 
 def compare_reports(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:

@@ -197,14 +197,13 @@ def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str
 
     recipe = _recipe(recipe_path) if recipe_path else None
     base = recipe.quantize if recipe else QuantizeSection()
-    update: dict[str, Any] = {k: v for k, v in {"modes": list(modes) or None, "optimize": optimize, "format": fmt,
-                                                  "per_channel": per_channel, "reduce_range": reduce_range}.items() if v is not None}
-    cal = {k: v for k, v in {"method": calibration_method, "samples": calibration_samples}.items() if v is not None}
-    if cal:
-        update["calibration"] = base.calibration.model_copy(update=cal)
+    fields = base.model_dump()
+    flags = {"modes": list(modes) or None, "optimize": optimize, "format": fmt, "per_channel": per_channel, "reduce_range": reduce_range}
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    fields["calibration"].update({k: v for k, v in {"method": calibration_method, "samples": calibration_samples}.items() if v is not None})
     if accuracy_aware:
-        update["accuracy_aware"] = base.accuracy_aware.model_copy(update={"enabled": True})
-    section = QuantizeSection.model_validate({**base.model_dump(), **{k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in update.items()}})
+        fields["accuracy_aware"]["enabled"] = True
+    section = QuantizeSection.model_validate(fields)
     quantize_stage(bundle, output, section, recipe.data if recipe else None, recipe.validate_.int8 if recipe else None)
     click.echo(output)
 

@@ -24,6 +24,7 @@ from ftexport_runtime.bundle import Manifest, Variant, write_manifest
 from . import progress
 from .artifacts import make_key, read_record, stage_dir, versions, write_record
 from .errors import BundleError, ModelError
+from .report import cpu_flags
 from .tasks import get_task
 from .train import check_model_dir, load_tokenizer
 
@@ -176,14 +177,3 @@ def plain_optimum_int8(model_dir: Path, workdir: Path, threads: int | None = Non
         if threads:
             opts.intra_op_num_threads = threads  # the same thread count as every other backend
         return ORTModelForSequenceClassification.from_pretrained(str(workdir / "int8"), file_name="model_quantized.onnx", session_options=opts)
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags") or line.startswith("Features"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()

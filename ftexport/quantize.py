@@ -234,8 +234,9 @@ def accuracy_aware(
     result = first
     for _, _, name in sensitivity[:max_layers]:
         kept.append(name)
+        kept_nodes = [n for k in kept for n in layers[k]]
         trial = work / "trial.onnx"
-        detail = build(trial, None, [n for k in kept for n in layers[k]])
+        detail = build(trial, None, kept_nodes)
         result = scorer.score(trial, gate)
         report["trials"].append({"kept_fp32": list(kept), **_brief(result)})
         progress.info(f"keeping {', '.join(kept)} in fp32: agreement {result['agreement']:.4f} {'PASS' if result['passed'] else 'fail'}")
@@ -247,7 +248,7 @@ def accuracy_aware(
     if result["passed"]:
         final_ms = scorer.p50_ms(dst, timing_feeds)
         report["latency_cost"] = {"all_int8_p50_ms": all_int8_ms, "final_p50_ms": final_ms, "ratio": final_ms / all_int8_ms}
-        report["kept_fp32_nodes"] = [n for k in kept for n in layers[k]]
+        report["kept_fp32_nodes"] = kept_nodes
     else:
         progress.info(f"accuracy-aware: still failing with {max_layers} layers in fp32; keeping the all-int8 model for the gate to judge")
     shutil.rmtree(work)
@@ -289,17 +290,15 @@ def quantize(
     src = bundle.variant("fp32")
     onnx_io(bundle.path_of(src.file))
     manifest = bundle.manifest
+    fused = section.optimize in ("O1", "O2", "O3")  # the CPU levels; O4 is the fp16 variant
     needs_texts = "static" in int8_modes or section.accuracy_aware.enabled
     predictor = Predictor(bundle, variant="fp32") if (needs_texts and data is not None) else None
     with stage_dir(output) as tmp:
         link_tree(bundle_dir, tmp)
         int8_source = tmp / src.file
-        if section.optimize in ("O1", "O2", "O3"):
+        if fused:
             progress.step(f"quantize: graph optimization {section.optimize} through Optimum's ORTOptimizer")
-            produced, detail = optimize_onnx(tmp, src.file, tmp / "_opt", section.optimize)
-            shutil.move(str(produced), tmp / OPT_FILE)
-            shutil.rmtree(tmp / "_opt")
-            _add_variant(manifest, tmp, OPT_VARIANT, OPT_FILE, "fp32", detail)
+            _add_optimized(manifest, tmp, src.file, section.optimize, OPT_VARIANT, OPT_FILE, "fp32", {})
             int8_source = tmp / OPT_FILE
             if int8_modes:
                 int8_source = _typed(int8_source, tmp / "_typed.onnx")
@@ -322,7 +321,7 @@ def quantize(
         for mode in int8_modes:
             name, file = MODES[mode]
             static = mode == "static"
-            progress.step(f"quantize: {mode} int8 through ONNX Runtime" + (f" from the {section.optimize} graph" if section.optimize in ("O1", "O2", "O3") else ""))
+            progress.step(f"quantize: {mode} int8 through ONNX Runtime" + (f" from the {section.optimize} graph" if fused else ""))
 
             def build(dst: Path, only: list[str] | None, exclude: list[str], static: bool = static) -> dict[str, Any]:
                 return int8_onnx(int8_source, dst, static, section, reader, only, exclude)
@@ -332,16 +331,13 @@ def quantize(
                                         section.accuracy_aware.max_fp32_layers, timing)
             else:
                 detail = build(tmp / file, None, [])
-            if section.optimize in ("O1", "O2", "O3"):
+            if fused:
                 detail["optimization_level"] = section.optimize
             _add_variant(manifest, tmp, name, file, "int8", detail)
 
         if "fp16" in modes:
             progress.step("quantize: fp16 through Optimum's ORTOptimizer (O4: O3 fusions + fp16, for the GPU)")
-            produced, detail = optimize_onnx(tmp, src.file, tmp / "_fp16", "O4")
-            shutil.move(str(produced), tmp / MODES["fp16"][1])
-            shutil.rmtree(tmp / "_fp16")
-            _add_variant(manifest, tmp, "fp16", MODES["fp16"][1], "fp16", {"mode": "fp16", **detail})
+            _add_optimized(manifest, tmp, src.file, "O4", "fp16", MODES["fp16"][1], "fp16", {"mode": "fp16"})
 
         (tmp / "_typed.onnx").unlink(missing_ok=True)
         # CPU default: the int8 model (dynamic first: it needs no calibration to stay valid),
@@ -380,6 +376,15 @@ def _texts(data: DataSection, split: str, n: int) -> list[str]:
     if loaded is None or not loaded.texts:
         raise RecipeError(f"quantize: no {split} texts to calibrate on; set data.{split}")
     return loaded.texts
+
+
+def _add_optimized(manifest: Manifest, tmp: Path, src_file: str, level: str, name: str, file: str, precision: str, extra: dict[str, Any]) -> None:
+    """Optimize the fp32 model at `level` (Optimum) into `file` and record it as variant `name`."""
+    work = tmp / f"_{name}"
+    produced, detail = optimize_onnx(tmp, src_file, work, level)
+    shutil.move(str(produced), tmp / file)
+    shutil.rmtree(work)
+    _add_variant(manifest, tmp, name, file, precision, {**extra, **detail})
 
 
 def _add_variant(manifest: Manifest, tmp: Path, name: str, file: str, precision: str, detail: dict[str, Any]) -> None:

@@ -11,8 +11,8 @@ from .artifacts import versions
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp")
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model and the flags that decide int8 kernels, cores, GPU if any, package versions."""
+def _cpuinfo() -> tuple[str, set[str]]:
+    """CPU model name and feature flags of the first core (x86 'flags', ARM 'Features')."""
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -23,6 +23,16 @@ def machine_info() -> dict[str, Any]:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return cpu, flags
+
+
+def cpu_flags() -> set[str]:
+    return _cpuinfo()[1]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and the flags that decide int8 kernels, cores, GPU if any, package versions."""
+    cpu, flags = _cpuinfo()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cpu_flags": sorted(flags & set(_FLAGS)),
