@@ -143,6 +143,11 @@ and read:
 
 {outs}
 
+Triton's dynamic batcher only joins requests whose tensors have the same shape, so requests
+padded to different lengths run in separate batches. To let it batch every request, pad all
+of them to one length (tok.enable_padding(length={manifest.max_length}, ...)): more work per
+item, fewer and fuller batches; measure which suits your traffic.
+
 The labels, in output order, are in {name}/{LABELS_FILE}: {', '.join(manifest.labels)}.
 Ask for them with Triton's classification extension, e.g. over HTTP:
 
