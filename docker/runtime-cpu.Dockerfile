@@ -21,8 +21,7 @@ FROM ${PYTHON_IMAGE}
 ARG BUNDLE=docker/no-bundle
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    OMP_NUM_THREADS=1
+    PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ftexport
 COPY --from=build /opt/venv /opt/venv
 # Owned by root and read-only for the server: a compromised process cannot rewrite its model.
