@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 RECORD = "ftexport.json"
-_PACKAGES = ("ftexport", "torch", "transformers", "peft", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers")
+_PACKAGES = ("ftexport", "torch", "transformers", "peft", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "tensorrt")
 
 
 def versions() -> dict[str, str]:

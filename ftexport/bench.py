@@ -1,19 +1,26 @@
 """`ftexport bench`: latency and throughput of PyTorch fp32 eager (the baseline, in every
-run) and the bundle's ONNX variants through the runtime's Predictor, on the same texts,
-in the same process, with the same thread count.
+run), torch.compile, the plain Optimum path and the bundle's ONNX variants through the
+runtime's Predictor, on the same texts, in the same process, with the same thread count.
 
 Every timed call goes from text to answer (tokenization included) because that is what an
-application pays. Inputs are real held-out sentences cut to exactly `seq_len` tokens.
+application pays. Inputs are held-out sentences cut to exactly each `seq_len` tokens, and
+("real traffic") held-out sentences as they come, so that dynamic padding counts. Each cell
+is checked for parity before it is timed; cold start and peak memory come from a fresh
+process per backend (ftexport/coldstart.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +29,12 @@ import numpy as np
 from ftexport_runtime import Predictor
 from ftexport_runtime.backends import get_backend
 from ftexport_runtime.bundle import Bundle
+from ftexport_runtime.postprocess import softmax
 
 from . import progress
 from .artifacts import make_key, read_record, stage_dir, write_record
 from .errors import RecipeError
-from .recipe import BenchSection
+from .recipe import BenchSection, DataSection
 from .report import bench_html, bench_table, machine_info
 from .tasks import get_task
 from .train import check_model_dir, load_tokenizer
@@ -34,7 +42,8 @@ from .train import check_model_dir, load_tokenizer
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
 REPORT_HTML = "report.html"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REAL_BATCHES = 8  # distinct held-out batches per real-traffic cell, cycled through
 
 # Used when no held-out texts are given: plain English, so WordPiece lengths are realistic.
 _FILLER = (
@@ -81,6 +90,24 @@ def texts_of_length(predictor: Predictor, seq_len: int, batch: int, pool: list[s
     return out
 
 
+def held_out_texts(data: DataSection, n: int = 512) -> list[str]:
+    """Texts for the benchmark's inputs: a seeded sample of the recipe's test split."""
+    from .data import load_data
+
+    return load_data(data.model_copy(update={"max_test_samples": n}), ("test",))["test"].texts
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """One text per line (blank lines ignored), for `ftexport bench --texts`."""
+    try:
+        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"--texts {path}: cannot read it ({_first_line(e)}); give a UTF-8 text file with one text per line") from None
+    if not texts:
+        raise RecipeError(f"--texts {path}: no texts in it; give a UTF-8 text file with one text per line")
+    return texts
+
+
 def time_calls(fn: Callable[[], Any], warmup: int, iterations: int, max_seconds: float | None = None) -> list[float]:
     """Wall time of `iterations` calls after `warmup` untimed ones; with `max_seconds`, stop
     early once the budget is spent (at least 3 timed calls, so percentiles mean something)."""
@@ -116,23 +143,46 @@ def bench_key(bundle_dir: Path, reference_dir: Path, section: BenchSection) -> s
     return make_key("bench", keys, section.model_dump())
 
 
-def _pytorch_runner(model: Any, tokenizer: Any, texts: list[str], max_length: int, device: str) -> Callable[[], Any]:
+@dataclass
+class Runner:
+    """One backend, ready: `answer` is what an application calls (timed), `probs` gives class
+    probabilities for the parity check that comes before any timing."""
+
+    name: str
+    answer: Callable[[list[str]], Any]
+    probs: Callable[[list[str]], np.ndarray]
+    spec: dict[str, Any]  # how a fresh process rebuilds it, for the cold-start measurement
+    predictor: Predictor | None = None
+
+
+@dataclass
+class Cell:
+    batch: int
+    seq_len: int | str  # "real": held-out texts as they come, padded per batch
+    batches: list[list[str]]  # every backend gets these same batches, in this order
+    tokens: float  # mean padded length of a batch
+
+
+def _torch_probs(model: Any, tokenizer: Any, max_length: int, device: str) -> Callable[[list[str]], np.ndarray]:
     import torch
 
-    def run() -> Any:
+    def probs(texts: list[str]) -> np.ndarray:
         with torch.inference_mode():
             enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-            return torch.softmax(logits, -1).cpu()  # .cpu() waits for the GPU: the answer is on the host
+            return torch.softmax(logits.float(), -1).cpu().numpy()  # .cpu() waits for the GPU: the answer is on the host
 
-    return run
+    return probs
 
 
 def parse_backend(name: str) -> tuple[str, str, str | None]:
-    """'pytorch' -> (pytorch, cpu, None); 'ort-cuda-fp16' -> (ort, cuda, fp16); 'ort-int8' -> (ort, cpu, int8);
+    """'pytorch' -> (pytorch, cpu, None); 'pytorch-compile' -> (pytorch-compile, cpu, None);
+    'ort-cuda-fp16' -> (ort, cuda, fp16); 'ort-int8' -> (ort, cpu, int8);
     'optimum-int8' -> (optimum, cpu, None): the plain Optimum path, exported and quantized here."""
     if name == "optimum-int8":
         return "optimum", "cpu", None
+    if name == "pytorch-compile":
+        return "pytorch-compile", "cpu", None
     if name.startswith("pytorch"):
         return "pytorch", "cuda" if name == "pytorch-cuda" else "cpu", None
     rest = name.removeprefix("ort-")
@@ -142,17 +192,23 @@ def parse_backend(name: str) -> tuple[str, str, str | None]:
     return "ort", "cpu", rest
 
 
+def _cxx_compiler() -> str | None:
+    return next((p for p in (shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")) if p), None)
+
+
 def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | None:
     """Why this machine or this bundle cannot run a backend, or None when it can."""
     import onnxruntime as ort
     import torch
 
     kind, device, variant = parse_backend(name)
-    if kind in ("pytorch", "optimum"):
+    if kind != "ort":
         if reference_dir is None:
             return "no --reference model given"
         if device == "cuda" and not torch.cuda.is_available():
             return "torch sees no CUDA device"
+        if kind == "pytorch-compile" and _cxx_compiler() is None:
+            return "torch.compile's inductor needs a C++ compiler and none was found (install g++)"
         return None
     if variant not in bundle.manifest.variants:
         return f"the bundle has no {variant} variant (it has: {', '.join(bundle.manifest.variants)})"
@@ -160,6 +216,136 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
     if provider not in ort.get_available_providers():
         return f"this onnxruntime ({ort.__version__}) has no {provider}"
     return None
+
+
+def _build_runner(name: str, bundle: Bundle, bundle_dir: Path, reference: Path | None, threads: int, workdir: Path) -> Runner:
+    kind, device, variant = parse_backend(name)
+    spec: dict[str, Any] = {"kind": kind, "device": device, "variant": variant, "bundle": str(bundle_dir.resolve()), "threads": threads,
+                            "reference": str(reference.resolve()) if reference else None, "max_length": bundle.manifest.max_length}
+    if kind == "ort":
+        p = Predictor(bundle, variant=variant, backend=device, threads=threads)
+        return Runner(name, p.predict, lambda texts: softmax(p.logits(texts)), spec, p)
+    import torch
+
+    tokenizer = load_tokenizer(reference, "reference model")  # type: ignore[arg-type]
+    if kind == "optimum":
+        from .export import plain_optimum_int8
+
+        progress.info("optimum-int8: exporting and quantizing the reference the plain Optimum way (ORTModel + ORTQuantizer preset)")
+        model = plain_optimum_int8(reference, workdir / "optimum", threads)  # type: ignore[arg-type]
+        spec["optimum_dir"] = str(workdir / "optimum" / "int8")
+    else:
+        model = get_task(bundle.manifest.task).auto_model_class().from_pretrained(str(reference)).eval().to(device)
+        if kind == "pytorch-compile":
+            progress.info("pytorch-compile: torch.compile(dynamic=True); the first call compiles (can take a minute)")
+            model = torch.compile(model, dynamic=True)
+    fn = _torch_probs(model, tokenizer, bundle.manifest.max_length, device)
+    return Runner(name, fn, fn, spec)
+
+
+def make_cells(section: BenchSection, predictor: Predictor, pool: list[str] | None, notes: list[str]) -> list[Cell]:
+    """The grid's cells: texts cut to each exact length, then (traffic real/both) batches of
+    held-out texts as they come, so that padding to the longest text in a batch counts."""
+    max_length = predictor.max_length
+    cells: list[Cell] = []
+    if section.traffic in ("fixed", "both"):
+        for seq_len in section.grid_seq_lens(max_length):
+            for batch in section.batch_sizes:
+                cells.append(Cell(batch, seq_len, [texts_of_length(predictor, seq_len, batch, pool)], float(seq_len)))
+    if section.traffic in ("real", "both"):
+        if not pool:
+            notes.append("real traffic: skipped (no held-out texts; give --recipe or --texts)")
+        else:
+            rng = random.Random(0)
+            for batch in section.batch_sizes:
+                batches = [rng.choices(pool, k=batch) for _ in range(REAL_BATCHES)]
+                lengths = [max(len(e.ids) for e in predictor.tokenizer.encode_batch(b)) for b in batches]
+                cells.append(Cell(batch, "real", batches, float(np.mean(lengths))))
+    return cells
+
+
+def _cycle(answer: Callable[[list[str]], Any], batches: list[list[str]]) -> Callable[[], Any]:
+    state = {"i": 0}
+
+    def call() -> Any:
+        batch = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        return answer(batch)
+
+    return call
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: BenchSection,
+             failed: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parity first (a backend whose answers differ from the baseline's gets no speed figure),
+    then timing in `repeats` rounds with the backends interleaved, so drift on a shared machine
+    lands on every backend alike and shows up as spread between rounds."""
+    where = {"batch": cell.batch, "seq_len": cell.seq_len}
+    reference: np.ndarray | None = None
+    timed, refused = [], []
+    parity: dict[str, dict[str, Any]] = {}
+    for name in [baseline] + [n for n in runners if n != baseline]:
+        if name in failed:
+            continue
+        try:
+            probs = np.concatenate([runners[name].probs(b) for b in cell.batches])
+        except Exception as e:  # a backend that cannot run this cell (compile failure, OOM) is reported, not fatal
+            failed[name] = f"failed at batch {cell.batch} seq {cell.seq_len}: {_first_line(e)}"
+            progress.info(f"{name}: {failed[name]}")
+            continue
+        if reference is None:
+            reference = probs
+        diff = float(np.abs(probs - reference).max())
+        check = {"against": baseline, "max_prob_diff": diff, "agreement": float((probs.argmax(-1) == reference.argmax(-1)).mean())}
+        if diff > section.parity_tolerance:
+            refused.append({"backend": name, **where, **check, "tolerance": section.parity_tolerance})
+            progress.info(f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  REFUSED: answers differ from {baseline} (max |dp| {diff:.3f})")
+        else:
+            parity[name] = check
+    names = list(parity)
+    per_round = max(1, -(-section.iterations // section.repeats))
+    budget = section.max_seconds / section.repeats if section.max_seconds else None
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rounds: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(section.repeats):
+        shift = rep % max(1, len(names))
+        for name in names[shift:] + names[:shift]:  # no backend always runs first
+            t = time_calls(_cycle(runners[name].answer, cell.batches), section.warmup if rep == 0 else 1, per_round, budget)
+            times[name] += t
+            rounds[name].append(float(np.median(t)) * 1e3)
+    for name in names:
+        stats = summarize(times[name], cell.batch)
+        r = rounds[name]
+        stats.update({"round_p50_ms": r, "noise": (max(r) - min(r)) / float(np.median(r)) if len(r) > 1 else 0.0,
+                      "tokens": cell.tokens, "parity": parity[name]})
+        timed.append({"backend": name, **where, **stats})
+        progress.info(f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  p50 {stats['p50_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  "
+                      f"{stats['throughput_per_s']:8.1f} seq/s  noise {stats['noise']:.1%}")
+    return timed, refused
+
+
+def cold_start(runner: Runner, cells: list[Cell], workdir: Path) -> dict[str, Any]:
+    """Start a fresh Python process that loads only this backend and answers one text, then
+    runs each cell once: time from process start to the first answer, and peak RSS per cell."""
+    cells_file = workdir / "cells.json"
+    if not cells_file.exists():
+        cells_file.write_text(json.dumps([{"batch": c.batch, "seq_len": c.seq_len, "batches": c.batches, "tokens": c.tokens} for c in cells]))
+    spec_file = workdir / f"{runner.name}.json"
+    spec_file.write_text(json.dumps({**runner.spec, "cells_file": str(cells_file)}))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ftexport.coldstart", str(spec_file)], capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the cold-start process failed: {tail[:300]}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["cold_start_s"] = out.pop("first_answer_at") - start
+    return out
 
 
 def bench(
@@ -177,59 +363,58 @@ def bench(
     bundle_dir, output = Path(bundle_dir), Path(output)
     reference = Path(reference_dir) if reference_dir else None
     bundle = Bundle.open(bundle_dir)
-    too_long = [n for n in section.grid_seq_lens() if n > bundle.manifest.max_length]
+    max_length = bundle.manifest.max_length
+    too_long = [n for n in section.grid_seq_lens(max_length) if n > max_length]
     if too_long:
-        raise RecipeError(f"bench sequence length {too_long[0]} exceeds the bundle's max_length {bundle.manifest.max_length}; use at most {bundle.manifest.max_length}")
+        raise RecipeError(f"bench sequence length {too_long[0]} exceeds the bundle's max_length {max_length}; use at most {max_length}")
     if reference is not None:
         check_model_dir(reference, "reference model")
     threads = section.threads or default_threads()
     torch.set_num_threads(threads)
     skipped = {b: r for b in section.backends if (r := skip_reason(b, bundle, reference))}
     backends = [b for b in section.backends if b not in skipped]
-    progress.step(f"bench: {', '.join(backends)} at batch {section.batch_sizes} x seq {section.grid_seq_lens()}, {threads} threads")
+    if not backends:
+        raise RecipeError(f"bench: none of the backends can run here ({'; '.join(f'{b}: {r}' for b, r in skipped.items())})")
+    grid = section.grid_seq_lens(max_length)
+    progress.step(f"bench: {', '.join(backends)} at batch {section.batch_sizes} x seq {grid}"
+                  f"{' + real traffic' if section.traffic != 'fixed' else ''}, {threads} threads, {section.repeats} rounds")
     for b, reason in skipped.items():
         progress.info(f"{b}: skipped ({reason})")
 
-    runners: dict[str, Any] = {}
-    cleanup: list[Path] = []
-    for b in backends:
-        kind, device, variant = parse_backend(b)
-        if kind == "pytorch":
-            model = get_task(bundle.manifest.task).auto_model_class().from_pretrained(str(reference)).eval().to(device)
-            runners[b] = (model, load_tokenizer(reference, "reference model"), device)
-        elif kind == "optimum":
-            from .export import plain_optimum_int8
-
-            progress.info("optimum-int8: exporting and quantizing the reference the plain Optimum way (ORTModel + ORTQuantizer preset)")
-            work = Path(tempfile.mkdtemp(prefix="ftexport-optimum-"))
-            cleanup.append(work)
-            runners[b] = (plain_optimum_int8(reference, work, threads), load_tokenizer(reference, "reference model"), "cpu")
-        else:
-            runners[b] = Predictor(bundle, variant=variant, backend=device, threads=threads)
-    texts_source = next((r for r in runners.values() if isinstance(r, Predictor)), None) or Predictor(bundle, threads=threads)
-
-    results = []
-    for seq_len in section.grid_seq_lens():
-        for batch in section.batch_sizes:
-            texts = texts_of_length(texts_source, seq_len, batch, texts_pool)
+    workdir = Path(tempfile.mkdtemp(prefix="ftexport-bench-"))
+    try:
+        runners = {b: _build_runner(b, bundle, bundle_dir, reference, threads, workdir) for b in backends}
+        notes: list[str] = []
+        source = next((r.predictor for r in runners.values() if r.predictor), None) or Predictor(bundle, threads=threads)
+        cells = make_cells(section, source, texts_pool, notes)
+        baseline = next((b for b in ("pytorch", "pytorch-cuda") if b in runners), backends[0])
+        failed: dict[str, str] = {}
+        results, refused = [], []
+        for cell in cells:
+            timed, bad = run_cell(cell, runners, baseline, section, failed)
+            results += timed
+            refused += bad
+        cold: dict[str, Any] = {}
+        if section.cold_start:
             for b in backends:
-                runner = runners[b]
-                if isinstance(runner, Predictor):
-                    fn = lambda p=runner: p.predict(texts)  # noqa: E731
-                else:
-                    fn = _pytorch_runner(*runner[:2], texts, bundle.manifest.max_length, runner[2])
-                stats = summarize(time_calls(fn, section.warmup, section.iterations, section.max_seconds), batch)
-                results.append({"backend": b, "batch": batch, "seq_len": seq_len, **stats})
-                progress.info(f"{b:14s} batch {batch:3d} seq {seq_len:4d}  p50 {stats['p50_ms']:8.2f} ms  p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} seq/s")
+                if b not in failed:
+                    progress.info(f"{b}: cold start and peak memory in a fresh process")
+                    cold[b] = cold_start(runners[b], cells, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
-    for work in cleanup:
-        shutil.rmtree(work, ignore_errors=True)
-    cells = {(r["backend"], r["batch"], r["seq_len"]): r for r in results}
+    skipped.update(failed)
+    cells_by_key = {(r["backend"], r["batch"], r["seq_len"]): r for r in results}
+    for b, c in cold.items():
+        for row in c.pop("cells", []):
+            r = cells_by_key.get((b, row["batch"], row["seq_len"]))
+            if r is not None:
+                r.update({k: v for k, v in row.items() if k in ("peak_rss_mb", "gpu_mb")})
     for r in results:
-        base = cells.get(("pytorch", r["batch"], r["seq_len"]))
+        base = cells_by_key.get(("pytorch", r["batch"], r["seq_len"]))
         r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base else None
         # int8 or GPU slower than fp32 on the CPU is a finding, not something to hide
-        fp32 = cells.get(("ort-fp32", r["batch"], r["seq_len"]))
+        fp32 = cells_by_key.get(("ort-fp32", r["batch"], r["seq_len"]))
         kind, device, variant = parse_backend(r["backend"])
         if fp32 and r is not fp32 and (device != "cpu" or "int8" in (variant or "") or kind == "optimum") and r["p50_ms"] > fp32["p50_ms"]:
             r["flag"] = f"slower than ort-fp32 on the CPU ({r['p50_ms']:.2f} vs {fp32['p50_ms']:.2f} ms)"
@@ -238,13 +423,20 @@ def bench(
         "schema_version": SCHEMA_VERSION,
         "machine": machine_info(),
         "threads": threads,
-        "seq_len": section.seq_len if section.seq_len in section.grid_seq_lens() else section.grid_seq_lens()[0],
-        "seq_lens": section.grid_seq_lens(),
+        "seq_len": section.headline_seq_len(max_length),
+        "seq_lens": grid,
         "batch_sizes": section.batch_sizes,
+        "traffic": section.traffic,
         "warmup": section.warmup,
         "iterations": section.iterations,
+        "repeats": section.repeats,
+        "baseline": baseline,
+        "parity_tolerance": section.parity_tolerance,
         "model_bytes": sizes,
         "skipped": skipped,
+        "notes": notes,
+        "cold_start": cold,
+        "refused": refused,
         "results": results,
     }
     with stage_dir(output) as tmp:
@@ -288,7 +480,8 @@ def read_report_file(path: str | Path) -> dict[str, Any]:
         report = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise RecipeError(f"{path}: not a readable bench.json ({str(e)[:120]})") from None
-    if not isinstance(report, dict) or report.get("schema_version") != SCHEMA_VERSION or "results" not in report:
+    # version 2 only added fields (and real-traffic cells): a version-1 file still compares
+    if not isinstance(report, dict) or report.get("schema_version") not in (1, SCHEMA_VERSION) or "results" not in report:
         raise RecipeError(f"{path}: not a bench.json of schema version {SCHEMA_VERSION}; re-run `ftexport bench` to make one")
     return report
 

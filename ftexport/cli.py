@@ -263,39 +263,52 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 @click.option("--reference", type=click.Path(file_okay=False), help="PyTorch model for the baseline (needed for the pytorch backend).")
 @click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="Take the bench settings from this recipe.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder [default: BUNDLE.bench].")
-@click.option("--batch-sizes", help="Comma-separated batch sizes [default: 1,8].")
-@click.option("--seq-len", type=int, help="Tokens per text [default: 128].")
-@click.option("--seq-lens", help="Comma-separated grid of sequence lengths, e.g. 16,64,128,256 [default: --seq-len].")
-@click.option("--max-seconds", type=float, help="Time budget per cell; a cell stops early once it is spent (at least 3 calls).")
+@click.option("--batch-sizes", help="Comma-separated batch sizes [default: 1,8,32].")
+@click.option("--seq-len", type=int, help="Headline sequence length; alone, the grid is this one length [default: 128].")
+@click.option("--seq-lens", help="Comma-separated grid of sequence lengths [default: 16,64,128,256 up to the model's max_length].")
+@click.option("--traffic", type=click.Choice(["fixed", "real", "both"]), help="fixed: texts cut to each length; real: held-out texts as they come (dynamic padding) [default: both].")
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False), help="Texts for the inputs, one per line [default: the recipe's test split with --recipe, else built-in English].")
+@click.option("--max-seconds", type=float, help="Time budget per cell; a cell stops early once it is spent (at least 3 calls per round).")
 @click.option("--compare", "compare_path", type=click.Path(dir_okay=True), help="An earlier bench.json: print per-cell p50 changes and exit 1 on a regression.")
 @click.option("--parity", "parity_dir", type=click.Path(file_okay=False), help="Output of `ftexport validate`: adds the accuracy-vs-latency plot to report.html.")
 @click.option("--tolerance", default=0.10, show_default=True, type=click.FloatRange(0, None), help="With --compare: slower by more than this share is a regression.")
-@click.option("--iterations", type=int, help="Timed calls per cell [default: 50].")
+@click.option("--iterations", type=int, help="Timed calls per cell, over all rounds [default: 50].")
+@click.option("--repeats", type=int, help="Timing rounds per cell, backends interleaved; their spread is the reported noise [default: 3].")
 @click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
 @click.option("--threads", type=int, help="Threads for every backend [default: all cores].")
-@click.option("--backends", help="Comma-separated, e.g. pytorch,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
+@click.option("--cold-start/--no-cold-start", default=None, help="Measure start-to-first-answer and peak RSS per backend in a fresh process [default: on].")
+@click.option("--parity-tolerance", type=float, help="Largest class-probability difference to the baseline before a cell is refused a speed figure [default: 0.1].")
+@click.option("--backends", help="Comma-separated, e.g. pytorch,pytorch-compile,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
 def bench(bundle: str, reference: str | None, recipe_path: str | None, output: str | None, batch_sizes: str | None, seq_len: int | None,
-          seq_lens: str | None, max_seconds: float | None, compare_path: str | None, parity_dir: str | None, tolerance: float,
-          iterations: int | None, warmup: int | None, threads: int | None, backends: str | None, as_json: bool) -> None:
-    """Latency (p50/p90/p99) and throughput of PyTorch fp32 and the bundle's ONNX variants.
+          seq_lens: str | None, traffic: str | None, texts_path: str | None, max_seconds: float | None, compare_path: str | None,
+          parity_dir: str | None, tolerance: float, iterations: int | None, repeats: int | None, warmup: int | None, threads: int | None,
+          cold_start: bool | None, parity_tolerance: float | None, backends: str | None, as_json: bool) -> None:
+    """Latency (p50/p90/p95/p99), throughput, noise, cold start and peak memory of PyTorch
+    fp32 (eager and torch.compile), the plain Optimum path and the bundle's ONNX variants.
 
-    All backends get the same texts, cut to exactly --seq-len tokens, in the same process;
-    ONNX variants run through the runtime's Predictor, tokenization included. With --compare
-    OLD.json it is a CI regression gate: exit 1 when a cell got slower than --tolerance.
+    All backends get the same texts in the same process; ONNX variants run through the
+    runtime's Predictor, tokenization included. Each cell is checked against the baseline's
+    answers before it is timed. With --compare OLD.json it is a CI regression gate: exit 1
+    when a cell got slower than --tolerance.
     """
     from pydantic import ValidationError
 
     from .bench import bench as bench_stage
+    from .bench import held_out_texts, read_texts
     from .recipe import BenchSection, format_error
     from .report import bench_table
 
-    base = _recipe(recipe_path).bench if recipe_path else BenchSection()
+    rec = _recipe(recipe_path) if recipe_path else None
+    base = rec.bench if rec else BenchSection()
     updates: dict[str, Any] = {
         "batch_sizes": _int_list(batch_sizes, "batch-sizes"), "seq_len": seq_len, "seq_lens": _int_list(seq_lens, "seq-lens"),
-        "max_seconds": max_seconds, "iterations": iterations,
-        "warmup": warmup, "threads": threads, "backends": backends.split(",") if backends else None,
+        "traffic": traffic, "max_seconds": max_seconds, "iterations": iterations, "repeats": repeats, "warmup": warmup,
+        "threads": threads, "cold_start": cold_start, "parity_tolerance": parity_tolerance,
+        "backends": backends.split(",") if backends else None,
     }
+    if seq_len is not None and seq_lens is None:
+        base = base.model_copy(update={"seq_lens": None})  # --seq-len alone replaces the recipe's grid
     try:
         section = BenchSection.model_validate({**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
     except ValidationError as e:
@@ -309,7 +322,8 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     from .validate import load_report as load_parity
 
     parity = load_parity(parity_dir) if parity_dir else None
-    report = bench_stage(bundle, reference, section, out, parity=parity)
+    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data) if rec else None
+    report = bench_stage(bundle, reference, section, out, texts, parity=parity)
     _echo_json(report) if as_json else click.echo(bench_table(report))
     if old is not None:
         rows = compare_reports(old, report, tolerance)

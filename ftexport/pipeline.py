@@ -23,7 +23,6 @@ from . import bench as bench_mod
 from . import progress
 from . import validate as validate_mod
 from .artifacts import is_fresh
-from .data import load_data
 from .errors import GateFailed
 from .export import export, export_key
 from .merge import merge, merge_key
@@ -65,10 +64,6 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     gates = recipe.validate_.gates()
     rebuilt = force  # once a stage runs, every later one runs: keys hash settings, not outputs
 
-    def held_out_texts() -> list[str]:
-        section = recipe.data
-        return load_data(section.model_copy(update={"max_test_samples": 64}), ("test",))["test"].texts
-
     plan: list[tuple[str, Callable[[], str], Callable[[], Any]]] = [
         ("train", lambda: train_key(recipe), lambda: train(recipe, d["train"], quiet=progress.quiet())),
         ("merge", lambda: merge_key(d["train"]), lambda: merge(d["train"], d["merge"])),
@@ -83,7 +78,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends),
          lambda: validate_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends)),
         ("bench", lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
-         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], held_out_texts(), validate_mod.load_report(d["validate"]))),
+         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], bench_mod.held_out_texts(recipe.data), validate_mod.load_report(d["validate"]))),
         ("pack", lambda: pack_key(bundle_dir, d["validate"], d["bench"], False), lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"])),
     ]
     for stage, key, action in plan:

@@ -164,21 +164,31 @@ class ValidateSection(Section):
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8}
 
 
-BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_]*)$"
-BENCH_BACKENDS = ("pytorch", "ort-fp32", "ort-int8", "pytorch-cuda", "ort-cuda-fp32", "ort-cuda-fp16")
+BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*)$"
+# Every backend ftexport can time; those the machine or the bundle lacks are skipped with the reason.
+BENCH_BACKENDS = ("pytorch", "pytorch-compile", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static",
+                  "pytorch-cuda", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp32")
+DEFAULT_BATCH_SIZES = [1, 8, 32]
+DEFAULT_SEQ_LENS = [16, 64, 128, 256]
+HEADLINE_SEQ_LEN = 128
 
 
 class BenchSection(Section):
-    batch_sizes: list[int] = [1, 8]
-    seq_len: int = Field(128, gt=1, description="tokens per text in the headline cells (and the run's closing table)")
-    seq_lens: list[int] | None = Field(None, description="grid of sequence lengths (default: [seq_len])")
+    batch_sizes: list[int] = Field(DEFAULT_BATCH_SIZES, description="grid of batch sizes")
+    seq_len: int | None = Field(None, gt=1, description="the headline sequence length (the run's closing table); alone, the whole grid is this one length")
+    seq_lens: list[int] | None = Field(None, description="grid of sequence lengths (default: 16, 64, 128, 256 up to the model's max_length, or [seq_len])")
+    traffic: Literal["fixed", "real", "both"] = Field(
+        "both", description="fixed: texts cut to exactly each seq_len; real: held-out texts as they come (dynamic padding); both")
     warmup: int = Field(5, ge=0)
-    iterations: int = Field(50, gt=0)
+    iterations: int = Field(50, gt=0, description="timed calls per cell, split over the repeats")
+    repeats: int = Field(3, ge=1, description="timing rounds per cell, backends interleaved; the spread of their p50s is the reported noise")
     max_seconds: float | None = Field(None, gt=0, description="time budget per cell: stop timing a cell early once it is spent")
     threads: int | None = Field(None, gt=0, description="threads for every backend (default: physical cores)")
+    cold_start: bool = Field(True, description="per backend, in a fresh process: start to first prediction, and peak RSS per cell")
+    parity_tolerance: float = Field(0.1, ge=0, le=1, description="largest |difference| of class probabilities to the baseline before a cell is refused a speed figure")
     backends: list[str] = Field(
         list(BENCH_BACKENDS),
-        description="pytorch, pytorch-cuda, ort-VARIANT (CPU) or ort-cuda-VARIANT; ones this machine or bundle lacks are skipped with the reason",
+        description="pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT or ort-tensorrt-VARIANT; ones this machine or bundle lacks are skipped with the reason",
     )
 
     @field_validator("backends")
@@ -186,10 +196,10 @@ class BenchSection(Section):
     def _known(cls, v: list[str]) -> list[str]:
         for name in v:
             if not re.match(BACKEND_PATTERN, name):
-                raise ValueError(f"unknown backend {name!r}; use pytorch, pytorch-cuda, optimum-int8, ort-VARIANT or ort-cuda-VARIANT (e.g. ort-int8, ort-cuda-fp16)")
+                raise ValueError(f"unknown backend {name!r}; use pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT, ort-cuda-VARIANT or ort-tensorrt-VARIANT (e.g. ort-int8, ort-cuda-fp16)")
         if not v:
             raise ValueError("expected at least one backend")
-        return v
+        return list(dict.fromkeys(v))
 
     @field_validator("batch_sizes", "seq_lens")
     @classmethod
@@ -198,8 +208,18 @@ class BenchSection(Section):
             raise ValueError(f"expected a non-empty list of positive sizes, got {v}")
         return v
 
-    def grid_seq_lens(self) -> list[int]:
-        return list(dict.fromkeys(self.seq_lens or [self.seq_len]))
+    def grid_seq_lens(self, max_length: int | None = None) -> list[int]:
+        """The grid's lengths. Explicit ones are kept as given (too long is an error for the
+        caller to report); the default grid stops at the model's max_length."""
+        if self.seq_lens or self.seq_len:
+            return list(dict.fromkeys(self.seq_lens or [self.seq_len]))  # type: ignore[list-item]
+        fits = [n for n in DEFAULT_SEQ_LENS if max_length is None or n <= max_length]
+        return fits or [max_length]  # type: ignore[list-item]
+
+    def headline_seq_len(self, max_length: int | None = None) -> int:
+        grid = self.grid_seq_lens(max_length)
+        want = self.seq_len or HEADLINE_SEQ_LEN
+        return want if want in grid else min(grid, key=lambda n: abs(n - want))
 
 
 class Recipe(Section):

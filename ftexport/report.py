@@ -46,9 +46,23 @@ def machine_info() -> dict[str, Any]:
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["cuda"] = torch.version.cuda
+            info["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
+            driver = _gpu_driver()
+            if driver:
+                info["gpu_driver"] = driver
     except ImportError:
         pass
     return info
+
+
+def _gpu_driver() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -81,18 +95,34 @@ def parity_table(report: dict[str, Any]) -> str:
 
 def bench_table(report: dict[str, Any]) -> str:
     rows = [
-        [r["backend"], r["batch"], r["seq_len"], *(_ms(r.get(k)) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms")), f"{r['throughput_per_s']:.1f}",
-         f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None]
+        [r["backend"], r["batch"], r["seq_len"], *(_ms(r.get(k)) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms")),
+         f"{r['noise']:.1%}" if r.get("noise") is not None else None, f"{r['throughput_per_s']:.1f}",
+         f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None,
+         f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else None]
         for r in report["results"]
     ]
     m = report["machine"]
     flags = ", ".join(m.get("cpu_flags") or []) or "no AVX2"
     where = f"{m['cpu']} [{flags}]" + (f" + {m['gpu']}" if m.get("gpu") else "")
-    head = f"Latency on {where} ({m['cores']} cores, {report['threads']} threads), {report['iterations']} iterations after {report['warmup']} warm-up\n\n"
-    table = markdown_table(["backend", "batch", "seq", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "stdev ms", "seq/s", "vs PyTorch"], rows)
-    skipped = "".join(f"\n- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items())
-    flagged = "".join(f"\n- FLAG {r['backend']} batch {r['batch']} seq {r['seq_len']}: {r['flag']}" for r in report["results"] if r.get("flag"))
-    return head + table + ("\n" + skipped if skipped else "") + ("\n" + flagged if flagged else "")
+    rounds = f" in {report['repeats']} interleaved rounds" if report.get("repeats", 1) > 1 else ""
+    head = (f"Latency on {where} ({m['cores']} cores, {report['threads']} threads), {report['iterations']} timed calls per cell{rounds} "
+            f"after {report['warmup']} warm-up; seq 'real' = held-out texts as they come (padded per batch)\n\n")
+    table = markdown_table(["backend", "batch", "seq", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "stdev ms", "noise", "seq/s", "vs PyTorch", "peak RSS MB"], rows)
+    parts = [head + table]
+    if report.get("cold_start"):
+        cold = [[b, None, None, None, None, None, c["error"]] if "error" in c else
+                [b, f"{c['cold_start_s']:.2f}", f"{c['import_s']:.2f}", f"{c['load_s']:.2f}", f"{c['first_prediction_s'] * 1e3:.1f}", f"{c['rss_mb']:.0f}", ""]
+                for b, c in report["cold_start"].items()]
+        parts.append("Cold start, one fresh process per backend (process start to the first answer)\n\n"
+                     + markdown_table(["backend", "cold start s", "import s", "load s", "first answer ms", "RSS after first answer MB", "note"], cold))
+    notes = [f"- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items()]
+    notes += [f"- REFUSED {r['backend']} batch {r['batch']} seq {r['seq_len']}: answers differ from {r['against']} "
+              f"(max |Δp| {r['max_prob_diff']:.3f} > {r['tolerance']}, top-1 agreement {r['agreement']:.0%}): no speed figure" for r in report.get("refused", [])]
+    notes += [f"- FLAG {r['backend']} batch {r['batch']} seq {r['seq_len']}: {r['flag']}" for r in report["results"] if r.get("flag")]
+    notes += [f"- {n}" for n in report.get("notes", [])]
+    if notes:
+        parts.append("\n".join(notes))
+    return "\n\n".join(parts)
 
 
 def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
@@ -203,7 +233,8 @@ def bench_html(report: dict[str, Any], parity: dict[str, Any] | None = None) -> 
     results = report["results"]
     batch = 1 if 1 in report["batch_sizes"] else min(report["batch_sizes"])
     backends = list(dict.fromkeys(r["backend"] for r in results))
-    latency = {b: [(r["seq_len"], r["p50_ms"]) for r in results if r["backend"] == b and r["batch"] == batch] for b in backends}
+    latency = {b: [(r["seq_len"], r["p50_ms"]) for r in results if r["backend"] == b and r["batch"] == batch and r["seq_len"] != "real"]
+               for b in backends}
     head = [r for r in results if r["batch"] == batch and r["seq_len"] == report["seq_len"]]
     speedup = {r["backend"]: [(0, r["speedup_vs_pytorch"])] for r in head if r.get("speedup_vs_pytorch")}
     plots = [_svg_plot(f"p50 latency vs sequence length (batch {batch})", "tokens per text", "p50 ms", latency, "line", log_x=True),
@@ -230,7 +261,7 @@ def bench_html(report: dict[str, Any], parity: dict[str, Any] | None = None) -> 
 pre{{background:#f6f6f6;padding:12px;overflow-x:auto;font-size:12px}}</style></head>
 <body><h1>ftexport latency report</h1>
 <p>{_esc(m.get("cpu"))} [{_esc(", ".join(m.get("cpu_flags") or []))}], {m.get("cores")} cores, {report["threads"]} threads{_esc(", GPU " + m["gpu"]) if m.get("gpu") else ""};
-{report["iterations"]} timed calls per cell after {report["warmup"]} warm-up; same texts for every backend.</p>
+{report["iterations"]} timed calls per cell after {report["warmup"]} warm-up; same texts for every backend; answers checked against {_esc(report.get("baseline", "pytorch"))} before timing.</p>
 <p style="font-size:12px">{_esc(versions_line)}</p>
 <div class="plots">{"".join(plots)}</div>
 {tables}

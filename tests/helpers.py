@@ -104,7 +104,7 @@ def tiny_recipe(tmp: Path, model_dir: Path, **overrides: Any) -> dict[str, Any]:
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"epochs": 8, "lr": 1e-2, "batch_size": 16, "eval_steps": 24, "seed": 0},
         "validate": {"int8": {"min_agreement": 0.8}},
-        "bench": {"batch_sizes": [1, 4], "seq_len": 16, "iterations": 5, "warmup": 1},
+        "bench": {"batch_sizes": [1, 4], "seq_len": 16, "iterations": 6, "warmup": 1, "backends": ["pytorch", "ort-fp32", "ort-int8"]},
         "output": str(tmp / "runs" / "tiny"),
     }
     for dotted, value in overrides.items():

@@ -6,33 +6,137 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from ftexport.cli import main
 
-CELL_KEYS = {"backend", "batch", "seq_len", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "iterations", "speedup_vs_pytorch"}
+CELL_KEYS = {"backend", "batch", "seq_len", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "iterations",
+             "speedup_vs_pytorch", "round_p50_ms", "noise", "tokens", "parity"}
 
 
-def run_bench(result, out: Path, *extra: str):
-    args = ["-q", "bench", str(result.root / "quantized"), "--reference", str(result.root / "merged"), "-o", str(out),
-            "--iterations", "3", "--warmup", "1", "--backends", "pytorch,ort-fp32,ort-int8", *extra]
+def run_bench(result, out: Path, *extra: str, backends: str = "pytorch,ort-fp32,ort-int8", reference: Path | None = None):
+    args = ["-q", "bench", str(result.root / "quantized"), "--reference", str(reference or result.root / "merged"), "-o", str(out),
+            "--iterations", "3", "--warmup", "1", "--backends", backends, "--traffic", "fixed", "--no-cold-start", *extra]
     return CliRunner().invoke(main, args)
 
 
 def test_grid_runner_and_schema(tiny_run, tmp_path):
     result = tiny_run[1]
-    out = run_bench(result, tmp_path / "b", "--batch-sizes", "1,2", "--seq-lens", "8,16")
+    out = run_bench(result, tmp_path / "b", "--batch-sizes", "1,2", "--seq-lens", "8,16", "--repeats", "3", "--iterations", "6")
     assert out.exit_code == 0, out.output
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert report["schema_version"] == 1 and report["seq_lens"] == [8, 16] and report["batch_sizes"] == [1, 2]
+    assert report["schema_version"] == 2 and report["seq_lens"] == [8, 16] and report["batch_sizes"] == [1, 2]
     cells = {(r["backend"], r["batch"], r["seq_len"]) for r in report["results"]}
     assert cells == {(b, n, s) for b in ("pytorch", "ort-fp32", "ort-int8") for n in (1, 2) for s in (8, 16)}
     for r in report["results"]:
         assert CELL_KEYS <= set(r), set(r) ^ CELL_KEYS
         assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["iterations"] == 6 and len(r["round_p50_ms"]) == 3  # 3 rounds of 2 calls
+        spread = (max(r["round_p50_ms"]) - min(r["round_p50_ms"])) / sorted(r["round_p50_ms"])[1]
+        assert abs(r["noise"] - spread) < 1e-9
+        # every cell was checked against PyTorch's answers before it was timed
+        assert r["parity"]["against"] == "pytorch" and r["parity"]["max_prob_diff"] <= 0.1 and r["parity"]["agreement"] >= 0.5
     assert {"cpu", "cpu_flags", "cores", "versions"} <= set(report["machine"])
     assert {"torch", "onnxruntime", "transformers"} <= set(report["machine"]["versions"])
     assert "| ort-int8 " in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_default_grid_stops_at_the_models_max_length(tiny_run, tmp_path):
+    from ftexport.recipe import BenchSection
+
+    assert BenchSection().grid_seq_lens() == [16, 64, 128, 256] and BenchSection().batch_sizes == [1, 8, 32]
+    assert BenchSection().grid_seq_lens(max_length=128) == [16, 64, 128]
+    assert BenchSection(seq_len=8).grid_seq_lens(32) == [8]
+    out = run_bench(tiny_run[1], tmp_path / "b", "--batch-sizes", "1", backends="ort-fp32")  # the tiny bundle's max_length is 32
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert report["seq_lens"] == [16] and report["seq_len"] == 16
+
+
+def _flipped_reference(merged: Path, out: Path) -> Path:
+    """The reference model with its classifier negated and sharpened: it answers the opposite
+    of the bundle, confidently."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(merged, out)
+    weights = load_file(str(out / "model.safetensors"))
+    for name in [n for n in weights if n.startswith("classifier.")]:
+        weights[name] = -20 * weights[name]
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_a_backend_with_wrong_answers_gets_no_speed_figure(tiny_run, tmp_path):
+    result = tiny_run[1]
+    wrong = _flipped_reference(result.root / "merged", tmp_path / "flipped")
+    out = run_bench(result, tmp_path / "b", "--batch-sizes", "1,2", "--seq-len", "16", reference=wrong)
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    # PyTorch (the baseline) answers the opposite, so neither ONNX variant is timed
+    assert {r["backend"] for r in report["results"]} == {"pytorch"}
+    refused = {(r["backend"], r["batch"]) for r in report["refused"]}
+    assert refused == {(b, n) for b in ("ort-fp32", "ort-int8") for n in (1, 2)}
+    assert all(r["max_prob_diff"] > 0.1 and r["against"] == "pytorch" for r in report["refused"])
+    assert "REFUSED ort-int8 batch 1 seq 16: answers differ from pytorch" in out.output
+
+
+def test_real_traffic_draws_held_out_texts_with_dynamic_padding(tiny_run, tmp_path):
+    result = tiny_run[1]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a good film\n\nthe plot was really dull and the acting was weak , very poor\nlovely\nboring movie\n")
+    out = run_bench(result, tmp_path / "b", "--batch-sizes", "1,4", "--seq-len", "16", "--traffic", "both", "--texts", str(texts))
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    real = [r for r in report["results"] if r["seq_len"] == "real"]
+    assert {(r["backend"], r["batch"]) for r in real} == {(b, n) for b in ("pytorch", "ort-fp32", "ort-int8") for n in (1, 4)}
+    # short held-out texts, padded to the longest of each batch: fewer tokens than the fixed cells
+    assert all(3 <= r["tokens"] < 16 for r in real), [r["tokens"] for r in real]
+    assert "| ort-int8 | 4     | real" in out.output
+
+    # without texts there is no held-out traffic to draw from: said, not silently dropped
+    bare = run_bench(result, tmp_path / "c", "--batch-sizes", "1", "--seq-len", "16", "--traffic", "real", backends="ort-fp32")
+    assert bare.exit_code == 0, bare.output
+    assert json.loads((tmp_path / "c" / "bench.json").read_text())["results"] == []
+    assert "real traffic: skipped (no held-out texts" in bare.output
+
+
+def test_cold_start_and_peak_memory_come_from_a_fresh_process_per_backend(tiny_run, tmp_path):
+    result = tiny_run[1]
+    out = run_bench(result, tmp_path / "b", "--batch-sizes", "1,4", "--seq-lens", "8,16", "--cold-start")
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(report["cold_start"]) == {"pytorch", "ort-fp32", "ort-int8"}
+    for backend, c in report["cold_start"].items():
+        assert "error" not in c, c
+        assert c["cold_start_s"] >= c["import_s"] + c["load_s"] + c["first_prediction_s"] > 0, (backend, c)
+        assert c["rss_mb"] > 20
+    # the runtime's process does not carry torch: far less memory than PyTorch's
+    assert report["cold_start"]["ort-int8"]["rss_mb"] < report["cold_start"]["pytorch"]["rss_mb"] / 2
+    for r in report["results"]:
+        assert r["peak_rss_mb"] >= report["cold_start"][r["backend"]]["rss_mb"] - 1e-6, r
+    assert "Cold start, one fresh process per backend" in out.output
+
+
+def test_skip_reasons_for_backends_this_machine_or_bundle_lacks(tiny_run, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from ftexport import bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "_cxx_compiler", lambda: None)
+    out = run_bench(tiny_run[1], tmp_path / "b", "--batch-sizes", "1", "--seq-len", "8",
+                    backends="ort-fp32,pytorch-compile,ort-int8-static,ort-cuda-fp32,ort-tensorrt-fp32")
+    assert out.exit_code == 0, out.output
+    skipped = json.loads((tmp_path / "b" / "bench.json").read_text())["skipped"]
+    assert "needs a C++ compiler" in skipped["pytorch-compile"]
+    assert skipped["ort-int8-static"].startswith("the bundle has no int8-static variant")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "has no CUDAExecutionProvider" in skipped["ort-cuda-fp32"]
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        assert "has no TensorrtExecutionProvider" in skipped["ort-tensorrt-fp32"]
+    assert "- pytorch-compile: skipped (torch.compile's inductor needs a C++ compiler" in out.output
 
 
 def test_compare_catches_an_injected_slowdown(tiny_run, tmp_path):
@@ -75,6 +179,9 @@ def test_bad_grids_backends_and_reports_are_one_line_errors(tiny_run, tmp_path):
         ("--seq-lens", "-8"): "--seq-lens",
         ("--backends", "pytorch,onnx-magic"): "unknown backend 'onnx-magic'",
         ("--compare", str(tmp_path / "junk.json")): "not a readable bench.json",
+        ("--texts", str(tmp_path / "missing.txt")): "--texts",
+        ("--repeats", "0"): "--repeats",
+        ("--parity-tolerance", "2"): "--parity-tolerance",
     }
     for args, message in cases.items():
         out = CliRunner().invoke(main, ["-q", "bench", str(result.root / "quantized"), "--reference", str(result.root / "merged"),
@@ -121,3 +228,18 @@ def test_report_html_is_self_contained_and_renders_in_headless_chromium(tiny_run
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900", f"--screenshot={png}",
                     (tmp_path / "b" / "report.html").as_uri()], capture_output=True, timeout=120)
     assert png.is_file() and png.stat().st_size > 20_000  # a painted page, not a blank one
+
+
+@pytest.mark.slow
+def test_torch_compile_backend_is_checked_and_timed_beside_eager(tiny_run, tmp_path):
+    from ftexport.bench import _cxx_compiler
+
+    if _cxx_compiler() is None:
+        pytest.skip("torch.compile's inductor needs a C++ compiler (g++); none on this machine")
+    out = run_bench(tiny_run[1], tmp_path / "b", "--batch-sizes", "1,2", "--seq-len", "8", backends="pytorch,pytorch-compile")
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    compiled = [r for r in report["results"] if r["backend"] == "pytorch-compile"]
+    assert [r["batch"] for r in compiled] == [1, 2], report["skipped"]
+    for r in compiled:  # the compiled graph gives eager's answers (one graph, dynamic shapes) and has a ratio
+        assert r["parity"]["max_prob_diff"] < 1e-3 and r["speedup_vs_pytorch"] > 0
