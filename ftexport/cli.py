@@ -342,12 +342,13 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
 @click.option("--parity", "parity_dir", type=click.Path(file_okay=False), help="Output of `ftexport validate` to record (a failed gate refuses to pack).")
 @click.option("--bench", "bench_dir", type=click.Path(file_okay=False), help="Output of `ftexport bench` to record.")
 @click.option("--tar", is_flag=True, help="Also write OUTPUT.tar.gz.")
+@click.option("--variants", help="Comma-separated variants to ship, e.g. int8 (default: all); the others' files are left out.")
 @click.option("--triton", "triton_dir", type=click.Path(file_okay=False), help="Also (or only) write a Triton Inference Server model repository here (new or empty folder).")
 @click.option("--triton-variant", help="Variant for Triton (e.g. int8). Default: the bundle's choice for the device.")
 @click.option("--triton-name", help="Triton model name. Default: the bundle's name.")
 @click.option("--triton-max-batch", type=int, default=32, show_default=True, help="Triton max_batch_size (dynamic batching up to this).")
 @click.option("--triton-gpu", is_flag=True, help="Triton instance_group KIND_GPU instead of KIND_CPU.")
-def pack(bundle: str, output: str | None, parity_dir: str | None, bench_dir: str | None, tar: bool, triton_dir: str | None,
+def pack(bundle: str, output: str | None, parity_dir: str | None, bench_dir: str | None, tar: bool, variants: str | None, triton_dir: str | None,
          triton_variant: str | None, triton_name: str | None, triton_max_batch: int, triton_gpu: bool) -> None:
     """Write the final bundle: models, tokenizer, reports and a manifest with their sha256,
     the parity results it passed and its measured latency.
@@ -356,8 +357,8 @@ def pack(bundle: str, output: str | None, parity_dir: str | None, bench_dir: str
     labels) from the packed bundle, or from BUNDLE itself when no --output is given."""
     if output is None and triton_dir is None:
         raise FtexportError("pack: give -o/--output for the final bundle, --triton DIR for a Triton repository, or both")
-    if output is None and (parity_dir or bench_dir or tar):
-        raise FtexportError("pack: --parity, --bench and --tar need -o/--output (they go into the packed bundle)")
+    if output is None and (parity_dir or bench_dir or tar or variants):
+        raise FtexportError("pack: --parity, --bench, --tar and --variants need -o/--output (they shape the packed bundle)")
     if triton_dir is not None:
         from .triton import check_options
 
@@ -366,7 +367,7 @@ def pack(bundle: str, output: str | None, parity_dir: str | None, bench_dir: str
     if output is not None:
         from .pack import pack as pack_stage
 
-        source = str(pack_stage(bundle, output, parity_dir, bench_dir, tar))
+        source = str(pack_stage(bundle, output, parity_dir, bench_dir, tar, variants.split(",") if variants else None))
         click.echo(source)
     if triton_dir is not None:
         from .triton import write_triton_repo

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ftexport_runtime.bundle import Bundle, make_tarball, write_manifest
+from ftexport_runtime.bundle import Bundle, Manifest, make_tarball, write_manifest
 
 from . import bench as bench_mod
 from . import progress
 from . import validate as validate_mod
 from .artifacts import link_tree, make_key, read_record, stage_dir, write_record
-from .errors import GateFailed
+from .errors import GateFailed, RecipeError
 from .report import bench_html, bench_table, parity_table, summary_table
 
 REPORT_MD = "report.md"
@@ -40,14 +40,32 @@ def latency_summary(bench: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pack_key(bundle_dir: Path, parity_dir: Path | None, bench_dir: Path | None, tar: bool) -> str:
+def pack_key(bundle_dir: Path, parity_dir: Path | None, bench_dir: Path | None, tar: bool, variants: list[str] | None = None) -> str:
     keys = [(read_record(d) or {}).get("key") if d else None for d in (bundle_dir, parity_dir, bench_dir)]
-    return make_key("pack", keys, tar)
+    return make_key("pack", keys, tar, variants)
 
 
-def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | None = None, bench_dir: str | Path | None = None, tar: bool = False) -> Path:
+def keep_variants(root: Path, manifest: Manifest, keep: list[str]) -> None:
+    """Drop every variant not in `keep` (its files and hashes), so an app that ships one
+    precision does not carry, download and hash the others."""
+    for name in [n for n in manifest.variants if n not in keep]:
+        dropped = manifest.variants.pop(name)
+        for rel in (dropped.file, *dropped.extra_files):
+            (root / rel).unlink(missing_ok=True)  # a hard link into the source bundle: only the link goes
+            manifest.files.pop(rel, None)
+    if manifest.default_variant not in keep:
+        manifest.default_variant = keep[0]
+    manifest.backend_defaults = {b: v for b, v in manifest.backend_defaults.items() if v in keep}
+
+
+def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | None = None, bench_dir: str | Path | None = None,
+         tar: bool = False, variants: list[str] | None = None) -> Path:
     bundle_dir, output = Path(bundle_dir), Path(output)
     bundle = Bundle.open(bundle_dir)
+    if variants:
+        unknown = [v for v in variants if v not in bundle.manifest.variants]
+        if unknown:  # before anything is written
+            raise RecipeError(f"pack --variants: no variant {unknown[0]!r} in this bundle (it has: {', '.join(bundle.manifest.variants)})")
     parity = validate_mod.load_report(parity_dir) if parity_dir else None
     bench = bench_mod.load_report(bench_dir) if bench_dir else None
     if parity is not None and not parity["passed"]:
@@ -56,6 +74,8 @@ def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | No
     manifest = bundle.manifest
     with stage_dir(output) as tmp:
         link_tree(bundle_dir, tmp)
+        if variants:
+            keep_variants(tmp, manifest, variants)
         sections = []
         if parity is not None:
             manifest.parity = parity_summary(parity)
@@ -75,7 +95,7 @@ def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | No
             (tmp / REPORT_MD).write_text(f"# {manifest.name}\n\n" + "\n\n".join(sections) + "\n")
             manifest.files[REPORT_MD] = ""
         write_manifest(tmp, manifest)
-        write_record(tmp, "pack", pack_key(bundle_dir, Path(parity_dir) if parity_dir else None, Path(bench_dir) if bench_dir else None, tar), {"bundle": (read_record(bundle_dir) or {}).get("key")}, {"tar": tar}, {})
+        write_record(tmp, "pack", pack_key(bundle_dir, Path(parity_dir) if parity_dir else None, Path(bench_dir) if bench_dir else None, tar, variants), {"bundle": (read_record(bundle_dir) or {}).get("key")}, {"tar": tar, "variants": variants}, {})
     if tar:
         archive = make_tarball(output, output.parent / f"{output.name}.tar.gz")
         progress.info(f"wrote {archive}")

@@ -246,3 +246,21 @@ def test_every_command_has_help():
     for cmd in ("run", "train", "merge", "export", "quantize", "validate", "bench", "pack"):
         out = CliRunner().invoke(main, [cmd, "--help"])
         assert out.exit_code == 0 and "Usage: main " + cmd in out.output or f"Usage: ftexport {cmd}" in out.output
+
+
+def test_pack_variants_ships_only_the_chosen_precision(tiny_run, tmp_path):
+    """An app that ships int8 does not carry (nor hash at load) the fp32 model."""
+    from ftexport_runtime import Predictor
+    from ftexport_runtime.bundle import Bundle
+
+    result = tiny_run[1]
+    out = CliRunner().invoke(main, ["-q", "pack", str(result.root / "quantized"), "-o", str(tmp_path / "slim"), "--variants", "int8"])
+    assert out.exit_code == 0, out.output
+    slim = Bundle.open(tmp_path / "slim")  # every listed file verifies
+    assert list(slim.manifest.variants) == ["int8"] and slim.manifest.default_variant == "int8"
+    assert not (tmp_path / "slim" / "model.onnx").exists() and "model.onnx" not in slim.manifest.files
+    assert (result.root / "quantized" / "model.onnx").is_file()  # the source bundle keeps its files
+    texts = ["a good film", "dull and boring"]
+    assert Predictor.from_bundle(tmp_path / "slim").predict(texts) == Predictor.from_bundle(result.bundle, variant="int8").predict(texts)
+    bad = CliRunner().invoke(main, ["-q", "pack", str(result.root / "quantized"), "-o", str(tmp_path / "x"), "--variants", "fp16"])
+    assert bad.exit_code == 2 and "no variant 'fp16' in this bundle" in bad.output and not (tmp_path / "x").exists()

@@ -86,6 +86,22 @@ def test_tampered_file_is_refused(bundle, tmp_path):
         Predictor.from_bundle(b)
 
 
+def test_verify_used_hashes_only_the_files_it_loads(bundle, tmp_path):
+    """By default every file is checked; verify="used" checks what it loads (the chosen variant
+    and the tokenizer) before loading it, and nothing else."""
+    b = copy(bundle, tmp_path)
+    with open(b / "model.onnx", "ab") as f:  # the fp32 variant; the CPU default is int8
+        f.write(b"x")
+    p = Predictor.from_bundle(b, verify="used")
+    assert p.variant.name == "int8" and p.predict(["a good film"])[0].label in ("positive", "negative")
+    with pytest.raises(BundleError, match=r"'model\.onnx' was modified"):
+        Predictor.from_bundle(b)
+    with pytest.raises(BundleError, match=r"'model\.onnx' was modified"):
+        Predictor.from_bundle(b, variant="fp32", verify="used")
+    with pytest.raises(PredictError, match="verify must be"):
+        Predictor.from_bundle(b, verify="some")
+
+
 def test_truncated_onnx_is_refused(bundle, tmp_path):
     b = copy(bundle, tmp_path)
     data = (b / "model.int8.onnx").read_bytes()

@@ -310,7 +310,7 @@ def test_cli_pack_triton(bundle, tmp_path):
         ("missing", r"^error: .*nope: no such bundle .*$"),
         ("variant", r"^error: .*no variant 'fp16' in this bundle \(it has: fp32, int8\)$"),
         ("neither", r"^error: pack: give -o/--output for the final bundle, --triton DIR for a Triton repository, or both$"),
-        ("tar_without_output", r"^error: pack: --parity, --bench and --tar need -o/--output .*$"),
+        ("tar_without_output", r"^error: pack: --parity, --bench, --tar and --variants need -o/--output .*$"),
         ("max_batch", r"^error: --triton-max-batch must be at least 1, got 0$"),
     ],
 )

@@ -93,8 +93,18 @@ class Predictor:
         backend: "cpu", "cuda" or "tensorrt"; a GPU backend that would fall back to CPU raises.
         threads: ONNX Runtime intra-op threads (default: onnxruntime's choice, one per core).
         max_batch: larger inputs are split into batches of this size.
+        verify: "all" checks the sha256 of every file of the bundle before loading anything;
+            "used" only the files this Predictor loads (the variant's model and the tokenizer),
+            for a faster start from a bundle that carries variants it does not load (or ship
+            only what you load: `ftexport pack --variants int8`); "none" trusts the files.
         """
-        return cls(Bundle.open(path, verify=verify), variant, backend, threads, max_batch, session_options)
+        if verify not in ("used", "all", "none"):
+            raise PredictError(f"verify must be 'used', 'all' or 'none', got {verify!r}")
+        bundle = Bundle.open(path, verify="all" if verify == "all" else "none")
+        if verify == "used":
+            chosen = bundle.variant(variant, get_backend(backend).name)
+            bundle.verify([chosen.file, *chosen.extra_files, bundle.manifest.tokenizer["file"]])
+        return cls(bundle, variant, backend, threads, max_batch, session_options)
 
     @property
     def providers(self) -> list[str]:
