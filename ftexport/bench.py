@@ -300,11 +300,15 @@ def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: Ben
             continue
         if reference is None:
             reference = probs
-        diff = float(np.abs(probs - reference).max())
-        check = {"against": baseline, "max_prob_diff": diff, "agreement": float((probs.argmax(-1) == reference.argmax(-1)).mean())}
-        if diff > section.parity_tolerance:
+        # The mean over texts, not the max: int8 moves a borderline text's probability by 0.2
+        # now and then (that is the parity gate's business); a broken backend moves them all.
+        gap = np.abs(probs - reference).max(-1)
+        check = {"against": baseline, "mean_prob_diff": float(gap.mean()), "max_prob_diff": float(gap.max()),
+                 "agreement": float((probs.argmax(-1) == reference.argmax(-1)).mean())}
+        if check["mean_prob_diff"] > section.parity_tolerance:
             refused.append({"backend": name, **where, **check, "tolerance": section.parity_tolerance})
-            progress.info(f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  REFUSED: answers differ from {baseline} (max |dp| {diff:.3f})")
+            progress.info(f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  REFUSED: answers differ from {baseline} "
+                          f"(mean |dp| {check['mean_prob_diff']:.3f})")
         else:
             parity[name] = check
     names = list(parity)

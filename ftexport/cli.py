@@ -277,7 +277,7 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 @click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
 @click.option("--threads", type=int, help="Threads for every backend [default: all cores].")
 @click.option("--cold-start/--no-cold-start", default=None, help="Measure start-to-first-answer and peak RSS per backend in a fresh process [default: on].")
-@click.option("--parity-tolerance", type=float, help="Largest class-probability difference to the baseline before a cell is refused a speed figure [default: 0.1].")
+@click.option("--parity-tolerance", type=float, help="Largest mean class-probability difference to the baseline before a cell is refused a speed figure [default: 0.1].")
 @click.option("--backends", help="Comma-separated, e.g. pytorch,pytorch-compile,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
 def bench(bundle: str, reference: str | None, recipe_path: str | None, output: str | None, batch_sizes: str | None, seq_len: int | None,

@@ -185,7 +185,7 @@ class BenchSection(Section):
     max_seconds: float | None = Field(None, gt=0, description="time budget per cell: stop timing a cell early once it is spent")
     threads: int | None = Field(None, gt=0, description="threads for every backend (default: physical cores)")
     cold_start: bool = Field(True, description="per backend, in a fresh process: start to first prediction, and peak RSS per cell")
-    parity_tolerance: float = Field(0.1, ge=0, le=1, description="largest |difference| of class probabilities to the baseline before a cell is refused a speed figure")
+    parity_tolerance: float = Field(0.1, ge=0, le=1, description="largest mean |difference| of class probabilities to the baseline (over the cell's texts) before a cell is refused a speed figure")
     backends: list[str] = Field(
         list(BENCH_BACKENDS),
         description="pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT or ort-tensorrt-VARIANT; ones this machine or bundle lacks are skipped with the reason",

@@ -117,7 +117,7 @@ def bench_table(report: dict[str, Any]) -> str:
                      + markdown_table(["backend", "cold start s", "import s", "load s", "first answer ms", "RSS after first answer MB", "note"], cold))
     notes = [f"- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items()]
     notes += [f"- REFUSED {r['backend']} batch {r['batch']} seq {r['seq_len']}: answers differ from {r['against']} "
-              f"(max |Δp| {r['max_prob_diff']:.3f} > {r['tolerance']}, top-1 agreement {r['agreement']:.0%}): no speed figure" for r in report.get("refused", [])]
+              f"(mean |Δp| {r['mean_prob_diff']:.3f} > {r['tolerance']}, top-1 agreement {r['agreement']:.0%}): no speed figure" for r in report.get("refused", [])]
     notes += [f"- FLAG {r['backend']} batch {r['batch']} seq {r['seq_len']}: {r['flag']}" for r in report["results"] if r.get("flag")]
     notes += [f"- {n}" for n in report.get("notes", [])]
     if notes:

@@ -36,7 +36,7 @@ def test_grid_runner_and_schema(tiny_run, tmp_path):
         spread = (max(r["round_p50_ms"]) - min(r["round_p50_ms"])) / sorted(r["round_p50_ms"])[1]
         assert abs(r["noise"] - spread) < 1e-9
         # every cell was checked against PyTorch's answers before it was timed
-        assert r["parity"]["against"] == "pytorch" and r["parity"]["max_prob_diff"] <= 0.1 and r["parity"]["agreement"] >= 0.5
+        assert r["parity"]["against"] == "pytorch" and r["parity"]["mean_prob_diff"] <= 0.1 and r["parity"]["agreement"] >= 0.5
     assert {"cpu", "cpu_flags", "cores", "versions"} <= set(report["machine"])
     assert {"torch", "onnxruntime", "transformers"} <= set(report["machine"]["versions"])
     assert "| ort-int8 " in (tmp_path / "b" / "bench.md").read_text()
@@ -79,7 +79,7 @@ def test_a_backend_with_wrong_answers_gets_no_speed_figure(tiny_run, tmp_path):
     assert {r["backend"] for r in report["results"]} == {"pytorch"}
     refused = {(r["backend"], r["batch"]) for r in report["refused"]}
     assert refused == {(b, n) for b in ("ort-fp32", "ort-int8") for n in (1, 2)}
-    assert all(r["max_prob_diff"] > 0.1 and r["against"] == "pytorch" for r in report["refused"])
+    assert all(r["mean_prob_diff"] > 0.1 and r["against"] == "pytorch" for r in report["refused"])
     assert "REFUSED ort-int8 batch 1 seq 16: answers differ from pytorch" in out.output
 
 
