@@ -187,10 +187,11 @@ def test_bench_cli_schema_and_bad_input(tiny_run, tmp_path):
     recipe_path, result = tiny_run
     bundle = result.root / "quantized"
     out = CliRunner().invoke(main, ["-q", "bench", str(bundle), "--reference", str(result.root / "merged"), "--batch-sizes", "1,2",
-                                    "--seq-len", "8", "--iterations", "3", "--warmup", "1", "-o", str(tmp_path / "b"), "--json"])
+                                    "--seq-len", "8", "--iterations", "3", "--warmup", "1", "-o", str(tmp_path / "b"), "--json",
+                                    "--backends", "pytorch,ort-fp32,ort-int8", "--traffic", "fixed", "--no-cold-start"])
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert report["schema_version"] == 1 and report["seq_len"] == 8 and report["machine"]["cores"] >= 1
+    assert report["schema_version"] == 2 and report["seq_len"] == 8 and report["machine"]["cores"] >= 1
     cells = {(r["backend"], r["batch"]) for r in report["results"]}
     assert cells == {(b, n) for b in ("pytorch", "ort-fp32", "ort-int8") for n in (1, 2)}
     for r in report["results"]:

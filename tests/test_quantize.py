@@ -178,7 +178,7 @@ def test_bench_measures_the_plain_optimum_path_side_by_side(tiny_run, tmp_path):
     from ftexport.recipe import BenchSection
 
     result = tiny_run[1]
-    section = BenchSection(batch_sizes=[1], seq_len=8, iterations=3, warmup=1, backends=["pytorch", "optimum-int8", "ort-int8"])
+    section = BenchSection(batch_sizes=[1], seq_len=8, iterations=3, warmup=1, cold_start=False, backends=["pytorch", "optimum-int8", "ort-int8"])
     report = bench(result.root / "quantized", result.root / "merged", section, tmp_path / "b")
     rows = {r["backend"]: r for r in report["results"]}
     assert set(rows) == {"pytorch", "optimum-int8", "ort-int8"}
