@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
 
-        from .server import ServeConfig, serve
+        from .server import ServeConfig, serve, serving_session_options
     except ImportError as e:
         raise FtexportError(
             f"serve needs the optional server stack ({e.name or e} is not installed): pip install 'ftexport-runtime[serve]'"
@@ -71,7 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
     ).check()
     predictor = Predictor.from_bundle(
-        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch
+        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch,
+        session_options=serving_session_options(),
     )
     serve(predictor, config, host=args.host, port=args.port, access_log=args.access_log, graceful_timeout=args.graceful_timeout)
     return 0

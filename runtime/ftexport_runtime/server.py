@@ -33,6 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import onnxruntime as ort
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -75,6 +76,15 @@ class ServeConfig:
         # 12 bytes per character is the JSON worst case (an escaped surrogate pair is 12 bytes
         # for 2 characters; \u00XX is 6 for 1), plus quotes, commas and the envelope.
         return self.max_request_items * (12 * self.max_text_chars + 4) + 4096
+
+
+def serving_session_options() -> ort.SessionOptions:
+    """ONNX Runtime options for a server: intra-op threads sleep between calls instead of
+    spin-waiting, so the event loop (HTTP parsing, JSON) gets the cores back as soon as a
+    batch is done. Spinning only pays when model calls follow each other with nothing between."""
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 class QueueFull(Exception):
