@@ -363,3 +363,22 @@ def test_the_core_runtime_imports_no_server_stack():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loadtest_tool_runs_and_checks_every_answer(tiny_run, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS[:8]) + "\n")
+    out = tmp_path / "result.json"
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "loadtest.py"), str(tiny_run[1].bundle),
+         "--duration", "1", "--warmup", "0", "--concurrency", "4", "--texts", str(texts),
+         "--modes", "batching,no-batching@fp32", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    modes = json.loads(out.read_text())["modes"]
+    assert set(modes) == {"batching", "no-batching@fp32"}
+    for result in modes.values():
+        assert result["ok"] > 0 and result["lost"] == 0 and result["wrong"] == 0, result
+        assert result["server_exit_code"] == 0
+    assert modes["no-batching@fp32"]["mean_batch"] == 1.0 and modes["no-batching@fp32"]["variant"] == "fp32"
