@@ -122,6 +122,8 @@ def train(recipe: str, output: str | None) -> None:
     """Fine-tune the recipe's model on its data (full or LoRA) with the Hugging Face Trainer.
 
     Writes a save_pretrained folder: the full model, or the LoRA adapter with its head.
+    Runs unchanged under torchrun / accelerate launch; the recipe's batch_size is then the
+    global batch, split over the processes (docs/distributed.md).
     """
     from .pipeline import stage_dirs
     from .train import train as train_stage
@@ -129,7 +131,8 @@ def train(recipe: str, output: str | None) -> None:
     r = _recipe(recipe)
     out = Path(output) if output else stage_dirs(r)["train"]
     record = train_stage(r, out, quiet=progress.quiet())
-    click.echo(f"{out}  ({record['metrics'].get('steps')} steps)")
+    if record:  # empty on ranks other than 0 of a distributed run: rank 0 reports for all
+        click.echo(f"{out}  ({record['metrics'].get('steps')} steps)")
 
 
 @main.command()

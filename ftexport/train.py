@@ -3,11 +3,17 @@ Trainer, fully or with a LoRA adapter (peft).
 
 Output: a save_pretrained directory. For LoRA it holds the adapter (and the classifier
 head, which peft saves beside it); `ftexport merge` folds it into dense weights.
+
+Distributed: the same command runs under `torchrun` and `accelerate launch` (DDP, FSDP,
+DeepSpeed; see docs/distributed.md). The recipe's batch_size is the global batch: each of
+the N processes takes batch_size / N, so a recipe trains the same way on 1 or 8 devices.
+Only rank 0 writes files and prints; the other ranks wait for it at barriers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -109,6 +115,34 @@ def version_specific_args(group_by_length: bool, warmup_ratio: float) -> dict[st
     return kw
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) as the launchers (torchrun, accelerate launch, deepspeed) set them
+    in the environment; read before the Trainer starts the process group, because the
+    per-device batch size must be known to build TrainingArguments."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """The recipe's batch_size is the global batch; each process takes an equal share."""
+    if batch_size % world_size:
+        near = [n for n in (batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size) if n > 0]
+        raise RecipeError(
+            f"recipe.training.batch_size: {batch_size} is the global batch and does not split evenly over {world_size} processes; "
+            f"set it to a multiple of {world_size} ({' or '.join(map(str, near))}) or launch a number of processes that divides {batch_size}"
+        )
+    return batch_size // world_size
+
+
+def check_launcher(device: str) -> None:
+    """accelerate refuses FSDP without an accelerator, with a traceback from deep inside the
+    Trainer; say it in one line before loading anything."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and device != "cuda":
+        raise RecipeError(
+            f"accelerate launch: FSDP needs CUDA GPUs and this run is on the {device}; "
+            "on CPUs launch with torchrun or --config_file recipes/accelerate/ddp.yaml"
+        )
+
+
 def train_key(recipe: Recipe) -> str:
     return make_key("train", recipe.section_hash("task", "model", "data", "method", "training"), fingerprint(recipe.data))
 
@@ -138,6 +172,20 @@ def trainable_parameters(model: Any) -> dict[str, float]:
 
 def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Fine-tune per the recipe and write the model (or adapter) directory to `output`."""
+    t = recipe.training
+    rank, world_size = world()
+    try:  # what is wrong with the launch is the same on every rank
+        device_batch = per_device_batch(t.batch_size, world_size)
+        device = resolve_device(t.device)
+        check_launcher(device)
+    except RecipeError:
+        if rank != 0:
+            raise SystemExit(2) from None  # rank 0 says why: one line, not one per process
+        raise
+    if rank != 0:
+        progress.set_quiet(True)  # rank 0 reports for all; N copies of each line help no one
+        quiet = True
+
     import torch
     import transformers
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
@@ -145,8 +193,6 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     task = get_task(recipe.task)
     base = resolve_model_path(recipe.model.path).resolve()
     check_model_dir(base)
-    t = recipe.training
-    device = resolve_device(t.device)
     flags = precision_flags(t.mixed_precision, device)
     data = load_data(recipe.data, ("train", "validation"))
     dev = data.get("validation")
@@ -156,7 +202,10 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     key = train_key(recipe)
 
     tokenizer = load_tokenizer(base)
-    progress.step(f"train: {len(data['train'])} examples, labels {data.label_names}, method {recipe.method.name}, device {device}")
+    progress.step(
+        f"train: {len(data['train'])} examples, labels {data.label_names}, method {recipe.method.name}, device {device}"
+        + (f", {world_size} processes x batch {device_batch}" if world_size > 1 else "")
+    )
     transformers.set_seed(t.seed)
     model = task.load_model(base, data.label_names, recipe.model.trust_remote_code)
     if recipe.method.name == "lora":
@@ -174,11 +223,6 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
 
     # Checkpoints live beside the stage (not inside its temp dir) so an interrupted run resumes.
     ckpt_dir = output.parent / f".{output.name}.checkpoints"
-    if ckpt_dir.exists() and (ckpt_dir / "KEY").is_file() and (ckpt_dir / "KEY").read_text() != key:
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "KEY").write_text(key)
-    resume = any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
 
     evaluating = dev_ds is not None
     strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
@@ -189,7 +233,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         max_steps=t.max_steps or -1,
         learning_rate=t.lr,
         weight_decay=t.weight_decay,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=device_batch,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         lr_scheduler_type=t.scheduler,
@@ -211,9 +255,25 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         dataloader_num_workers=t.dataloader_workers,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         tf32=bool(cuda and torch.cuda.get_device_capability()[0] >= 8),
+        # NCCL has no CPU tensors; None lets accelerate pick (NCCL on GPUs, or what its config says).
+        ddp_backend="gloo" if world_size > 1 and not cuda else None,
         **flags,
         **version_specific_args(t.group_by_length, t.warmup_ratio),
     )
+    if args.world_size != world_size:  # a launcher that does not set WORLD_SIZE would silently change the batch
+        raise RecipeError(
+            f"ftexport train: the environment says WORLD_SIZE={world_size} but torch.distributed has {args.world_size} processes; "
+            "launch with torchrun or accelerate launch"
+        )
+    state = getattr(args, "distributed_state", None)  # the process group the Trainer will use, now initialized
+    if args.process_index == 0:
+        if ckpt_dir.exists() and (ckpt_dir / "KEY").is_file() and (ckpt_dir / "KEY").read_text() != key:
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "KEY").write_text(key)
+    _barrier(state)  # every rank must see the same checkpoints to agree on resuming
+    resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+
     callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     trainer = Trainer(
         model=model,
@@ -249,8 +309,15 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         + (f", dev {t.metric} {metrics.get(t.metric, float('nan')):.4f}" if evaluating else "")
     )
 
+    # Under FSDP/DeepSpeed the weights are sharded: every rank takes part in gathering them,
+    # then rank 0 alone writes the stage directory (one writer, so no race on the rename).
+    sharded = world_size > 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
+    if args.process_index != 0:
+        _barrier(state)  # wait until rank 0 has renamed the stage into place
+        return {}
     with stage_dir(output) as tmp:
-        trainer.model.save_pretrained(str(tmp))
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
         write_record(
             tmp,
@@ -267,7 +334,13 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
             trust_remote_code=recipe.model.trust_remote_code,
         )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    _barrier(state)
     return read_record(output) or {}
+
+
+def _barrier(state: Any) -> None:
+    if state is not None and state.num_processes > 1:
+        state.wait_for_everyone()
 
 
 def predict_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
