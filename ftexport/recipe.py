@@ -90,7 +90,7 @@ class TrainingSection(Section):
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    batch_size: int = Field(32, gt=0, description="per-device batch size")
+    batch_size: int = Field(32, gt=0, description="global batch size: split evenly over the processes under torchrun or accelerate launch")
     eval_batch_size: int = Field(64, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
