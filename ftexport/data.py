@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .recipe import DataSection
 
 SPLITS = ("train", "validation", "test")
@@ -77,8 +77,7 @@ def read_table(path: Path, fmt: str = "auto", split: str = "train") -> pd.DataFr
     except DataError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"recipe.data.{split}: cannot read {path} as {kind} ({first[:200]})") from None
+        raise DataError(f"recipe.data.{split}: cannot read {path} as {kind} ({first_line(e)})") from None
     raise DataError(f"recipe.data.format: unknown format {kind!r}")
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .errors import first_line
+from .report import gpu_driver
 
 
 def _version(name: str) -> str | None:
@@ -54,7 +56,7 @@ def probe_provider(provider: str) -> tuple[bool, str]:
             sess = ort.InferenceSession(str(_tiny_onnx(Path(d) / "p.onnx")), providers=[provider, "CPUExecutionProvider"])
             sess.run(None, {"x": np.ones((1, 4), dtype=np.float32)})
         except Exception as e:  # noqa: BLE001
-            return False, f"{provider} failed to start: {str(e).splitlines()[0][:200]}"
+            return False, f"{provider} failed to start: {first_line(e)}"
         active = sess.get_providers()
     if active[0] != provider:
         return False, f"{provider} is listed but ONNX Runtime fell back to {active[0]} (CUDA or cuDNN libraries missing or mismatched)"
@@ -74,11 +76,7 @@ def diagnose() -> dict[str, Any]:
             gpu = {"available": True, "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
                    "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
                    "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported()}
-            try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-                gpu["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
-            except (OSError, subprocess.TimeoutExpired, IndexError):
-                gpu["driver"] = None
+            gpu["driver"] = gpu_driver()
         else:
             gpu["reason"] = f"torch {torch.__version__} sees no CUDA device"
     except ImportError:

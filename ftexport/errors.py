@@ -3,6 +3,13 @@
 from ftexport_runtime.errors import BackendUnavailable, BundleError, FtexportError, PredictError
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), cut to
+    `limit` characters: what a one-line error quotes from a library's exception."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 class RecipeError(FtexportError):
     """A recipe field is unknown, has the wrong type, or names a file that is not there."""
 
@@ -34,4 +41,5 @@ __all__ = [
     "ModelError",
     "PredictError",
     "RecipeError",
+    "first_line",
 ]

@@ -23,7 +23,7 @@ from ftexport_runtime.bundle import Manifest, Variant, write_manifest
 
 from . import progress
 from .artifacts import make_key, read_record, stage_dir, versions, write_record
-from .errors import BundleError, ModelError
+from .errors import BundleError, ModelError, first_line
 from .report import cpu_flags
 from .tasks import get_task
 from .train import check_model_dir, load_tokenizer
@@ -96,7 +96,7 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
                     do_validation=False, library_name="transformers", trust_remote_code=record.get("trust_remote_code", False),
                 )
         except (ValueError, KeyError, OSError) as e:
-            raise ModelError(f"{model_dir}: Optimum cannot export this model to ONNX ({str(e).splitlines()[0][:200]})") from None
+            raise ModelError(f"{model_dir}: Optimum cannot export this model to ONNX ({first_line(e)})") from None
         shutil.move(str(raw / MODEL_FILE), tmp / MODEL_FILE)
         for extra in raw.glob(f"{MODEL_FILE}_data"):  # external data for >2 GB models
             shutil.move(str(extra), tmp / extra.name)

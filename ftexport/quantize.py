@@ -38,7 +38,7 @@ from ftexport_runtime.bundle import Bundle, Manifest, Variant, write_manifest
 from . import progress
 from .artifacts import link_tree, make_key, read_record, stage_dir, write_record
 from .data import fingerprint, load_data
-from .errors import BundleError, DataError, RecipeError
+from .errors import BundleError, DataError, RecipeError, first_line
 from .export import onnx_io, optimize_onnx
 from .recipe import DataSection, Gate, QuantizeSection
 
@@ -119,7 +119,7 @@ def int8_onnx(
     except (RecipeError, DataError):
         raise
     except Exception as e:  # onnxruntime's quantizer raises bare Exceptions and ValueErrors
-        raise BundleError(f"{src}: ONNX Runtime could not quantize this model ({str(e).splitlines()[0][:200]})") from None
+        raise BundleError(f"{src}: ONNX Runtime could not quantize this model ({first_line(e)})") from None
     finally:
         root.setLevel(level)
     for tmp in dst.parent.glob("augmented_model*.onnx"):

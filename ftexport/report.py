@@ -47,7 +47,7 @@ def machine_info() -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(0)
             info["cuda"] = torch.version.cuda
             info["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
-            driver = _gpu_driver()
+            driver = gpu_driver()
             if driver:
                 info["gpu_driver"] = driver
     except ImportError:
@@ -55,7 +55,8 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _gpu_driver() -> str | None:
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version from nvidia-smi (None without one)."""
     import subprocess
 
     try:

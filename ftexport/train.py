@@ -23,7 +23,7 @@ import numpy as np
 from . import progress
 from .artifacts import make_key, read_record, stage_dir, write_record
 from .data import fingerprint, load_data
-from .errors import ModelError, RecipeError
+from .errors import ModelError, RecipeError, first_line
 from .recipe import Recipe, resolve_model_path
 from .tasks import get_task
 
@@ -39,7 +39,7 @@ def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
     try:
         AutoConfig.from_pretrained(str(path))
     except (ValueError, OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{where}: {path}/config.json cannot be read by transformers ({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{where}: {path}/config.json cannot be read by transformers ({first_line(e)})") from None
 
 
 def load_tokenizer(path: Path, where: str = "recipe.model.path") -> Any:
@@ -48,7 +48,7 @@ def load_tokenizer(path: Path, where: str = "recipe.model.path") -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(path), use_fast=True)
     except (OSError, ValueError, TypeError) as e:
-        raise ModelError(f"{where}: no usable tokenizer in {path} ({str(e).splitlines()[0][:200]})") from None
+        raise ModelError(f"{where}: no usable tokenizer in {path} ({first_line(e)})") from None
     if not getattr(tok, "is_fast", False):
         raise ModelError(f"{where}: {path} has no fast tokenizer (tokenizer.json); the runtime needs one")
     return tok
@@ -161,7 +161,7 @@ def build_peft(model: Any, recipe: Recipe, task_type: str) -> Any:
     try:
         return get_peft_model(model, config)
     except ValueError as e:
-        raise RecipeError(f"recipe.method.target_modules: {str(e).splitlines()[0][:200]}") from None
+        raise RecipeError(f"recipe.method.target_modules: {first_line(e)}") from None
 
 
 def trainable_parameters(model: Any) -> dict[str, float]:
