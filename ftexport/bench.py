@@ -33,7 +33,8 @@ from ftexport_runtime.postprocess import softmax
 
 from . import progress
 from .artifacts import make_key, read_record, stage_dir, write_record
-from .errors import RecipeError
+from .coldstart import torch_probs
+from .errors import RecipeError, first_line
 from .recipe import BenchSection, DataSection
 from .report import bench_html, bench_table, machine_info
 from .tasks import get_task
@@ -102,7 +103,7 @@ def read_texts(path: str | Path) -> list[str]:
     try:
         texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"--texts {path}: cannot read it ({_first_line(e)}); give a UTF-8 text file with one text per line") from None
+        raise RecipeError(f"--texts {path}: cannot read it ({first_line(e, 300)}); give a UTF-8 text file with one text per line") from None
     if not texts:
         raise RecipeError(f"--texts {path}: no texts in it; give a UTF-8 text file with one text per line")
     return texts
@@ -161,18 +162,6 @@ class Cell:
     seq_len: int | str  # "real": held-out texts as they come, padded per batch
     batches: list[list[str]]  # every backend gets these same batches, in this order
     tokens: float  # mean padded length of a batch
-
-
-def _torch_probs(model: Any, tokenizer: Any, max_length: int, device: str) -> Callable[[list[str]], np.ndarray]:
-    import torch
-
-    def probs(texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-            return torch.softmax(logits.float(), -1).cpu().numpy()  # .cpu() waits for the GPU: the answer is on the host
-
-    return probs
 
 
 def parse_backend(name: str) -> tuple[str, str, str | None]:
@@ -239,7 +228,7 @@ def _build_runner(name: str, bundle: Bundle, bundle_dir: Path, reference: Path |
         if kind == "pytorch-compile":
             progress.info("pytorch-compile: torch.compile(dynamic=True); the first call compiles (can take a minute)")
             model = torch.compile(model, dynamic=True)
-    fn = _torch_probs(model, tokenizer, bundle.manifest.max_length, device)
+    fn = torch_probs(model, tokenizer, bundle.manifest.max_length, device)
     return Runner(name, fn, fn, spec)
 
 
@@ -275,11 +264,6 @@ def _cycle(answer: Callable[[list[str]], Any], batches: list[list[str]]) -> Call
     return call
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:300]
-
-
 def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: BenchSection,
              failed: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Parity first (a backend whose answers differ from the baseline's gets no speed figure),
@@ -295,7 +279,7 @@ def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: Ben
         try:
             probs = np.concatenate([runners[name].probs(b) for b in cell.batches])
         except Exception as e:  # a backend that cannot run this cell (compile failure, OOM) is reported, not fatal
-            failed[name] = f"failed at batch {cell.batch} seq {cell.seq_len}: {_first_line(e)}"
+            failed[name] = f"failed at batch {cell.batch} seq {cell.seq_len}: {first_line(e, 300)}"
             progress.info(f"{name}: {failed[name]}")
             continue
         if reference is None:

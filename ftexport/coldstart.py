@@ -18,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,20 @@ def process_gpu_mb() -> float | None:
     return None
 
 
+def torch_probs(model: Any, tokenizer: Any, max_length: int, device: str) -> Callable[[list[str]], Any]:
+    """Texts to class probabilities the way a PyTorch (or Optimum ORTModel) user gets them:
+    tokenize, run, softmax, back on the host. `ftexport bench` times this same function."""
+    import torch
+
+    def probs(texts: list[str]) -> Any:
+        with torch.inference_mode():
+            enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+            return torch.softmax(logits.float(), -1).cpu().numpy()  # .cpu() waits for the GPU: the answer is on the host
+
+    return probs
+
+
 def _ort(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     t0 = time.time()
     from ftexport_runtime import Predictor
@@ -80,13 +95,7 @@ def _torch(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         if spec["kind"] == "pytorch-compile":
             model = torch.compile(model, dynamic=True)
     tokenizer = AutoTokenizer.from_pretrained(spec["reference"])
-
-    def answer(texts: list[str]) -> Any:
-        with torch.inference_mode():
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=spec["max_length"], return_tensors="pt")
-            return torch.softmax(model(**{k: v.to(device) for k, v in enc.items()}).logits.float(), -1).cpu()
-
-    return answer, {"import_s": t1 - t0, "load_s": time.time() - t1}
+    return torch_probs(model, tokenizer, spec["max_length"], device), {"import_s": t1 - t0, "load_s": time.time() - t1}
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
