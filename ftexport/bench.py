@@ -38,7 +38,8 @@ from .errors import RecipeError, first_line
 from .recipe import BenchSection, DataSection
 from .report import bench_html, bench_table, machine_info
 from .tasks import get_task
-from .train import check_model_dir, load_tokenizer
+from .methods import check_reference, is_adapter_dir, load_reference
+from .train import load_tokenizer
 
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
@@ -196,6 +197,8 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
             return "no --reference model given"
         if device == "cuda" and not torch.cuda.is_available():
             return "torch sees no CUDA device"
+        if kind == "optimum" and is_adapter_dir(reference_dir):
+            return "the reference is an unmerged prefix/prompt adapter, which Optimum's ORTModel cannot export"
         if kind == "pytorch-compile" and _cxx_compiler() is None:
             return "torch.compile's inductor needs a C++ compiler and none was found (install g++)"
         return None
@@ -224,7 +227,7 @@ def _build_runner(name: str, bundle: Bundle, bundle_dir: Path, reference: Path |
         model = plain_optimum_int8(reference, workdir / "optimum", threads)  # type: ignore[arg-type]
         spec["optimum_dir"] = str(workdir / "optimum" / "int8")
     else:
-        model = get_task(bundle.manifest.task).auto_model_class().from_pretrained(str(reference)).eval().to(device)
+        model = load_reference(reference, get_task(bundle.manifest.task)).to(device)  # type: ignore[arg-type]
         if kind == "pytorch-compile":
             progress.info("pytorch-compile: torch.compile(dynamic=True); the first call compiles (can take a minute)")
             model = torch.compile(model, dynamic=True)
@@ -356,7 +359,7 @@ def bench(
     if too_long:
         raise RecipeError(f"bench sequence length {too_long[0]} exceeds the bundle's max_length {max_length}; use at most {max_length}")
     if reference is not None:
-        check_model_dir(reference, "reference model")
+        check_reference(reference, "reference model")
     threads = section.threads or default_threads()
     torch.set_num_threads(threads)
     skipped = {b: r for b in section.backends if (r := skip_reason(b, bundle, reference))}

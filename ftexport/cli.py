@@ -118,17 +118,26 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: OUTPUT/train from the recipe].")
-def train(recipe: str, output: str | None) -> None:
-    """Fine-tune the recipe's model on its data (full or LoRA) with the Hugging Face Trainer.
+@click.option("--method", "method_name", metavar="NAME",
+              help="Override recipe method.name: full, bitfit, lora, adalora, ia3, prefix or prompt (README, 'Fine-tuning methods').")
+def train(recipe: str, output: str | None, method_name: str | None) -> None:
+    """Fine-tune the recipe's model on its data with the Hugging Face Trainer: fully, BitFit,
+    or a peft adapter (LoRA, AdaLoRA, IA3, prefix or prompt tuning).
 
-    Writes a save_pretrained folder: the full model, or the LoRA adapter with its head.
-    Runs unchanged under torchrun / accelerate launch; the recipe's batch_size is then the
-    global batch, split over the processes (docs/distributed.md).
+    Writes a save_pretrained folder: the full model, or the adapter with its head, and
+    reports the trainable-parameter count and share. Runs unchanged under torchrun /
+    accelerate launch; the recipe's batch_size is then the global batch, split over the
+    processes (docs/distributed.md).
     """
     from .pipeline import stage_dirs
+    from .recipe import parse_recipe
     from .train import train as train_stage
 
     r = _recipe(recipe)
+    if method_name:
+        data = r.model_dump(by_alias=True)
+        data["method"]["name"] = method_name
+        r = parse_recipe(data, recipe)
     out = Path(output) if output else stage_dirs(r)["train"]
     record = train_stage(r, out, quiet=progress.quiet())
     if record:  # empty on ranks other than 0 of a distributed run: rank 0 reports for all

@@ -26,7 +26,8 @@ from .artifacts import make_key, read_record, stage_dir, versions, write_record
 from .errors import BundleError, ModelError, first_line
 from .report import cpu_flags
 from .tasks import get_task
-from .train import check_model_dir, load_tokenizer
+from .methods import base_config_dir, check_reference, is_adapter_dir, load_reference
+from .train import load_tokenizer
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -68,43 +69,38 @@ def export_key(model_dir: Path, opset: int, max_length: int | None) -> str:
 
 
 def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_length: int | None = None, name: str | None = None, task_name: str | None = None) -> Manifest:
-    """Export a dense model directory to an ONNX bundle at `output`."""
-    from optimum.exporters.onnx import main_export
-
+    """Export a model directory (dense, or an unmerged prefix/prompt adapter) to an ONNX bundle at `output`."""
     model_dir, output = Path(model_dir), Path(output)
-    check_model_dir(model_dir, "model dir")
+    check_reference(model_dir, "model dir")
     record = read_record(model_dir) or {}
     task = get_task(task_name or record.get("task", "text-classification"))
-    config = json.loads((model_dir / "config.json").read_text())
+    adapter = is_adapter_dir(model_dir)
+    config = json.loads((base_config_dir(model_dir) / "config.json").read_text())
     id2label = config.get("id2label") or {}
     labels = record.get("labels") or [id2label[str(i)] for i in range(len(id2label))]
     if not labels:
         raise ModelError(f"{model_dir}: config.json has no id2label; the bundle needs label names (train with ftexport, or add id2label)")
     tokenizer = load_tokenizer(model_dir, "model dir")
     limit = int(config.get("max_position_embeddings") or 512)
+    if adapter:  # prefix/prompt tuning: the virtual tokens take the first position slots
+        limit -= int(json.loads((model_dir / "adapter_config.json").read_text()).get("num_virtual_tokens") or 0)
     max_len = max_length or record.get("max_length") or min(int(getattr(tokenizer, "model_max_length", limit)), limit)
     if max_len > limit:
         raise ModelError(f"max_length {max_len} exceeds the model's {limit} positions; use at most {limit}")
 
-    progress.step(f"export: ONNX (opset {opset}) through Optimum, dynamic batch and sequence axes")
+    how = f"tracing the unmerged {record.get('method', 'adapter')} model with torch.onnx" if adapter else "through Optimum"
+    progress.step(f"export: ONNX (opset {opset}) {how}, dynamic batch and sequence axes")
     with stage_dir(output) as tmp:
-        raw = tmp / "optimum"
-        try:
-            with _quiet_optimum():
-                main_export(
-                    str(model_dir), output=str(raw), task=task.optimum_task, opset=opset, device="cpu",
-                    do_validation=False, library_name="transformers", trust_remote_code=record.get("trust_remote_code", False),
-                )
-        except (ValueError, KeyError, OSError) as e:
-            raise ModelError(f"{model_dir}: Optimum cannot export this model to ONNX ({first_line(e)})") from None
-        shutil.move(str(raw / MODEL_FILE), tmp / MODEL_FILE)
-        for extra in raw.glob(f"{MODEL_FILE}_data"):  # external data for >2 GB models
-            shutil.move(str(extra), tmp / extra.name)
-        shutil.rmtree(raw)
+        if adapter:
+            _trace_adapter(model_dir, task, tokenizer, tmp / MODEL_FILE, opset)
+        else:
+            _optimum_export(model_dir, task, tmp, opset, record.get("trust_remote_code", False))
         tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
-        # config.json rides along (hashed like the rest): Optimum's optimizer reads the
-        # architecture (heads, hidden size) from it to fuse attention for fp16 and O2+.
-        shutil.copy(model_dir / "config.json", tmp / CONFIG_FILE)
+        if not adapter:
+            # config.json rides along (hashed like the rest): Optimum's optimizer reads the
+            # architecture (heads, hidden size) from it to fuse attention for fp16 and O2+.
+            # A traced adapter graph is not the base architecture's, so it gets none.
+            shutil.copy(model_dir / "config.json", tmp / CONFIG_FILE)
         inputs, outputs = onnx_io(tmp / MODEL_FILE)
         manifest = Manifest(
             name=name or record.get("name") or model_dir.name,
@@ -117,13 +113,62 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
             default_variant="fp32",
             tokenizer={"file": TOKENIZER_FILE, "pad_token": tokenizer.pad_token, "pad_id": tokenizer.pad_token_id},
             versions=versions(),
-            source={"model_dir": str(model_dir.resolve()), "opset": opset},
-            files={CONFIG_FILE: ""},
+            source={"model_dir": str(model_dir.resolve()), "opset": opset, **({"method": record["method"]} if adapter else {})},
+            files={} if adapter else {CONFIG_FILE: ""},
         )
         write_manifest(tmp, manifest)
         write_record(tmp, "export", export_key(model_dir, opset, max_length), {"model": record.get("key")}, {"opset": opset, "max_length": max_len}, {})
     progress.info(f"wrote {output / MODEL_FILE} ({(output / MODEL_FILE).stat().st_size / 2**20:.1f} MiB)")
     return manifest
+
+
+def _optimum_export(model_dir: Path, task: Any, tmp: Path, opset: int, trust_remote_code: bool) -> None:
+    from optimum.exporters.onnx import main_export
+
+    raw = tmp / "optimum"
+    try:
+        with _quiet_optimum():
+            main_export(
+                str(model_dir), output=str(raw), task=task.optimum_task, opset=opset, device="cpu",
+                do_validation=False, library_name="transformers", trust_remote_code=trust_remote_code,
+            )
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelError(f"{model_dir}: Optimum cannot export this model to ONNX ({first_line(e)})") from None
+    shutil.move(str(raw / MODEL_FILE), tmp / MODEL_FILE)
+    for extra in raw.glob(f"{MODEL_FILE}_data"):  # external data for >2 GB models
+        shutil.move(str(extra), tmp / extra.name)
+    shutil.rmtree(raw)
+
+
+def _trace_adapter(model_dir: Path, task: Any, tokenizer: Any, path: Path, opset: int) -> None:
+    """Prefix and prompt tuning have no dense form and Optimum exports only transformers
+    models, so trace the peft model itself (TorchScript exporter: the dynamo one cannot
+    follow peft's prompt assembly). The learned virtual tokens become constants; the graph
+    takes the same inputs as the base model's. Traced on a padded batch, so the attention
+    mask path is the general one; `validate` then checks the graph against PyTorch."""
+    import torch
+
+    model = load_reference(model_dir, task)
+    names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")]
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: Any) -> Any:
+            return self.inner(**dict(zip(names, args))).logits
+
+    sample = tokenizer(["a short text", "a somewhat longer text to pad the other one"], padding=True, return_tensors="pt")
+    axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+    try:
+        with _quiet_optimum():
+            torch.onnx.export(
+                Logits(model).eval(), tuple(sample[n] for n in names), str(path), input_names=names, output_names=[task.output_name],
+                dynamic_axes={**axes, task.output_name: {0: "batch_size"}}, opset_version=opset, dynamo=False,
+            )
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ModelError(f"{model_dir}: this {type(model).__name__} adapter cannot be traced to ONNX faithfully ({first_line(e)}); train with lora, adalora or ia3 to export") from None
 
 
 # ---- graph optimization through Optimum's ORTOptimizer ----------------------------------

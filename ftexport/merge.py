@@ -1,8 +1,10 @@
-"""`ftexport merge`: fold a LoRA adapter into dense weights (peft's merge_and_unload) and
-prove it: merged and unmerged models must give the same logits on a batch.
+"""`ftexport merge`: fold a LoRA, AdaLoRA or IA3 adapter into dense weights (peft's
+merge_and_unload) and prove it: merged and unmerged models must give the same logits on a batch.
 
-A fully fine-tuned model needs no merge; it is passed through (hard links) so the
-pipeline has one shape whatever the method.
+A full or BitFit fine-tune needs no merge, and prefix or prompt tuning cannot be merged
+(their virtual tokens are not weights of the base model): both are passed through (hard
+links) so the pipeline has one shape whatever the method. `export` traces an unmerged
+adapter as it is (see methods.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from . import progress
 from .artifacts import RECORD, link_tree, make_key, read_record, stage_dir, write_record
 from .errors import GateFailed, ModelError
+from .methods import DENSE, MERGEABLE
 from .tasks import get_task
 from .train import check_model_dir, load_tokenizer
 
@@ -49,17 +52,25 @@ def merge(train_dir: str | Path, output: str | Path, texts: list[str] | None = N
         raise ModelError(f"{train_dir}: not a train stage output (no {RECORD} from `ftexport train`)")
     key = merge_key(train_dir)
     labels = record["labels"]
-    if record.get("method") == "full":
-        progress.step("merge: full fine-tune, nothing to merge (passing the model through)")
-        check_model_dir(train_dir, "train dir")
+    method = record.get("method", "lora")
+    if method not in MERGEABLE:
+        adapter = method not in DENSE
+        why = "cannot be merged into dense weights, passing the adapter through to export" if adapter else "nothing to merge (passing the model through)"
+        progress.step(f"merge: {method} {why}")
+        if not adapter:
+            check_model_dir(train_dir, "train dir")
         with stage_dir(output) as tmp:
             link_tree(train_dir, tmp)
-            write_record(tmp, "merge", key, {"train": record["key"]}, {"merged": False}, {}, labels=labels, task=record["task"], max_length=record["max_length"])
+            write_record(
+                tmp, "merge", key, {"train": record["key"]}, {"merged": False}, {}, labels=labels, task=record["task"],
+                max_length=record["max_length"], method=method, base_model=record.get("base_model"),
+                trust_remote_code=record.get("trust_remote_code", False),
+            )
         return read_record(output) or {}
 
     from peft import PeftModel
 
-    progress.step(f"merge: folding the LoRA adapter into {record['base_model']}")
+    progress.step(f"merge: folding the {method} adapter into {record['base_model']}")
     task = get_task(record["task"])
     base = Path(record["base_model"])
     check_model_dir(base, "base model")
@@ -83,6 +94,6 @@ def merge(train_dir: str | Path, output: str | Path, texts: list[str] | None = N
         tokenizer.save_pretrained(str(tmp))
         write_record(
             tmp, "merge", key, {"train": record["key"]}, {"merged": True},
-            {"max_logit_diff": diff}, labels=labels, task=record["task"], max_length=record["max_length"],
+            {"max_logit_diff": diff}, labels=labels, task=record["task"], max_length=record["max_length"], method=method,
         )
     return read_record(output) or {}

@@ -77,12 +77,30 @@ class DataSection(Section):
         return Path(self.root) / value if self.root else Path(value)
 
 
+class FreezeSection(Section):
+    """Freezing strategies for method full or bitfit (adapter methods freeze the base anyway)."""
+
+    embeddings: bool = Field(False, description="keep the embedding layer as pretrained")
+    layers: int = Field(0, ge=0, description="keep the lowest N transformer layers as pretrained")
+
+
 class MethodSection(Section):
-    name: Literal["full", "lora"] = "lora"
-    r: int = Field(8, gt=0)
+    name: Literal["full", "bitfit", "lora", "adalora", "ia3", "prefix", "prompt"] = Field(
+        "lora", description="full, bitfit (biases + head), lora, adalora, ia3 (merged into dense weights), prefix, prompt (exported unmerged)")
+    r: int = Field(8, gt=0, description="lora rank; adalora's initial rank")
+    target_r: int = Field(4, gt=0, description="adalora: the average rank it prunes to")
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | None = Field(None, description="module names to adapt; default: every linear layer")
+    target_modules: list[str] | None = Field(None, description="module names to adapt (lora, adalora, ia3); default: every linear layer (ia3: peft's per-model default)")
+    feedforward_modules: list[str] | None = Field(None, description="ia3: which target_modules are feed-forward (scaled on their input)")
+    num_virtual_tokens: int = Field(20, gt=0, description="prefix and prompt tuning: learned tokens per layer / input")
+    freeze: FreezeSection = FreezeSection()
+
+    @model_validator(mode="after")
+    def _freeze_dense_only(self) -> MethodSection:
+        if (self.freeze.embeddings or self.freeze.layers) and self.name not in ("full", "bitfit"):
+            raise ValueError(f"freeze applies to method full or bitfit; {self.name} already trains only its adapter")
+        return self
 
 
 class TrainingSection(Section):
@@ -97,6 +115,7 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 42
+    dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout rate of the model (hidden, attention, classifier)")
     eval_steps: int | None = Field(None, gt=0, description="evaluate on the dev split every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
@@ -237,6 +256,15 @@ class Recipe(Section):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _adalora_has_no_checkpoints(self) -> Recipe:
+        if self.method.name == "adalora" and self.training.early_stopping_patience:
+            raise ValueError(
+                "training.early_stopping_patience: adalora cannot reload a mid-run checkpoint (its pruned ranks change shape), "
+                "so it trains to the end; remove early_stopping_patience or use lora"
+            )
+        return self
+
     def output_dir(self) -> Path:
         return Path(self.output or f"runs/{self.name}")
 
@@ -330,10 +358,14 @@ def format_error(err: dict[str, Any]) -> str:
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{where}: expected a mapping of keys, got {_describe(value)}"
     if kind == "literal_error":
-        return f"{where}: expected one of {ctx.get('expected')}, got {_describe(value)}"
+        close = difflib.get_close_matches(str(value), re.findall(r"'([^']*)'", str(ctx.get("expected", ""))), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{where}: expected one of {ctx.get('expected')}, got {_describe(value)}{hint}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{where}: {err['msg'].lower()}, got {_describe(value)}"
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    if not loc and re.match(r"^[a-z_]+(\.[a-z_]+)+: ", msg):  # a whole-recipe check that names its field
+        return f"recipe.{msg}"
     return f"{where}: {msg}"
 
 

@@ -25,6 +25,7 @@ from .artifacts import make_key, read_record, stage_dir, write_record
 from .data import fingerprint, load_data
 from .errors import ModelError, RecipeError, first_line
 from .recipe import Recipe, resolve_model_path
+from .methods import adalora_callback, apply_method, check_positions, dropout_override
 from .tasks import get_task
 
 
@@ -147,21 +148,14 @@ def train_key(recipe: Recipe) -> str:
     return make_key("train", recipe.section_hash("task", "model", "data", "method", "training"), fingerprint(recipe.data))
 
 
-def build_peft(model: Any, recipe: Recipe, task_type: str) -> Any:
-    from peft import LoraConfig, get_peft_model
+def total_steps(t: Any, examples: int, device_batch: int, world_size: int) -> int:
+    """Optimizer steps the Trainer will take (AdaLoRA schedules its rank budget on it)."""
+    import math
 
-    m = recipe.method
-    config = LoraConfig(
-        task_type=task_type,
-        r=m.r,
-        lora_alpha=m.alpha,
-        lora_dropout=m.dropout,
-        target_modules=m.target_modules or "all-linear",
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as e:
-        raise RecipeError(f"recipe.method.target_modules: {first_line(e)}") from None
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = max(1, math.ceil(math.ceil(examples / (device_batch * world_size)) / t.gradient_accumulation_steps))
+    return max(1, math.ceil(t.epochs * per_epoch))
 
 
 def trainable_parameters(model: Any) -> dict[str, float]:
@@ -208,12 +202,14 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     )
     transformers.set_seed(t.seed)
     model = task.load_model(base, data.label_names, recipe.model.trust_remote_code)
-    if recipe.method.name == "lora":
-        model = build_peft(model, recipe, task.peft_task_type)
-    params = trainable_parameters(model)
-    progress.info(f"trainable parameters: {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
-
     max_len = recipe.model.max_length
+    check_positions(recipe.method, model.config, max_len)
+    if t.dropout is not None:
+        dropout_override(model, t.dropout)
+    model = apply_method(model, recipe.method, task.peft_task_type, total_steps(t, len(data["train"]), device_batch, world_size))
+    params = trainable_parameters(model)
+    progress.info(f"{recipe.method.name}: trainable parameters {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
+
     train_ds = task.dataset(tokenizer, data["train"].texts, data["train"].labels, max_len)
     dev_ds = task.dataset(tokenizer, dev.texts, dev.labels, max_len) if dev is not None else None
 
@@ -225,6 +221,10 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     ckpt_dir = output.parent / f".{output.name}.checkpoints"
 
     evaluating = dev_ds is not None
+    # AdaLoRA saves each checkpoint pruned to that moment's ranks, which cannot be loaded back
+    # into the model (its ranks moved on): no mid-run checkpoints, so no best-checkpoint
+    # reload and no resume; the recipe refuses early stopping for it (recipe.py).
+    checkpoints = recipe.method.name != "adalora"
     strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
     cuda = device == "cuda"
     args = TrainingArguments(
@@ -242,10 +242,10 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         data_seed=t.seed,
         eval_strategy=strategy,
         eval_steps=t.eval_steps,
-        save_strategy=strategy if evaluating else "steps",
+        save_strategy=(strategy if evaluating else "steps") if checkpoints else "no",
         save_steps=t.eval_steps or 500,
         save_total_limit=2,
-        load_best_model_at_end=evaluating,
+        load_best_model_at_end=evaluating and checkpoints,
         metric_for_best_model=t.metric if evaluating else None,
         greater_is_better=True,
         logging_steps=10,
@@ -274,7 +274,9 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     _barrier(state)  # every rank must see the same checkpoints to agree on resuming
     resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
 
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
+    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
+    if recipe.method.name == "adalora":
+        callbacks.append(adalora_callback())
     trainer = Trainer(
         model=model,
         args=args,

@@ -24,7 +24,8 @@ from .errors import BackendUnavailable, ModelError
 from .recipe import DataSection, Gate
 from .report import parity_table
 from .tasks import get_task
-from .train import check_model_dir, load_tokenizer, predict_logits
+from .methods import check_reference, load_reference, reference_labels
+from .train import load_tokenizer, predict_logits
 
 PARITY_JSON = "parity.json"
 PARITY_MD = "parity.md"
@@ -68,12 +69,6 @@ def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate) -> l
     return checks
 
 
-def reference_labels(model_dir: Path) -> list[str]:
-    config = json.loads((model_dir / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    return [id2label[str(i)] for i in range(len(id2label))]
-
-
 def validate_key(bundle_dir: Path, reference_dir: Path, data: DataSection, split: str, gates: dict[str, Gate], backends: list[str]) -> str:
     keys = [(read_record(d) or {}).get("key") or str(d.resolve()) for d in (bundle_dir, reference_dir)]
     return make_key("validate", keys, fingerprint(data), split, {k: g.model_dump() for k, g in gates.items()}, backends)
@@ -106,7 +101,7 @@ def validate(
     bundle_dir, reference_dir, output = Path(bundle_dir), Path(reference_dir), Path(output)
     bundle = Bundle.open(bundle_dir)
     manifest = bundle.manifest
-    check_model_dir(reference_dir, "reference model")
+    check_reference(reference_dir, "reference model")
     ref_labels = reference_labels(reference_dir)
     if ref_labels and ref_labels != manifest.labels:
         raise ModelError(f"reference model labels {ref_labels} differ from the bundle's {manifest.labels}; compare the model the bundle was exported from")
@@ -120,7 +115,7 @@ def validate(
     texts, labels = held_out.texts, np.asarray(held_out.labels)
     progress.step(f"validate: {len(texts)} examples of the {split} split, PyTorch vs {', '.join(names)} on {', '.join(backends)}")
 
-    model = task.auto_model_class().from_pretrained(str(reference_dir))
+    model = load_reference(reference_dir, task)
     if torch.cuda.is_available():
         model = model.to("cuda")  # fp32 either way; only faster
     ref_logits = predict_logits(model, load_tokenizer(reference_dir, "reference model"), texts, manifest.max_length, batch_size)

@@ -24,7 +24,7 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         ({"training__lr": "fast"}, "recipe.training.lr: expected a number, got 'fast'"),
         ({"training__batch_size": 2.5}, "recipe.training.batch_size: expected an integer, got 2.5 (float)"),
         ({"training__lrr": 0.1}, "recipe.training.lrr: unknown key; did you mean 'lr'?"),
-        ({"method__name": "qlora"}, "recipe.method.name: expected one of 'full' or 'lora', got 'qlora'"),
+        ({"method__name": "qlora"}, "recipe.method.name: expected one of 'full', 'bitfit', 'lora', 'adalora', 'ia3', 'prefix' or 'prompt', got 'qlora'; did you mean 'lora'?"),
         ({"training__batch_size": 0}, "recipe.training.batch_size: input should be greater than 0, got 0 (int)"),
         ({"validate__int8__min_agreement": 1.5}, "recipe.validate.int8.min_agreement: input should be less than or equal to 1, got 1.5 (float)"),
         ({"quantize__per_channel": "maybe"}, "recipe.quantize.per_channel: expected true or false, got 'maybe'"),
