@@ -91,11 +91,11 @@ def texts_of_length(predictor: Predictor, seq_len: int, batch: int, pool: list[s
     return out
 
 
-def held_out_texts(data: DataSection, n: int = 512) -> list[str]:
+def held_out_texts(data: DataSection, n: int = 512, labelled: bool = True) -> list[str]:
     """Texts for the benchmark's inputs: a seeded sample of the recipe's test split."""
     from .data import load_data
 
-    return load_data(data.model_copy(update={"max_test_samples": n}), ("test",))["test"].texts
+    return load_data(data.model_copy(update={"max_test_samples": n}), ("test",), labelled=labelled)["test"].texts
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -351,6 +351,10 @@ def bench(
     bundle_dir, output = Path(bundle_dir), Path(output)
     reference = Path(reference_dir) if reference_dir else None
     bundle = Bundle.open(bundle_dir)
+    if bundle.manifest.task == "text-generation":  # prefill and per-token latency, not a batch x length grid
+        from .bench_lm import bench_generation
+
+        return bench_generation(bundle_dir, reference_dir, section, output, texts_pool)
     max_length = bundle.manifest.max_length
     too_long = [n for n in section.grid_seq_lens(max_length) if n > max_length]
     if too_long:

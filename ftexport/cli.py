@@ -112,7 +112,10 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
         click.echo("\n" + result.table())
     if (result.bundle / "manifest.json").is_file() and (stop_after in (None, "pack")):
         click.echo(f"\nbundle: {result.bundle}")
-        click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
+        if r.task == "text-generation":
+            click.echo(f"try:    ftexport-runtime generate {result.bundle} \"the film is\" --max-new-tokens 20")
+        else:
+            click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
 
 
 @main.command()
@@ -255,7 +258,8 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
     r = _recipe(recipe_path)
     gates = _gates(r, thresholds)
     out = output or f"{bundle.rstrip('/')}.parity"
-    report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends)
+    report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends,
+                            generation=r.validate_.generation if r.task == "text-generation" else None)
     _echo_json(report) if as_json else click.echo(parity_table(report))
     if not report["passed"]:
         sys.exit(1)
@@ -325,7 +329,7 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     from .validate import load_report as load_parity
 
     parity = load_parity(parity_dir) if parity_dir else None
-    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data) if rec else None
+    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, labelled=rec.task != "text-generation") if rec else None
     report = bench_stage(bundle, reference, section, out, texts, parity=parity)
     _echo_json(report) if as_json else click.echo(bench_table(report))
     if old is not None:

@@ -77,16 +77,17 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
     task = get_task(task_name or record.get("task", "text-classification"))
     config = json.loads((model_dir / "config.json").read_text())
     id2label = config.get("id2label") or {}
-    labels = record.get("labels") or [id2label[str(i)] for i in range(len(id2label))]
-    if not labels:
+    labels = record.get("labels") or ([id2label[str(i)] for i in range(len(id2label))] if task.labelled else [])
+    if not labels and task.labelled:
         raise ModelError(f"{model_dir}: config.json has no id2label; the bundle needs label names (train with ftexport, or add id2label)")
-    tokenizer = load_tokenizer(model_dir, "model dir")
-    limit = int(config.get("max_position_embeddings") or 512)
+    tokenizer = task.prepare_tokenizer(load_tokenizer(model_dir, "model dir"))
+    limit = int(config.get("max_position_embeddings") or config.get("n_positions") or 512)
     max_len = max_length or record.get("max_length") or min(int(getattr(tokenizer, "model_max_length", limit)), limit)
     if max_len > limit:
         raise ModelError(f"max_length {max_len} exceeds the model's {limit} positions; use at most {limit}")
 
-    progress.step(f"export: ONNX (opset {opset}) through Optimum, dynamic batch and sequence axes")
+    progress.step(f"export: ONNX (opset {opset}) through Optimum, dynamic batch and sequence axes"
+                  + (" with the key/value cache" if task.optimum_task.endswith("-with-past") else ""))
     with stage_dir(output) as tmp:
         raw = tmp / "optimum"
         try:
@@ -119,11 +120,36 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
             versions=versions(),
             source={"model_dir": str(model_dir.resolve()), "opset": opset},
             files={CONFIG_FILE: ""},
+            generation=generation_spec(tmp / MODEL_FILE, config, tokenizer) if task.name == "text-generation" else None,
         )
         write_manifest(tmp, manifest)
         write_record(tmp, "export", export_key(model_dir, opset, max_length), {"model": record.get("key")}, {"opset": opset, "max_length": max_len}, {})
     progress.info(f"wrote {output / MODEL_FILE} ({(output / MODEL_FILE).stat().st_size / 2**20:.1f} MiB)")
     return manifest
+
+
+def generation_spec(model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """What the runtime's KV-cache loop needs, read from the exported graph (names, heads,
+    head size) and the model config (layers, eos/pad/bos ids)."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    past = [i for i in graph.input if i.name.startswith("past_key_values.")]
+    if not past:
+        raise ModelError(f"{model_file}: Optimum exported no past_key_values inputs; the runtime needs the key/value cache")
+    dims = past[0].type.tensor_type.shape.dim  # [batch, heads, past_sequence_length, head_dim]
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.get("eos_token_id")
+    return {
+        "past_inputs": [i.name for i in past],
+        "present_outputs": [o.name for o in graph.output if o.name.startswith("present.")],
+        "num_layers": len(past) // 2,
+        "num_heads": int(dims[1].dim_value),
+        "head_dim": int(dims[3].dim_value),
+        "eos_id": int(eos),
+        "pad_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos),
+        "bos_id": config.get("bos_token_id"),
+        "uses_position_ids": any(i.name == "position_ids" for i in graph.input),
+    }
 
 
 # ---- graph optimization through Optimum's ORTOptimizer ----------------------------------
