@@ -62,7 +62,7 @@ def _torch_calls(model: Any, prompt: list[int], n: int) -> tuple[Any, Any]:
 
     def generate() -> list[int]:
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=mask, do_sample=False, use_cache=True, max_new_tokens=n, min_new_tokens=n,
+            out = model.generate(ids, attention_mask=mask, do_sample=False, use_cache=True, max_new_tokens=n,
                                  pad_token_id=model.config.pad_token_id, num_beams=1)
         return out[0, len(prompt):].tolist()
 
@@ -96,7 +96,9 @@ def bench_generation(bundle_dir: str | Path, reference_dir: str | Path | None, s
                 continue
             from .validate_lm import model_for
 
-            runners[name] = _torch_calls(model_for(Path(reference_dir)).eval(), prompt, NEW_TOKENS)
+            model = model_for(Path(reference_dir)).eval()
+            model.generation_config.eos_token_id = None  # never stop, and eos stays a candidate token, as in _Eosless
+            runners[name] = _torch_calls(model, prompt, NEW_TOKENS)
         elif kind == "ort" and device == "cpu" and variant in bundle.manifest.variants:
             gen = _Eosless(Predictor(bundle, variant=variant, threads=threads).generator)
             runners[name] = (lambda g=gen: g.prefill(prompt), lambda g=gen: g.generate(prompt, NEW_TOKENS))

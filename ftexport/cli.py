@@ -251,6 +251,8 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 
     Reports accuracy, macro-F1, top-1 agreement and logit differences; writes parity.json
     and parity.md. Exit 0 when every variant meets its precision's thresholds, 1 if not.
+    A text-generation bundle is judged on greedy continuations of held-out prompts (token
+    for token with PyTorch generate) and perplexity (recipe validate.generation).
     """
     from .report import parity_table
     from .validate import validate as validate_stage
@@ -297,7 +299,8 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     All backends get the same texts in the same process; ONNX variants run through the
     runtime's Predictor, tokenization included. Each cell is checked against the baseline's
     answers before it is timed. With --compare OLD.json it is a CI regression gate: exit 1
-    when a cell got slower than --tolerance.
+    when a cell got slower than --tolerance. A text-generation bundle gets prefill and
+    per-token latency at batch 1 (pytorch and ort-VARIANT on the CPU) instead of the grid.
     """
     from pydantic import ValidationError
 

@@ -171,6 +171,11 @@ def test_runtime_cli_generate_and_predict_refused(lm_run, capsys):
     assert out[0]["prompt"] == "the film is" and 1 <= len(out[0]["token_ids"]) <= 5
     assert main(["predict", str(lm_run[1].bundle), "the film is"]) == 2
     assert "use generate" in capsys.readouterr().err
+    from ftexport.errors import FtexportError
+    from ftexport.triton import check_options
+
+    with pytest.raises(FtexportError, match="no Triton export"):
+        check_options(lm_run[1].bundle, lm_run[1].root / "triton")
 
 
 def test_lora_on_gpt2_merges_with_equal_logits(tmp_path, tiny_gpt2):

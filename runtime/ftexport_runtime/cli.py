@@ -88,6 +88,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch,
         session_options=serving_session_options(),
     )
+    if predictor.generator is not None:  # POST /v1/predict classifies; generation over HTTP is not built yet
+        raise FtexportError(f"{args.bundle}: serve answers text-classification bundles only; use `ftexport-runtime generate` for this text-generation bundle")
     serve(predictor, config, host=args.host, port=args.port, access_log=args.access_log, graceful_timeout=args.graceful_timeout)
     return 0
 
