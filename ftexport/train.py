@@ -205,6 +205,9 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     if recipe.model.scratch is not None:  # text-generation from random init: build the "pretrained" model here
         from .tasks.causal_lm import build_scratch
 
+        if world_size > 1:  # every rank would build (and delete) the same folder
+            raise RecipeError("recipe.model.scratch: train a scratch model in one process (ranks would race on building it); run `ftexport train` without a launcher")
+
         progress.step(f"train: building a random-init GPT-2 {recipe.model.scratch.config} and a BPE tokenizer from the train split")
         shutil.rmtree(scratch_dir, ignore_errors=True)
         base = build_scratch(recipe.model.scratch, data["train"].texts, recipe.model.max_length, scratch_dir).resolve()
