@@ -452,14 +452,15 @@ def load_report(directory: str | Path) -> dict[str, Any]:
 def compare_reports(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
     """Per cell (backend, batch, seq) found in both reports: old and new p50 and the change.
     A cell whose p50 grew by more than `tolerance` (0.1 = 10%) is a regression."""
-    before = {(r["backend"], r["batch"], r["seq_len"]): r for r in old.get("results", [])}
+    # text-generation reports have two rows per cell (phase: prefill, per token)
+    before = {(r["backend"], r["batch"], r["seq_len"], r.get("phase")): r for r in old.get("results", [])}
     rows = []
     for r in new["results"]:
-        o = before.get((r["backend"], r["batch"], r["seq_len"]))
+        o = before.get((r["backend"], r["batch"], r["seq_len"], r.get("phase")))
         if o is None:
             continue
         change = r["p50_ms"] / o["p50_ms"] - 1.0
-        rows.append({"backend": r["backend"], "batch": r["batch"], "seq_len": r["seq_len"], "old_p50_ms": o["p50_ms"],
+        rows.append({"backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""), "batch": r["batch"], "seq_len": r["seq_len"], "old_p50_ms": o["p50_ms"],
                      "new_p50_ms": r["p50_ms"], "change": change, "regression": change > tolerance})
     return rows
 

@@ -161,6 +161,13 @@ def test_bench_reports_per_token_latency(lm_run):
     assert phases == {(b, ph) for b in ("pytorch", "ort-fp32", "ort-int8") for ph in ("prefill", "per token")}
     assert all(r["matches_baseline"] for r in bench["results"] if r["backend"] == "ort-fp32")
     assert "ort-cuda-fp16" in bench["skipped"]
+    from ftexport.bench import compare_reports
+
+    slower = json.loads(json.dumps(bench))
+    for r in slower["results"]:
+        r["p50_ms"] *= 2 if r["phase"] == "per token" else 1
+    rows = compare_reports(bench, slower, 0.1)
+    assert len(rows) == 6 and {r["backend"] for r in rows if r["regression"]} == {f"{b} (per token)" for b in ("pytorch", "ort-fp32", "ort-int8")}
 
 
 def test_runtime_cli_generate_and_predict_refused(lm_run, capsys):
@@ -171,6 +178,8 @@ def test_runtime_cli_generate_and_predict_refused(lm_run, capsys):
     assert out[0]["prompt"] == "the film is" and 1 <= len(out[0]["token_ids"]) <= 5
     assert main(["predict", str(lm_run[1].bundle), "the film is"]) == 2
     assert "use generate" in capsys.readouterr().err
+    assert main(["info", str(lm_run[1].bundle)]) == 0
+    assert "2 layers x 2 heads with KV cache" in capsys.readouterr().out
     from ftexport.errors import FtexportError
     from ftexport.triton import check_options
 

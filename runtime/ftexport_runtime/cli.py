@@ -51,6 +51,9 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     print(f"bundle    {bundle.root}")
     print(f"name      {m.name}\ntask      {m.task}\nlabels    {', '.join(m.labels)}\nmax len   {m.max_length}")
+    if m.generation:
+        g = m.generation
+        print(f"decoder   {g.get('num_layers')} layers x {g.get('num_heads')} heads with KV cache, eos id {g.get('eos_id')}")
     for name, v in m.variants.items():
         mark = " (default)" if name == m.default_variant else ""
         print(f"variant   {name}: {v.file} [{v.precision}]{mark}")
