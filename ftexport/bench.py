@@ -92,11 +92,11 @@ def texts_of_length(predictor: Predictor, seq_len: int, batch: int, pool: list[s
     return out
 
 
-def held_out_texts(data: DataSection, n: int = 512) -> list[str]:
+def held_out_texts(data: DataSection, n: int = 512, labelled: bool = True) -> list[str]:
     """Texts for the benchmark's inputs: a seeded sample of the recipe's test split."""
     from .data import load_data
 
-    return load_data(data.model_copy(update={"max_test_samples": n}), ("test",))["test"].texts
+    return load_data(data.model_copy(update={"max_test_samples": n}), ("test",), labelled=labelled)["test"].texts
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -354,6 +354,10 @@ def bench(
     bundle_dir, output = Path(bundle_dir), Path(output)
     reference = Path(reference_dir) if reference_dir else None
     bundle = Bundle.open(bundle_dir)
+    if bundle.manifest.task == "text-generation":  # prefill and per-token latency, not a batch x length grid
+        from .bench_lm import bench_generation
+
+        return bench_generation(bundle_dir, reference_dir, section, output, texts_pool)
     max_length = bundle.manifest.max_length
     too_long = [n for n in section.grid_seq_lens(max_length) if n > max_length]
     if too_long:
@@ -451,14 +455,15 @@ def load_report(directory: str | Path) -> dict[str, Any]:
 def compare_reports(old: dict[str, Any], new: dict[str, Any], tolerance: float) -> list[dict[str, Any]]:
     """Per cell (backend, batch, seq) found in both reports: old and new p50 and the change.
     A cell whose p50 grew by more than `tolerance` (0.1 = 10%) is a regression."""
-    before = {(r["backend"], r["batch"], r["seq_len"]): r for r in old.get("results", [])}
+    # text-generation reports have two rows per cell (phase: prefill, per token)
+    before = {(r["backend"], r["batch"], r["seq_len"], r.get("phase")): r for r in old.get("results", [])}
     rows = []
     for r in new["results"]:
-        o = before.get((r["backend"], r["batch"], r["seq_len"]))
+        o = before.get((r["backend"], r["batch"], r["seq_len"], r.get("phase")))
         if o is None:
             continue
         change = r["p50_ms"] / o["p50_ms"] - 1.0
-        rows.append({"backend": r["backend"], "batch": r["batch"], "seq_len": r["seq_len"], "old_p50_ms": o["p50_ms"],
+        rows.append({"backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""), "batch": r["batch"], "seq_len": r["seq_len"], "old_p50_ms": o["p50_ms"],
                      "new_p50_ms": r["p50_ms"], "change": change, "regression": change > tolerance})
     return rows
 

@@ -112,7 +112,10 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
         click.echo("\n" + result.table())
     if (result.bundle / "manifest.json").is_file() and (stop_after in (None, "pack")):
         click.echo(f"\nbundle: {result.bundle}")
-        click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
+        if r.task == "text-generation":
+            click.echo(f"try:    ftexport-runtime generate {result.bundle} \"the film is\" --max-new-tokens 20")
+        else:
+            click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
 
 
 @main.command()
@@ -257,6 +260,8 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 
     Reports accuracy, macro-F1, top-1 agreement and logit differences; writes parity.json
     and parity.md. Exit 0 when every variant meets its precision's thresholds, 1 if not.
+    A text-generation bundle is judged on greedy continuations of held-out prompts (token
+    for token with PyTorch generate) and perplexity (recipe validate.generation).
     """
     from .report import parity_table
     from .validate import validate as validate_stage
@@ -264,7 +269,8 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
     r = _recipe(recipe_path)
     gates = _gates(r, thresholds)
     out = output or f"{bundle.rstrip('/')}.parity"
-    report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends)
+    report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends,
+                            generation=r.validate_.generation if r.task == "text-generation" else None)
     _echo_json(report) if as_json else click.echo(parity_table(report))
     if not report["passed"]:
         sys.exit(1)
@@ -302,7 +308,8 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     All backends get the same texts in the same process; ONNX variants run through the
     runtime's Predictor, tokenization included. Each cell is checked against the baseline's
     answers before it is timed. With --compare OLD.json it is a CI regression gate: exit 1
-    when a cell got slower than --tolerance.
+    when a cell got slower than --tolerance. A text-generation bundle gets prefill and
+    per-token latency at batch 1 (pytorch and ort-VARIANT on the CPU) instead of the grid.
     """
     from pydantic import ValidationError
 
@@ -334,7 +341,7 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     from .validate import load_report as load_parity
 
     parity = load_parity(parity_dir) if parity_dir else None
-    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data) if rec else None
+    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, labelled=rec.task != "text-generation") if rec else None
     report = bench_stage(bundle, reference, section, out, texts, parity=parity)
     _echo_json(report) if as_json else click.echo(bench_table(report))
     if old is not None:

@@ -153,11 +153,14 @@ def _to_ids(values: pd.Series, names: list[str], split: str, path: str) -> list[
     return ids
 
 
-def load_data(section: DataSection, splits: tuple[str, ...] = SPLITS) -> Data:
-    """Load the configured splits (those of `splits` that the recipe names) and map labels."""
+def load_data(section: DataSection, splits: tuple[str, ...] = SPLITS, labelled: bool = True) -> Data:
+    """Load the configured splits (those of `splits` that the recipe names) and map labels.
+
+    labelled=False (language modelling): only the text column is read and required; the
+    splits carry no labels and the label set is empty."""
     frames: dict[str, tuple[pd.DataFrame, str]] = {}
     for split in SPLITS:
-        if split not in splits and not (split == "train" and not section.label_names):
+        if split not in splits and not (labelled and split == "train" and not section.label_names):
             continue  # the train split is read anyway when it alone defines the label set
         if section.hub is not None:
             df = _read_hub(section, split)
@@ -172,14 +175,15 @@ def load_data(section: DataSection, splits: tuple[str, ...] = SPLITS) -> Data:
     for split, (df, where) in frames.items():
         if len(df) == 0:
             raise DataError(f"recipe.data.{split}: {where} has no rows; point at a file with labelled examples")
-        for field, col in (("text_column", section.text_column), ("label_column", section.label_column)):
+        columns = (("text_column", section.text_column), ("label_column", section.label_column))
+        for field, col in columns if labelled else columns[:1]:
             if col not in df.columns:
                 cols = ", ".join(map(str, df.columns[:10]))
                 raise DataError(f"recipe.data.{split}: {where} has no column {col!r} (it has: {cols}); set data.{field}")
 
     train = frames.get("train")
-    names = _label_names(section, train[0][section.label_column] if train else None)
-    if len(names) < 2:
+    names = _label_names(section, train[0][section.label_column] if train else None) if labelled else []
+    if labelled and len(names) < 2:
         raise DataError(f"recipe.data.train: found only the label {names} ; a classifier needs at least two labels")
 
     limits = {"train": section.max_train_samples, "validation": section.max_eval_samples, "test": section.max_test_samples}
@@ -194,7 +198,7 @@ def load_data(section: DataSection, splits: tuple[str, ...] = SPLITS) -> Data:
         for row, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"recipe.data.{split}: row {row + 1} of {where} has no text ({t!r}) in column {section.text_column!r}")
-        out[split] = Split(split, texts, _to_ids(df[section.label_column], names, split, where))
+        out[split] = Split(split, texts, _to_ids(df[section.label_column], names, split, where) if labelled else [])
     return Data(names, out)
 
 

@@ -77,11 +77,11 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
     adapter = is_adapter_dir(model_dir)
     config = json.loads((base_config_dir(model_dir) / "config.json").read_text())
     id2label = config.get("id2label") or {}
-    labels = record.get("labels") or [id2label[str(i)] for i in range(len(id2label))]
-    if not labels:
+    labels = record.get("labels") or ([id2label[str(i)] for i in range(len(id2label))] if task.labelled else [])
+    if not labels and task.labelled:
         raise ModelError(f"{model_dir}: config.json has no id2label; the bundle needs label names (train with ftexport, or add id2label)")
-    tokenizer = load_tokenizer(model_dir, "model dir")
-    limit = int(config.get("max_position_embeddings") or 512)
+    tokenizer = task.prepare_tokenizer(load_tokenizer(model_dir, "model dir"))
+    limit = int(config.get("max_position_embeddings") or config.get("n_positions") or 512)
     if adapter:  # prefix/prompt tuning: the virtual tokens take the first position slots
         limit -= int(json.loads((model_dir / "adapter_config.json").read_text()).get("num_virtual_tokens") or 0)
     max_len = max_length or record.get("max_length") or min(int(getattr(tokenizer, "model_max_length", limit)), limit)
@@ -89,7 +89,8 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
         raise ModelError(f"max_length {max_len} exceeds the model's {limit} positions; use at most {limit}")
 
     how = f"tracing the unmerged {record.get('method', 'adapter')} model with torch.onnx" if adapter else "through Optimum"
-    progress.step(f"export: ONNX (opset {opset}) {how}, dynamic batch and sequence axes")
+    progress.step(f"export: ONNX (opset {opset}) {how}, dynamic batch and sequence axes"
+                  + (" with the key/value cache" if task.optimum_task.endswith("-with-past") else ""))
     with stage_dir(output) as tmp:
         if adapter:
             _trace_adapter(model_dir, task, tokenizer, tmp / MODEL_FILE, opset)
@@ -115,6 +116,7 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
             versions=versions(),
             source={"model_dir": str(model_dir.resolve()), "opset": opset, **({"method": record["method"]} if adapter else {})},
             files={} if adapter else {CONFIG_FILE: ""},
+            generation=generation_spec(tmp / MODEL_FILE, config, tokenizer) if task.name == "text-generation" else None,
         )
         write_manifest(tmp, manifest)
         write_record(tmp, "export", export_key(model_dir, opset, max_length), {"model": record.get("key")}, {"opset": opset, "max_length": max_len}, {})
@@ -169,6 +171,30 @@ def _trace_adapter(model_dir: Path, task: Any, tokenizer: Any, path: Path, opset
             )
     except (RuntimeError, ValueError, TypeError) as e:
         raise ModelError(f"{model_dir}: this {type(model).__name__} adapter cannot be traced to ONNX faithfully ({first_line(e)}); train with lora, adalora or ia3 to export") from None
+
+
+def generation_spec(model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """What the runtime's KV-cache loop needs, read from the exported graph (names, heads,
+    head size) and the model config (layers, eos/pad/bos ids)."""
+    import onnx
+
+    graph = onnx.load(str(model_file), load_external_data=False).graph
+    past = [i for i in graph.input if i.name.startswith("past_key_values.")]
+    if not past:
+        raise ModelError(f"{model_file}: Optimum exported no past_key_values inputs; the runtime needs the key/value cache")
+    dims = past[0].type.tensor_type.shape.dim  # [batch, heads, past_sequence_length, head_dim]
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else config.get("eos_token_id")
+    return {
+        "past_inputs": [i.name for i in past],
+        "present_outputs": [o.name for o in graph.output if o.name.startswith("present.")],
+        "num_layers": len(past) // 2,
+        "num_heads": int(dims[1].dim_value),
+        "head_dim": int(dims[3].dim_value),
+        "eos_id": int(eos),
+        "pad_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos),
+        "bos_id": config.get("bos_token_id"),
+        "uses_position_ids": any(i.name == "position_ids" for i in graph.input),
+    }
 
 
 # ---- graph optimization through Optimum's ORTOptimizer ----------------------------------

@@ -21,12 +21,13 @@ REPORT_MD = "report.md"
 
 
 def parity_summary(parity: dict[str, Any]) -> dict[str, Any]:
-    keep = ("backend", "accuracy", "macro_f1", "accuracy_drop", "agreement", "max_logit_diff", "mean_logit_diff", "passed", "checks", "error")
+    keep = ("backend", "accuracy", "macro_f1", "accuracy_drop", "agreement", "max_logit_diff", "mean_logit_diff", "passed", "checks", "error",
+            "perplexity", "perplexity_ratio", "greedy_match")  # the last three: text-generation
     return {
         "passed": parity["passed"],
         "split": parity["split"],
         "examples": parity["examples"],
-        "reference": {k: parity["reference"][k] for k in ("accuracy", "macro_f1")},
+        "reference": {k: parity["reference"][k] for k in ("accuracy", "macro_f1", "perplexity") if k in parity["reference"]},
         "variants": {n: {k: v[k] for k in keep if k in v} for n, v in parity["variants"].items()},
     }
 
@@ -35,7 +36,7 @@ def latency_summary(bench: dict[str, Any]) -> dict[str, Any]:
     return {
         "machine": {k: bench["machine"].get(k) for k in ("cpu", "cores", "cpu_flags", "gpu")},
         "threads": bench["threads"],
-        "results": [{k: r[k] for k in ("backend", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s")} for r in bench["results"]],
+        "results": [{k: r[k] for k in ("backend", "phase", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s") if k in r} for r in bench["results"]],
         "skipped": bench.get("skipped", {}),
     }
 

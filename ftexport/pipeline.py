@@ -74,11 +74,14 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         plan.append(("quantize", lambda: quantize_key(d["export"], q, recipe.data, gates["int8"]),
                      lambda: quantize(d["export"], d["quantize"], q, recipe.data, gates["int8"])))
     v = recipe.validate_
+    generating = recipe.task == "text-generation"
+    gen = v.generation if generating else None  # greedy-parity settings, text-generation only
     plan += [
-        ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends),
-         lambda: validate_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends)),
+        ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, gen),
+         lambda: validate_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends, generation=gen)),
         ("bench", lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
-         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], bench_mod.held_out_texts(recipe.data), validate_mod.load_report(d["validate"]))),
+         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], bench_mod.held_out_texts(recipe.data, labelled=not generating),
+                                 validate_mod.load_report(d["validate"]))),
         ("pack", lambda: pack_key(bundle_dir, d["validate"], d["bench"], False), lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"])),
     ]
     for stage, key, action in plan:

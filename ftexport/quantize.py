@@ -287,6 +287,9 @@ def quantize(
         raise RecipeError("quantize: accuracy-aware int8 needs a recipe (validation texts and the int8 gate) and an int8 mode")
 
     bundle = Bundle.open(bundle_dir)  # refuses a tampered or truncated model before any work
+    if bundle.manifest.task == "text-generation" and (set(modes) - {"dynamic"} or section.optimize or section.accuracy_aware.enabled):
+        raise RecipeError("quantize: a text-generation bundle takes dynamic int8 only; static calibration, fusion and fp16 of the "
+                          "KV-cache decoder are not supported yet (use --mode dynamic)")
     src = bundle.variant("fp32")
     onnx_io(bundle.path_of(src.file))
     manifest = bundle.manifest

@@ -32,10 +32,27 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ScratchModel(Section):
+    """text-generation without downloadable weights: a randomly initialized GPT-2 built from
+    these GPT2Config fields, with a byte-level BPE tokenizer trained on the train split."""
+
+    vocab_size: int = Field(8000, ge=300, description="BPE vocabulary trained on data.train (special tokens included)")
+    config: dict[str, Any] = Field(default_factory=lambda: {"n_layer": 4, "n_head": 4, "n_embd": 256},
+                                   description="GPT2Config fields (n_layer, n_head, n_embd, ...); n_positions defaults to model.max_length")
+    seed: int = 0
+
+
 class ModelSection(Section):
-    path: str = Field(description="model directory, or package:NAME/dir for weights inside a Python package")
+    path: str | None = Field(None, description="model directory, or package:NAME/dir for weights inside a Python package")
     max_length: int = Field(128, gt=1, description="tokens per text; longer texts are truncated")
     trust_remote_code: bool = False
+    scratch: ScratchModel | None = Field(None, description="text-generation only: train a GPT-2 from random init instead of loading model.path")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if (self.path is None) == (self.scratch is None):
+            raise ValueError("give exactly one of model.path (pretrained weights) and model.scratch (random init, text-generation)")
+        return self
 
 
 class HubSource(Section):
@@ -118,7 +135,7 @@ class TrainingSection(Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout rate of the model (hidden, attention, classifier)")
     eval_steps: int | None = Field(None, gt=0, description="evaluate on the dev split every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "perplexity"] = Field("accuracy", description="dev metric for the best checkpoint (text-generation: perplexity, lower is better)")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     group_by_length: bool = False
@@ -169,11 +186,24 @@ class Gate(Section):
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="PyTorch accuracy minus this accuracy")
     min_accuracy: float | None = Field(None, ge=0, le=1)
     min_cosine: float | None = Field(None, ge=-1, le=1, description="lowest cosine similarity of a logit vector to PyTorch's")
+    # text-generation only (the classification gate ignores them)
+    min_greedy_match: float | None = Field(None, ge=0, le=1, description="share of held-out prompts whose greedy continuation equals PyTorch's token for token (fp32 default 1.0)")
+    max_perplexity_ratio: float | None = Field(None, ge=1, description="held-out perplexity / PyTorch's perplexity")
+
+
+class GenerationCheck(Section):
+    """text-generation parity: prompts cut from held-out texts, greedy continuations compared."""
+
+    prompts: int = Field(32, gt=0, description="held-out texts whose first prompt_tokens tokens are prompts")
+    prompt_tokens: int = Field(8, gt=0)
+    new_tokens: int = Field(20, gt=0, description="greedy tokens generated per prompt")
+    perplexity_texts: int | None = Field(None, gt=0, description="held-out texts scored for perplexity (default: the whole split)")
 
 
 class ValidateSection(Section):
     split: Literal["test", "validation"] = "test"
     batch_size: int = Field(64, gt=0)
+    generation: GenerationCheck = GenerationCheck()
     backends: list[Literal["cpu", "cuda", "tensorrt"]] = Field(["cpu"], description="run every variant on each; a GPU backend that falls back to CPU fails")
     fp32: Gate = Gate(max_logit_diff=1e-3, min_agreement=0.999)
     fp16: Gate = Gate(min_agreement=0.995, max_accuracy_drop=0.005)
@@ -243,7 +273,7 @@ class BenchSection(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal["text-classification", "text-generation"] = "text-classification"
     model: ModelSection
     data: DataSection
     method: MethodSection = MethodSection()
@@ -263,6 +293,32 @@ class Recipe(Section):
                 "training.early_stopping_patience: adalora cannot reload a mid-run checkpoint (its pruned ranks change shape), "
                 "so it trains to the end; remove early_stopping_patience or use lora"
             )
+        if self.method.name in ("prefix", "prompt") and self.task != "text-classification":
+            raise ValueError(
+                f"method.name: {self.method.name} tuning exports (virtual tokens traced into the graph) for text-classification only; "
+                f"for {self.task} use lora, adalora, ia3, bitfit or full"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _task_settings(self) -> Recipe:
+        """Settings that only one task understands fail here, before any work."""
+        generating = self.task == "text-generation"
+        if generating:
+            if "metric" in self.training.model_fields_set and self.training.metric != "perplexity":
+                raise RecipeError(f"recipe.training.metric: text-generation is scored by perplexity, not {self.training.metric}")
+            self.training.metric = "perplexity"
+            if self.model.scratch is not None and self.method.name != "full":
+                raise RecipeError(f"recipe.method.name: a model.scratch decoder starts from random weights; train it with method 'full' ({self.method.name} needs pretrained weights)")
+            unsupported = [m for m in self.quantize.modes if m != "dynamic"] + ([f"optimize {self.quantize.optimize}"] if self.quantize.optimize else [])
+            if unsupported or self.quantize.accuracy_aware.enabled:
+                what = ", ".join(unsupported) or "accuracy_aware"
+                raise RecipeError(f"recipe.quantize: text-generation supports dynamic int8 only (not {what}): the KV-cache decoder is not calibrated or fused by ftexport yet")
+        else:
+            if self.training.metric == "perplexity":
+                raise RecipeError("recipe.training.metric: perplexity is for task text-generation; use accuracy or macro_f1")
+            if self.model.scratch is not None:
+                raise RecipeError("recipe.model.scratch: random-init models are for task text-generation; give model.path")
         return self
 
     def output_dir(self) -> Path:
@@ -377,8 +433,8 @@ def _format_validation(e: ValidationError) -> str:
 
 def check_files(recipe: Recipe) -> None:
     """Every local path the recipe names must exist, before any work starts."""
-    model_path = resolve_model_path(recipe.model.path)
-    if not model_path.exists():
+    model_path = resolve_model_path(recipe.model.path) if recipe.model.path is not None else None
+    if model_path is not None and not model_path.exists():
         raise RecipeError(f"recipe.model.path: {model_path} does not exist")
     if recipe.data.hub is None:
         if recipe.data.root and not Path(recipe.data.root).is_dir():

@@ -81,6 +81,10 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def parity_table(report: dict[str, Any]) -> str:
+    if report.get("task") == "text-generation":
+        from .validate_lm import parity_table as lm_table
+
+        return lm_table(report)
     ref = report["reference"]
     rows: list[list[Any]] = [["pytorch (reference)", "fp32", ref["accuracy"], ref["macro_f1"], None, None, None, "—"]]
     for name, v in report["variants"].items():
@@ -95,6 +99,10 @@ def parity_table(report: dict[str, Any]) -> str:
 
 
 def bench_table(report: dict[str, Any]) -> str:
+    if report.get("task") == "text-generation":
+        from .bench_lm import bench_table as lm_table
+
+        return lm_table(report)
     rows = [
         [r["backend"], r["batch"], r["seq_len"], *(_ms(r.get(k)) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms")),
          f"{r['noise']:.1%}" if r.get("noise") is not None else None, f"{r['throughput_per_s']:.1f}",
@@ -135,6 +143,10 @@ def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
 
 def summary_table(parity: dict[str, Any], bench: dict[str, Any] | None) -> str:
     """The closing table of `ftexport run`: accuracy and batch-1 p50 of each model."""
+    if parity.get("task") == "text-generation":
+        from .bench_lm import summary_table as lm_summary
+
+        return lm_summary(parity, bench)
 
     def latency(backend: str) -> float | None:
         if not bench:
@@ -230,6 +242,8 @@ def _svg_plot(title: str, xlabel: str, ylabel: str, series: dict[str, list[tuple
 
 
 def bench_html(report: dict[str, Any], parity: dict[str, Any] | None = None) -> str:
+    if report.get("task") == "text-generation":  # no latency-vs-length grid to plot: the tables
+        return f"<!doctype html><meta charset=utf-8><title>bench</title><pre>{_esc(bench_table(report))}</pre>\n"
     """report.html: tables and plots of one bench run (and its parity results), no external assets."""
     results = report["results"]
     batch = 1 if 1 in report["batch_sizes"] else min(report["batch_sizes"])

@@ -13,6 +13,7 @@ Only rank 0 writes files and prints; the other ranks wait for it at barriers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -90,6 +91,8 @@ def _progress_callback() -> Any:
             if getattr(self, "training_bar", None) is not None and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
             scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
+            if "loss" in scores and not any(k in logs for k in ("eval_accuracy", "eval_macro_f1")):
+                scores["perplexity"] = math.exp(min(scores["loss"], 50.0))  # a language model's dev score
             if scores:
                 progress.info(f"step {state.global_step}: dev " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
@@ -182,22 +185,33 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
 
     import torch
     import transformers
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     task = get_task(recipe.task)
-    base = resolve_model_path(recipe.model.path).resolve()
-    check_model_dir(base)
     flags = precision_flags(t.mixed_precision, device)
-    data = load_data(recipe.data, ("train", "validation"))
+    data = load_data(recipe.data, ("train", "validation"), labelled=task.labelled)
     dev = data.get("validation")
     if t.early_stopping_patience and dev is None:
         raise RecipeError("recipe.training.early_stopping_patience: needs a dev split; set data.validation")
     output = Path(output)
     key = train_key(recipe)
+    scratch_dir = output.parent / f".{output.name}.scratch"
+    if recipe.model.scratch is not None:  # text-generation from random init: build the "pretrained" model here
+        from .tasks.causal_lm import build_scratch
 
-    tokenizer = load_tokenizer(base)
+        if world_size > 1:  # every rank would build (and delete) the same folder
+            raise RecipeError("recipe.model.scratch: train a scratch model in one process (ranks would race on building it); run `ftexport train` without a launcher")
+
+        progress.step(f"train: building a random-init GPT-2 {recipe.model.scratch.config} and a BPE tokenizer from the train split")
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+        base = build_scratch(recipe.model.scratch, data["train"].texts, recipe.model.max_length, scratch_dir).resolve()
+    else:
+        base = resolve_model_path(recipe.model.path).resolve()
+    check_model_dir(base)
+
+    tokenizer = task.prepare_tokenizer(load_tokenizer(base))
     progress.step(
-        f"train: {len(data['train'])} examples, labels {data.label_names}, method {recipe.method.name}, device {device}"
+        f"train: {len(data['train'])} examples" + (f", labels {data.label_names}" if task.labelled else "") + f", method {recipe.method.name}, device {device}"
         + (f", {world_size} processes x batch {device_batch}" if world_size > 1 else "")
     )
     transformers.set_seed(t.seed)
@@ -213,10 +227,8 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     train_ds = task.dataset(tokenizer, data["train"].texts, data["train"].labels, max_len)
     dev_ds = task.dataset(tokenizer, dev.texts, dev.labels, max_len) if dev is not None else None
 
-    def compute_metrics(pred: Any) -> dict[str, float]:
-        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-        return task.metrics(logits, pred.label_ids, len(data.label_names))
-
+    compute_metrics = task.compute_metrics(data.label_names)
+    best_metric, greater_is_better = task.best_metric(t.metric)
     # Checkpoints live beside the stage (not inside its temp dir) so an interrupted run resumes.
     ckpt_dir = output.parent / f".{output.name}.checkpoints"
 
@@ -246,8 +258,8 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         save_steps=t.eval_steps or 500,
         save_total_limit=2,
         load_best_model_at_end=evaluating and checkpoints,
-        metric_for_best_model=t.metric if evaluating else None,
-        greater_is_better=True,
+        metric_for_best_model=best_metric if evaluating else None,
+        greater_is_better=greater_is_better,
         logging_steps=10,
         report_to="none",
         disable_tqdm=quiet,
@@ -282,9 +294,9 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         args=args,
         train_dataset=train_ds,
         eval_dataset=dev_ds,
-        data_collator=DataCollatorWithPadding(tokenizer, padding=t.padding, max_length=max_len if t.padding == "max_length" else None),
+        data_collator=task.collator(tokenizer, t.padding, max_len),
         processing_class=tokenizer,
-        compute_metrics=compute_metrics if evaluating else None,
+        compute_metrics=compute_metrics if evaluating and compute_metrics else None,
         callbacks=callbacks,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -305,6 +317,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     if evaluating:
         ev = trainer.evaluate()
         metrics.update({k.removeprefix("eval_"): v for k, v in ev.items() if k.startswith("eval_") and isinstance(v, float)})
+        metrics = task.eval_metrics(metrics)
     progress.info(
         f"trained {result.global_step} steps in {metrics['train_runtime_s']:.0f}s "
         f"({metrics['train_samples_per_second']:.1f} samples/s)"
@@ -329,13 +342,14 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
             settings={"method": recipe.method.model_dump(), "training": t.model_dump(), "max_length": max_len},
             metrics=metrics,
             method=recipe.method.name,
-            base_model=str(base),
+            base_model="scratch" if recipe.model.scratch is not None else str(base),
             labels=data.label_names,
             task=recipe.task,
             max_length=max_len,
             trust_remote_code=recipe.model.trust_remote_code,
         )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(scratch_dir, ignore_errors=True)
     _barrier(state)
     return read_record(output) or {}
 

@@ -210,6 +210,8 @@ def check_options(
     if instances < 1:
         raise TritonError(f"instance count must be at least 1, got {instances}")
     bundle = Bundle.open(bundle_dir, verify="none")
+    if bundle.manifest.task != "text-classification":  # the repository is a classifier's: logits + labels.txt
+        raise TritonError(f"{bundle_dir}: task {bundle.manifest.task} has no Triton export yet (a KV-cache decoder needs a generation loop around the model); ship the bundle to ftexport-runtime")
     chosen = bundle.variant(variant, "cuda" if gpu else "cpu")
     name = model_name or bundle.manifest.name
     if not _NAME.fullmatch(name):

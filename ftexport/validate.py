@@ -21,7 +21,7 @@ from . import progress
 from .artifacts import make_key, read_record, stage_dir, write_record
 from .data import fingerprint, load_data
 from .errors import BackendUnavailable, ModelError
-from .recipe import DataSection, Gate
+from .recipe import DataSection, Gate, GenerationCheck
 from .report import parity_table
 from .tasks import get_task
 from .methods import check_reference, load_reference, reference_labels
@@ -69,9 +69,11 @@ def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate) -> l
     return checks
 
 
-def validate_key(bundle_dir: Path, reference_dir: Path, data: DataSection, split: str, gates: dict[str, Gate], backends: list[str]) -> str:
+def validate_key(bundle_dir: Path, reference_dir: Path, data: DataSection, split: str, gates: dict[str, Gate], backends: list[str],
+                 generation: GenerationCheck | None = None) -> str:
     keys = [(read_record(d) or {}).get("key") or str(d.resolve()) for d in (bundle_dir, reference_dir)]
-    return make_key("validate", keys, fingerprint(data), split, {k: g.model_dump() for k, g in gates.items()}, backends)
+    extra = [generation.model_dump()] if generation is not None else []  # text-generation only: classifier keys stay as they were
+    return make_key("validate", keys, fingerprint(data), split, {k: g.model_dump() for k, g in gates.items()}, backends, *extra)
 
 
 def result_name(variant: str, backend: str) -> str:
@@ -94,14 +96,31 @@ def validate(
     batch_size: int = 64,
     backends: list[str] | tuple[str, ...] = ("cpu",),
     variants: list[str] | None = None,
+    generation: GenerationCheck | None = None,
 ) -> dict[str, Any]:
-    """Measure parity on `split`, write parity.json and parity.md to `output`, return the report."""
+    """Measure parity on `split`, write parity.json and parity.md to `output`, return the report.
+    A text-generation bundle is judged by validate_lm (greedy continuations and perplexity)."""
     import torch
 
     bundle_dir, reference_dir, output = Path(bundle_dir), Path(reference_dir), Path(output)
     bundle = Bundle.open(bundle_dir)
     manifest = bundle.manifest
     check_reference(reference_dir, "reference model")
+    if manifest.task == "text-generation":
+        from . import validate_lm
+
+        generation = generation or GenerationCheck()
+        names = variants or list(manifest.variants)
+        for v in names:
+            bundle.variant(v)
+        texts = load_data(data, (split,), labelled=False)[split].texts
+        model = validate_lm.model_for(reference_dir)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        report = validate_lm.validate_generation(bundle, model, texts, gates, names, list(backends), batch_size, generation, split)
+        del model
+        _write(output, report, validate_key(bundle_dir, reference_dir, data, split, gates, list(backends), generation), bundle_dir, reference_dir, split, gates, backends)
+        return report
     ref_labels = reference_labels(reference_dir)
     if ref_labels and ref_labels != manifest.labels:
         raise ModelError(f"reference model labels {ref_labels} differ from the bundle's {manifest.labels}; compare the model the bundle was exported from")
@@ -152,16 +171,20 @@ def validate(
                 f"max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
             )
     report["passed"] = all(v["passed"] for v in report["variants"].values())
+    _write(output, report, validate_key(bundle_dir, reference_dir, data, split, gates, list(backends)), bundle_dir, reference_dir, split, gates, backends)
+    return report
+
+
+def _write(output: Path, report: dict[str, Any], key: str, bundle_dir: Path, reference_dir: Path, split: str, gates: dict[str, Gate], backends: Any) -> None:
     with stage_dir(output) as tmp:
         (tmp / PARITY_JSON).write_text(json.dumps(report, indent=2) + "\n")
         (tmp / PARITY_MD).write_text(parity_table(report) + "\n")
         write_record(
-            tmp, "validate", validate_key(bundle_dir, reference_dir, data, split, gates, list(backends)),
+            tmp, "validate", key,
             {"bundle": (read_record(bundle_dir) or {}).get("key"), "reference": (read_record(reference_dir) or {}).get("key")},
             {"split": split, "gates": {k: g.model_dump() for k, g in gates.items()}, "backends": list(backends)},
             {"passed": report["passed"]},
         )
-    return report
 
 
 def load_report(directory: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class TextClassification:
     optimum_task = "text-classification"  # Optimum's export task name
     peft_task_type = "SEQ_CLS"
     output_name = "logits"
+    labelled = True
 
     def load_model(self, path: str | Path, label_names: list[str], trust_remote_code: bool = False) -> Any:
         from transformers import AutoModelForSequenceClassification
@@ -52,6 +53,27 @@ class TextClassification:
     def dataset(self, tokenizer: Any, texts: list[str], labels: list[int] | None, max_length: int) -> EncodedTexts:
         enc = tokenizer(texts, truncation=True, max_length=max_length)
         return EncodedTexts({k: list(v) for k, v in enc.items()}, labels)
+
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        return tokenizer
+
+    def collator(self, tokenizer: Any, padding: str, max_length: int) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, padding=padding, max_length=max_length if padding == "max_length" else None)
+
+    def best_metric(self, metric: str) -> tuple[str, bool]:
+        return metric, True  # accuracy or macro-F1: higher is better
+
+    def compute_metrics(self, label_names: list[str]) -> Any:
+        def compute(pred: Any) -> dict[str, float]:
+            logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+            return self.metrics(logits, pred.label_ids, len(label_names))
+
+        return compute
+
+    def eval_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return metrics
 
     def metrics(self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None) -> dict[str, float]:
         from sklearn.metrics import f1_score

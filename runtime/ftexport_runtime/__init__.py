@@ -3,6 +3,7 @@
 from .bundle import Bundle, Manifest, Variant
 from .errors import BackendUnavailable, BundleError, FtexportError, PredictError
 from .postprocess import Prediction
+from .generate import Generation, Generator
 from .predictor import Predictor
 
 __version__ = "0.1.0"
@@ -11,6 +12,8 @@ __all__ = [
     "Bundle",
     "BundleError",
     "FtexportError",
+    "Generation",
+    "Generator",
     "Manifest",
     "PredictError",
     "Prediction",

@@ -24,7 +24,7 @@ from .errors import BundleError
 FORMAT = "ftexport-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("text-classification",)
+TASKS = ("text-classification", "text-generation")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -66,9 +66,11 @@ class Manifest:
     latency: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # model and recipe it came from
     backend_defaults: dict[str, str] = field(default_factory=dict)  # e.g. {"cuda": "fp16"}
+    # text-generation: what the KV-cache loop needs (past/present names, layers, heads, eos/pad ids)
+    generation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "name": self.name,
@@ -87,6 +89,9 @@ class Manifest:
             "parity": self.parity,
             "latency": self.latency,
         }
+        if self.generation is not None:  # absent for classifiers: their manifests stay as they were
+            out["generation"] = dict(self.generation)
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = MANIFEST) -> Manifest:
@@ -114,7 +119,11 @@ class Manifest:
         if task not in TASKS:
             raise BundleError(f"{where}: task {task!r} is not supported by this runtime (supports {', '.join(TASKS)})")
         labels = need("labels", list)
-        if not labels or not all(isinstance(x, str) for x in labels):
+        generation = data.get("generation")
+        if task == "text-generation":  # a language model has no labels, but needs its cache layout
+            if not isinstance(generation, dict) or not isinstance(generation.get("past_inputs"), list) or not isinstance(generation.get("eos_id"), int):
+                raise BundleError(f"{where}: a text-generation bundle needs a 'generation' object with past_inputs and eos_id; re-export it")
+        elif not labels or not all(isinstance(x, str) for x in labels):
             raise BundleError(f"{where}: field 'labels' must be a non-empty list of strings")
         max_length = need("max_length", int)
         if max_length <= 0:
@@ -166,6 +175,7 @@ class Manifest:
             latency=data.get("latency"),
             source=dict(data.get("source") or {}),
             backend_defaults=dict(backend_defaults),
+            generation=dict(generation) if task == "text-generation" else None,
         )
 
     def referenced_files(self) -> list[str]:

@@ -29,6 +29,20 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads)
+    results = predictor.generate(
+        list(args.prompts), max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
+    )
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            print(f"{r.prompt}{r.text}" if r.text.startswith(" ") or not r.text else f"{r.prompt} {r.text}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     bundle = Bundle.open(args.bundle, verify="none" if args.no_verify else "all")
     m = bundle.manifest
@@ -37,6 +51,9 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     print(f"bundle    {bundle.root}")
     print(f"name      {m.name}\ntask      {m.task}\nlabels    {', '.join(m.labels)}\nmax len   {m.max_length}")
+    if m.generation:
+        g = m.generation
+        print(f"decoder   {g.get('num_layers')} layers x {g.get('num_heads')} heads with KV cache, eos id {g.get('eos_id')}")
     for name, v in m.variants.items():
         mark = " (default)" if name == m.default_variant else ""
         print(f"variant   {name}: {v.file} [{v.precision}]{mark}")
@@ -74,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch,
         session_options=serving_session_options(),
     )
+    if predictor.generator is not None:  # POST /v1/predict classifies; generation over HTTP is not built yet
+        raise FtexportError(f"{args.bundle}: serve answers text-classification bundles only; use `ftexport-runtime generate` for this text-generation bundle")
     serve(predictor, config, host=args.host, port=args.port, access_log=args.access_log, graceful_timeout=args.graceful_timeout)
     return 0
 
@@ -94,6 +113,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_predict)
+
+    p = commands["generate"] = sub.add_parser("generate", help="continue prompts with a text-generation bundle (KV cache, numpy sampling)")
+    p.add_argument("bundle", help="bundle directory or .tar.gz")
+    p.add_argument("prompts", nargs="+", help="prompts to continue (a batch, left-padded)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to add at most; stops earlier at eos (default: 20)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0, help="with --sample: divide logits by this (default: 1.0)")
+    p.add_argument("--top-k", type=int, help="with --sample: draw among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="with --sample: draw from the smallest set whose probability reaches p (nucleus)")
+    p.add_argument("--seed", type=int, help="with --sample: RNG seed, for a reproducible draw")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow; for checking the cache)")
+    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default)")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="execution backend")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print JSON (prompt, text, token_ids, stopped_at_eos)")
+    p.set_defaults(func=_generate)
 
     p = commands["info"] = sub.add_parser("info", help="show what a bundle holds")
     p.add_argument("bundle")

@@ -65,6 +65,14 @@ class Predictor:
             raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]})") from None
         check_session(self.session, self.backend)
         self._inputs = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
+        self.generator = None
+        if self.manifest.task == "text-generation":  # a decoder with its KV cache: generate(), not predict()
+            from .generate import Generator
+
+            self.generator = Generator(self.session, self._load_tokenizer(), self.manifest.generation or {}, self.max_length)
+            self._output = "logits"
+            self._io_binding = False
+            return
         unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
         if unknown or "input_ids" not in self._inputs:
             raise BundleError(
@@ -149,8 +157,18 @@ class Predictor:
                     ) from None
         return texts
 
+    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> list[Any]:
+        """text-generation bundles: continue each prompt (greedy, or sampled with temperature,
+        top-k and top-p from a numpy RNG seeded with `seed`); see ftexport_runtime.generate."""
+        if self.generator is None:
+            raise PredictError(f"generate(): this bundle's task is {self.manifest.task}; use predict()")
+        return self.generator.generate(prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, use_cache)
+
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch into the model's input arrays (padded to the longest text)."""
+        if self.generator is not None:
+            raise PredictError("predict(): this bundle's task is text-generation; use generate(prompt)")
         encs = self.tokenizer.encode_batch(self._check_texts(texts))
         fields = {
             "input_ids": [e.ids for e in encs],
