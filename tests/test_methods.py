@@ -59,6 +59,12 @@ def test_adalora_refuses_early_stopping():
                       "method": {"name": "adalora"}, "training": {"early_stopping_patience": 2}})
 
 
+def test_virtual_token_methods_are_refused_outside_classification():
+    with pytest.raises(RecipeError, match=r"^recipe\.method\.name: prompt tuning exports .* for text-classification only; for text-generation use lora"):
+        parse_recipe({"name": "x", "task": "text-generation", "model": {"path": "m"}, "data": {"train": "a", "test": "b"},
+                      "method": {"name": "prompt"}, "training": {"metric": "perplexity"}})
+
+
 @pytest.mark.parametrize("method", [
     {"name": "full"},
     {"name": "bitfit"},
