@@ -248,6 +248,10 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 
     Reports accuracy, macro-F1, top-1 agreement and logit differences; writes parity.json
     and parity.md. Exit 0 when every variant meets its precision's thresholds, 1 if not.
+
+    Token classification (NER): logits at each word's first sub-token, entity-level
+    precision/recall/F1 (seqeval, per type) and entity agreement with PyTorch; the
+    accuracy thresholds judge entity F1.
     """
     from .report import parity_table
     from .validate import validate as validate_stage

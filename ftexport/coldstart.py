@@ -80,7 +80,9 @@ def _ort(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
 def _torch(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     t0 = time.time()
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ftexport.tasks import get_task
 
     t1 = time.time()
     torch.set_num_threads(spec["threads"])
@@ -91,7 +93,7 @@ def _torch(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         t1 = time.time()
         model = ORTModelForSequenceClassification.from_pretrained(spec["optimum_dir"], file_name="model_quantized.onnx")
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(spec["reference"]).eval().to(device)
+        model = get_task(spec.get("task", "text-classification")).auto_model_class().from_pretrained(spec["reference"]).eval().to(device)
         if spec["kind"] == "pytorch-compile":
             model = torch.compile(model, dynamic=True)
     tokenizer = AutoTokenizer.from_pretrained(spec["reference"])

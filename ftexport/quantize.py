@@ -287,6 +287,9 @@ def quantize(
         raise RecipeError("quantize: accuracy-aware int8 needs a recipe (validation texts and the int8 gate) and an int8 mode")
 
     bundle = Bundle.open(bundle_dir)  # refuses a tampered or truncated model before any work
+    if section.accuracy_aware.enabled and bundle.manifest.task != "text-classification":
+        raise RecipeError(f"quantize.accuracy_aware: supported for text-classification only, not {bundle.manifest.task}; "
+                          "turn it off (validate's int8 gate still judges the int8 model)")
     src = bundle.variant("fp32")
     onnx_io(bundle.path_of(src.file))
     manifest = bundle.manifest

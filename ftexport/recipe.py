@@ -54,7 +54,8 @@ class DataSection(Section):
     train: str | None = None
     validation: str | None = None
     test: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk", "conll"] = Field(
+        "auto", description="auto: by suffix (.txt/.conll/.iob are CoNLL: one 'token TAG' per line, blank line between sentences)")
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] | None = Field(None, description="names for integer labels 0..K-1, or the allowed string labels")
@@ -62,6 +63,8 @@ class DataSection(Section):
     max_eval_samples: int | None = Field(None, gt=0, description="rows of the validation split used during training")
     max_test_samples: int | None = Field(None, gt=0)
     sample_seed: int = 0
+    bio: Literal["strict", "repair"] = Field(
+        "strict", description="token-classification: an I-X that does not continue an X entity is an error (strict), or is read as B-X (repair: conlleval's rule)")
     hub: HubSource | None = None
 
     @model_validator(mode="after")
@@ -99,7 +102,7 @@ class TrainingSection(Section):
     seed: int = 42
     eval_steps: int | None = Field(None, gt=0, description="evaluate on the dev split every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "f1"] = Field("accuracy", description="dev metric that picks the best checkpoint; f1 = entity-level F1 (token-classification)")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     group_by_length: bool = False
@@ -150,6 +153,8 @@ class Gate(Section):
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="PyTorch accuracy minus this accuracy")
     min_accuracy: float | None = Field(None, ge=0, le=1)
     min_cosine: float | None = Field(None, ge=-1, le=1, description="lowest cosine similarity of a logit vector to PyTorch's")
+    min_entity_agreement: float | None = Field(
+        None, ge=0, le=1, description="token-classification: entity-level F1 of this variant's entities against PyTorch's")
 
 
 class ValidateSection(Section):
@@ -224,7 +229,7 @@ class BenchSection(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["text-classification"] = "text-classification"
+    task: Literal["text-classification", "token-classification"] = "text-classification"
     model: ModelSection
     data: DataSection
     method: MethodSection = MethodSection()
@@ -236,6 +241,19 @@ class Recipe(Section):
     output: str | None = Field(None, description="pipeline folder (default: runs/NAME)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> Recipe:
+        # each task scores with its own metrics; a metric the task does not compute would
+        # only fail at the first evaluation, minutes into training
+        fits = {"text-classification": ("accuracy", "macro_f1"), "token-classification": ("accuracy", "f1")}[self.task]
+        if self.training.metric not in fits:
+            raise ValueError(f"training.metric {self.training.metric!r} is not computed for task {self.task}; use one of {', '.join(fits)}")
+        if self.task != "token-classification":
+            for precision, gate in self.validate_.gates().items():
+                if gate.min_entity_agreement is not None:
+                    raise ValueError(f"validate.{precision}.min_entity_agreement: entities exist for token-classification only; remove it")
+        return self
 
     def output_dir(self) -> Path:
         return Path(self.output or f"runs/{self.name}")

@@ -88,7 +88,7 @@ def _progress_callback() -> Any:
                 return
             if getattr(self, "training_bar", None) is not None and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
-            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
+            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_f1")}
             if scores:
                 progress.info(f"step {state.global_step}: dev " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
@@ -151,12 +151,16 @@ def build_peft(model: Any, recipe: Recipe, task_type: str) -> Any:
     from peft import LoraConfig, get_peft_model
 
     m = recipe.method
+    # peft's "all-linear" leaves out the classifier head for SEQ_CLS only; for TOKEN_CLS it
+    # would wrap the head in LoRA and then fail to also train it fully (modules_to_save).
+    exclude = ["classifier", "score"] if task_type == "TOKEN_CLS" and not m.target_modules else None
     config = LoraConfig(
         task_type=task_type,
         r=m.r,
         lora_alpha=m.alpha,
         lora_dropout=m.dropout,
         target_modules=m.target_modules or "all-linear",
+        exclude_modules=exclude,
     )
     try:
         return get_peft_model(model, config)
@@ -188,7 +192,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
 
     import torch
     import transformers
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     task = get_task(recipe.task)
     base = resolve_model_path(recipe.model.path).resolve()
@@ -214,12 +218,12 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     progress.info(f"trainable parameters: {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
 
     max_len = recipe.model.max_length
-    train_ds = task.dataset(tokenizer, data["train"].texts, data["train"].labels, max_len)
-    dev_ds = task.dataset(tokenizer, dev.texts, dev.labels, max_len) if dev is not None else None
+    train_ds = task.dataset(tokenizer, data["train"].inputs, data["train"].labels, max_len)
+    dev_ds = task.dataset(tokenizer, dev.inputs, dev.labels, max_len) if dev is not None else None
 
     def compute_metrics(pred: Any) -> dict[str, float]:
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-        return task.metrics(logits, pred.label_ids, len(data.label_names))
+        return task.metrics(logits, pred.label_ids, len(data.label_names), label_names=data.label_names)
 
     # Checkpoints live beside the stage (not inside its temp dir) so an interrupted run resumes.
     ckpt_dir = output.parent / f".{output.name}.checkpoints"
@@ -280,7 +284,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
         args=args,
         train_dataset=train_ds,
         eval_dataset=dev_ds,
-        data_collator=DataCollatorWithPadding(tokenizer, padding=t.padding, max_length=max_len if t.padding == "max_length" else None),
+        data_collator=task.collator(tokenizer, t.padding, max_len if t.padding == "max_length" else None),
         processing_class=tokenizer,
         compute_metrics=compute_metrics if evaluating else None,
         callbacks=callbacks,

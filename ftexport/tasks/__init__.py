@@ -3,13 +3,16 @@ predictions and which Optimum export task to use. Adding a task touches this pac
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import RecipeError
 from .text_classification import TextClassification
+from .token_classification import TokenClassification
 
-TASKS = {TextClassification.name: TextClassification()}
+TASKS: dict[str, Any] = {TextClassification.name: TextClassification(), TokenClassification.name: TokenClassification()}
 
 
-def get_task(name: str) -> TextClassification:
+def get_task(name: str) -> Any:
     if name not in TASKS:
         raise RecipeError(f"recipe.task: unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[name]

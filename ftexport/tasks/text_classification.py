@@ -53,7 +53,13 @@ class TextClassification:
         enc = tokenizer(texts, truncation=True, max_length=max_length)
         return EncodedTexts({k: list(v) for k, v in enc.items()}, labels)
 
-    def metrics(self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None) -> dict[str, float]:
+    def collator(self, tokenizer: Any, padding: str, max_length: int | None) -> Any:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, padding=padding, max_length=max_length)
+
+    def metrics(self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None,
+                label_names: list[str] | None = None) -> dict[str, float]:
         from sklearn.metrics import f1_score
 
         labels = np.asarray(labels)

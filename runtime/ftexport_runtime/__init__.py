@@ -2,7 +2,7 @@
 
 from .bundle import Bundle, Manifest, Variant
 from .errors import BackendUnavailable, BundleError, FtexportError, PredictError
-from .postprocess import Prediction
+from .postprocess import Entities, Entity, Prediction
 from .predictor import Predictor
 
 __version__ = "0.1.0"
@@ -10,6 +10,8 @@ __all__ = [
     "BackendUnavailable",
     "Bundle",
     "BundleError",
+    "Entities",
+    "Entity",
     "FtexportError",
     "Manifest",
     "PredictError",

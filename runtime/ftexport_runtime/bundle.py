@@ -24,7 +24,7 @@ from .errors import BundleError
 FORMAT = "ftexport-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("text-classification",)
+TASKS = ("text-classification", "token-classification")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
