@@ -112,7 +112,8 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
         click.echo("\n" + result.table())
     if (result.bundle / "manifest.json").is_file() and (stop_after in (None, "pack")):
         click.echo(f"\nbundle: {result.bundle}")
-        click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
+        example = "Peter Blackburn flew to Brussels" if result.parity.get("task") == "token-classification" else "a wonderful, moving film"
+        click.echo(f"try:    ftexport-runtime predict {result.bundle} \"{example}\"")
 
 
 @main.command()
