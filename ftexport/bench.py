@@ -192,6 +192,8 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
     import torch
 
     kind, device, variant = parse_backend(name)
+    if kind == "optimum" and bundle.manifest.task != "text-classification":
+        return f"the plain-Optimum baseline is built for text-classification (ORTModelForSequenceClassification), not {bundle.manifest.task}"
     if kind != "ort":
         if reference_dir is None:
             return "no --reference model given"
@@ -213,10 +215,11 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
 def _build_runner(name: str, bundle: Bundle, bundle_dir: Path, reference: Path | None, threads: int, workdir: Path) -> Runner:
     kind, device, variant = parse_backend(name)
     spec: dict[str, Any] = {"kind": kind, "device": device, "variant": variant, "bundle": str(bundle_dir.resolve()), "threads": threads,
-                            "reference": str(reference.resolve()) if reference else None, "max_length": bundle.manifest.max_length}
+                            "reference": str(reference.resolve()) if reference else None, "max_length": bundle.manifest.max_length,
+                            "task": bundle.manifest.task}
     if kind == "ort":
         p = Predictor(bundle, variant=variant, backend=device, threads=threads)
-        return Runner(name, p.predict, lambda texts: softmax(p.logits(texts)), spec, p)
+        return Runner(name, p.predict, _per_row(lambda texts: softmax(p.logits(texts))), spec, p)
     import torch
 
     tokenizer = load_tokenizer(reference, "reference model")  # type: ignore[arg-type]
@@ -232,7 +235,19 @@ def _build_runner(name: str, bundle: Bundle, bundle_dir: Path, reference: Path |
             progress.info("pytorch-compile: torch.compile(dynamic=True); the first call compiles (can take a minute)")
             model = torch.compile(model, dynamic=True)
     fn = torch_probs(model, tokenizer, bundle.manifest.max_length, device)
-    return Runner(name, fn, fn, spec)
+    return Runner(name, fn, _per_row(fn), spec)
+
+
+def _per_row(probs: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """Class probabilities as rows: token classification gives [texts, tokens, labels], which
+    becomes one row per token (padding included: every backend pads a batch the same way), so
+    batches of different padded lengths concatenate and the parity check reads per token."""
+
+    def rows(texts: list[str]) -> np.ndarray:
+        p = probs(texts)
+        return p.reshape(-1, p.shape[-1])
+
+    return rows
 
 
 def make_cells(section: BenchSection, predictor: Predictor, pool: list[str] | None, notes: list[str]) -> list[Cell]:

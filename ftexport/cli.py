@@ -115,7 +115,8 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
         if r.task == "text-generation":
             click.echo(f"try:    ftexport-runtime generate {result.bundle} \"the film is\" --max-new-tokens 20")
         else:
-            click.echo(f"try:    ftexport-runtime predict {result.bundle} \"a wonderful, moving film\"")
+            example = "Peter Blackburn flew to Brussels" if r.task == "token-classification" else "a wonderful, moving film"
+            click.echo(f"try:    ftexport-runtime predict {result.bundle} \"{example}\"")
 
 
 @main.command()
@@ -262,6 +263,10 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
     and parity.md. Exit 0 when every variant meets its precision's thresholds, 1 if not.
     A text-generation bundle is judged on greedy continuations of held-out prompts (token
     for token with PyTorch generate) and perplexity (recipe validate.generation).
+
+    Token classification (NER): logits at each word's first sub-token, entity-level
+    precision/recall/F1 (seqeval, per type) and entity agreement with PyTorch; the
+    accuracy thresholds judge entity F1.
     """
     from .report import parity_table
     from .validate import validate as validate_stage

@@ -82,6 +82,8 @@ def _torch(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     import torch
     from transformers import AutoTokenizer
 
+    from ftexport.tasks import get_task
+
     t1 = time.time()
     torch.set_num_threads(spec["threads"])
     device = spec["device"]
@@ -92,7 +94,6 @@ def _torch(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
         model = ORTModelForSequenceClassification.from_pretrained(spec["optimum_dir"], file_name="model_quantized.onnx")
     else:
         from .methods import load_reference
-        from .tasks import get_task
 
         model = load_reference(spec["reference"], get_task(spec.get("task", "text-classification"))).to(device)
         if spec["kind"] == "pytorch-compile":

@@ -1,5 +1,9 @@
 """Labelled text from local files (CSV, TSV, JSONL, parquet, `datasets.save_to_disk`
-folders) or the Hugging Face Hub, checked and turned into (texts, label ids).
+folders, CoNLL) or the Hugging Face Hub, checked and turned into (texts, label ids).
+
+Token classification (NER): a split whose label column holds one tag per word (CoNLL files,
+or list-valued columns in JSONL/parquet/hub data) becomes a token split, handled in
+`ftexport.tokens` (BIO checks, label discovery, label sets that differ between splits).
 
 Label names are fixed once (from the recipe, or from the training split) and every other
 split must fit them: a label outside the set is an error, never a silent new class.
@@ -19,17 +23,26 @@ from .errors import DataError, first_line
 from .recipe import DataSection
 
 SPLITS = ("train", "validation", "test")
-_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+           ".conll": "conll", ".txt": "conll", ".iob": "conll"}
 
 
 @dataclass
 class Split:
     name: str
     texts: list[str]
-    labels: list[int]
+    labels: list[Any]  # one label id per text; token splits: one list of label ids per text (one per word)
+    # Token splits only: the words of each text. `texts` then holds the words joined by single
+    # spaces, so code that only needs strings (calibration, benchmarks) works on any split.
+    words: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def inputs(self) -> list[Any]:
+        """What the task tokenizes: words for a token split, else texts."""
+        return self.words if self.words is not None else self.texts
 
 
 @dataclass
@@ -53,16 +66,21 @@ def detect_format(path: Path, fmt: str) -> str:
         return "disk"
     kind = _SUFFIX.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: cannot tell the file format from its suffix; set data.format (csv, tsv, jsonl, parquet, disk)")
+        raise DataError(f"{path}: cannot tell the file format from its suffix; set data.format (csv, tsv, jsonl, parquet, conll, disk)")
     return kind
 
 
-def read_table(path: Path, fmt: str = "auto", split: str = "train") -> pd.DataFrame:
-    """Read one split into a DataFrame; every failure names the file and what to do."""
+def read_table(path: Path, fmt: str = "auto", split: str = "train", columns: tuple[str, str] = ("text", "label")) -> pd.DataFrame:
+    """Read one split into a DataFrame; every failure names the file and what to do.
+    `columns` names the word and tag columns a CoNLL file (which has no header) is read into."""
     if not path.exists():
         raise DataError(f"recipe.data.{split}: {path} does not exist")
     kind = detect_format(path, fmt)
     try:
+        if kind == "conll":
+            from .tokens import read_conll
+
+            return read_conll(path, columns)
         if kind == "csv":
             return pd.read_csv(path, keep_default_na=False)
         if kind == "tsv":
@@ -167,7 +185,7 @@ def load_data(section: DataSection, splits: tuple[str, ...] = SPLITS, labelled: 
             where = f"{section.hub.dataset}:{split}"
         else:
             path = section.split_path(split)
-            df = read_table(path, section.format, split) if path is not None else None
+            df = read_table(path, section.format, split, (section.text_column, section.label_column)) if path is not None else None
             where = str(path)
         if df is not None:
             frames[split] = (df, where)
@@ -180,6 +198,11 @@ def load_data(section: DataSection, splits: tuple[str, ...] = SPLITS, labelled: 
             if col not in df.columns:
                 cols = ", ".join(map(str, df.columns[:10]))
                 raise DataError(f"recipe.data.{split}: {where} has no column {col!r} (it has: {cols}); set data.{field}")
+
+    from .tokens import is_token_frame, load_token_splits
+
+    if any(is_token_frame(df, section.label_column) for df, _ in frames.values()):
+        return load_token_splits(section, frames, splits)
 
     train = frames.get("train")
     names = _label_names(section, train[0][section.label_column] if train else None) if labelled else []

@@ -72,8 +72,12 @@ def peft_config(method: Any, task_type: str, total_steps: int) -> Any:
 
     m = method
     targets = m.target_modules or "all-linear"
+    # peft's "all-linear" leaves the classifier head out for SEQ_CLS only; for TOKEN_CLS it
+    # would wrap the head in LoRA and then fail to also train it fully (modules_to_save).
+    exclude = ["classifier", "score"] if task_type == "TOKEN_CLS" and not m.target_modules else None
     if m.name == "lora":
-        return peft.LoraConfig(task_type=task_type, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=targets)
+        return peft.LoraConfig(task_type=task_type, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=targets,
+                               exclude_modules=exclude)
     if m.name == "adalora":
         # AdaLoRA starts every adapter at rank r and prunes to an average of target_r over
         # the middle of training; it must know the step count to schedule that budget.
@@ -82,7 +86,7 @@ def peft_config(method: Any, task_type: str, total_steps: int) -> Any:
             raise RecipeError(f"recipe.method.name: adalora needs more training steps than {total_steps} to schedule its rank budget; train longer")
         return peft.AdaLoraConfig(
             task_type=task_type, init_r=m.r, target_r=m.target_r, lora_alpha=m.alpha, lora_dropout=m.dropout,
-            target_modules=targets, total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 20),
+            target_modules=targets, exclude_modules=exclude, total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 20),
         )
     if m.name == "ia3":
         kw: dict[str, Any] = {}

@@ -22,12 +22,14 @@ REPORT_MD = "report.md"
 
 def parity_summary(parity: dict[str, Any]) -> dict[str, Any]:
     keep = ("backend", "accuracy", "macro_f1", "accuracy_drop", "agreement", "max_logit_diff", "mean_logit_diff", "passed", "checks", "error",
-            "perplexity", "perplexity_ratio", "greedy_match")  # the last three: text-generation
+            "perplexity", "perplexity_ratio", "greedy_match",  # text-generation
+            "entity_precision", "recall", "f1", "f1_drop", "entity_agreement", "sentence_agreement")  # token classification
     return {
         "passed": parity["passed"],
         "split": parity["split"],
         "examples": parity["examples"],
-        "reference": {k: parity["reference"][k] for k in ("accuracy", "macro_f1", "perplexity") if k in parity["reference"]},
+        **{k: parity[k] for k in ("task", "metric") if k in parity},
+        "reference": {k: parity["reference"][k] for k in ("accuracy", "macro_f1", "perplexity", "entity_precision", "recall", "f1") if k in parity["reference"]},
         "variants": {n: {k: v[k] for k in keep if k in v} for n, v in parity["variants"].items()},
     }
 

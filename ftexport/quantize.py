@@ -290,6 +290,9 @@ def quantize(
     if bundle.manifest.task == "text-generation" and (set(modes) - {"dynamic"} or section.optimize or section.accuracy_aware.enabled):
         raise RecipeError("quantize: a text-generation bundle takes dynamic int8 only; static calibration, fusion and fp16 of the "
                           "KV-cache decoder are not supported yet (use --mode dynamic)")
+    if section.accuracy_aware.enabled and bundle.manifest.task != "text-classification":
+        raise RecipeError(f"quantize.accuracy_aware: supported for text-classification only, not {bundle.manifest.task}; "
+                          "turn it off (validate's int8 gate still judges the int8 model)")
     src = bundle.variant("fp32")
     onnx_io(bundle.path_of(src.file))
     manifest = bundle.manifest

@@ -71,7 +71,8 @@ class DataSection(Section):
     train: str | None = None
     validation: str | None = None
     test: str | None = None
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk", "conll"] = Field(
+        "auto", description="auto: by suffix (.txt/.conll/.iob are CoNLL: one 'token TAG' per line, blank line between sentences)")
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] | None = Field(None, description="names for integer labels 0..K-1, or the allowed string labels")
@@ -79,6 +80,8 @@ class DataSection(Section):
     max_eval_samples: int | None = Field(None, gt=0, description="rows of the validation split used during training")
     max_test_samples: int | None = Field(None, gt=0)
     sample_seed: int = 0
+    bio: Literal["strict", "repair"] = Field(
+        "strict", description="token-classification: an I-X that does not continue an X entity is an error (strict), or is read as B-X (repair: conlleval's rule)")
     hub: HubSource | None = None
 
     @model_validator(mode="after")
@@ -135,7 +138,8 @@ class TrainingSection(Section):
     dropout: float | None = Field(None, ge=0, lt=1, description="override every dropout rate of the model (hidden, attention, classifier)")
     eval_steps: int | None = Field(None, gt=0, description="evaluate on the dev split every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
-    metric: Literal["accuracy", "macro_f1", "perplexity"] = Field("accuracy", description="dev metric for the best checkpoint (text-generation: perplexity, lower is better)")
+    metric: Literal["accuracy", "macro_f1", "f1", "perplexity"] = Field(
+        "accuracy", description="dev metric that picks the best checkpoint; f1 = entity-level F1 (token-classification); perplexity (text-generation, lower is better)")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     group_by_length: bool = False
@@ -189,6 +193,9 @@ class Gate(Section):
     # text-generation only (the classification gate ignores them)
     min_greedy_match: float | None = Field(None, ge=0, le=1, description="share of held-out prompts whose greedy continuation equals PyTorch's token for token (fp32 default 1.0)")
     max_perplexity_ratio: float | None = Field(None, ge=1, description="held-out perplexity / PyTorch's perplexity")
+    # token-classification only
+    min_entity_agreement: float | None = Field(
+        None, ge=0, le=1, description="token-classification: entity-level F1 of this variant's entities against PyTorch's")
 
 
 class GenerationCheck(Section):
@@ -273,7 +280,7 @@ class BenchSection(Section):
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    task: Literal["text-classification", "text-generation"] = "text-classification"
+    task: Literal["text-classification", "token-classification", "text-generation"] = "text-classification"
     model: ModelSection
     data: DataSection
     method: MethodSection = MethodSection()
@@ -302,9 +309,9 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _task_settings(self) -> Recipe:
-        """Settings that only one task understands fail here, before any work."""
-        generating = self.task == "text-generation"
-        if generating:
+        """Settings that only one task understands fail here, before any work (a metric the
+        task does not compute would otherwise fail at the first evaluation, minutes in)."""
+        if self.task == "text-generation":
             if "metric" in self.training.model_fields_set and self.training.metric != "perplexity":
                 raise RecipeError(f"recipe.training.metric: text-generation is scored by perplexity, not {self.training.metric}")
             self.training.metric = "perplexity"
@@ -316,9 +323,16 @@ class Recipe(Section):
                 raise RecipeError(f"recipe.quantize: text-generation supports dynamic int8 only (not {what}): the KV-cache decoder is not calibrated or fused by ftexport yet")
         else:
             if self.training.metric == "perplexity":
-                raise RecipeError("recipe.training.metric: perplexity is for task text-generation; use accuracy or macro_f1")
+                raise RecipeError("recipe.training.metric: perplexity is for task text-generation; use accuracy or macro_f1 (f1 for token-classification)")
             if self.model.scratch is not None:
                 raise RecipeError("recipe.model.scratch: random-init models are for task text-generation; give model.path")
+            fits = {"text-classification": ("accuracy", "macro_f1"), "token-classification": ("accuracy", "f1")}[self.task]
+            if self.training.metric not in fits:
+                raise ValueError(f"training.metric {self.training.metric!r} is not computed for task {self.task}; use one of {', '.join(fits)}")
+        if self.task != "token-classification":
+            for precision, gate in self.validate_.gates().items():
+                if gate.min_entity_agreement is not None:
+                    raise ValueError(f"validate.{precision}.min_entity_agreement: entities exist for token-classification only; remove it")
         return self
 
     def output_dir(self) -> Path:

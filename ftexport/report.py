@@ -80,11 +80,34 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in cells)])
 
 
+def entity_parity_table(report: dict[str, Any]) -> str:
+    """Token classification: entity-level scores against the gold tags and against PyTorch."""
+    ref = report["reference"]
+    rows: list[list[Any]] = [["pytorch (reference)", "fp32", ref["entity_precision"], ref["recall"], ref["f1"], None, None, None, None, "—"]]
+    for name, v in report["variants"].items():
+        if "error" in v:
+            rows.append([f"onnx {name}", v["precision"], None, None, None, None, None, None, None, f"FAIL: {v['error']}"])
+            continue
+        failed = [c["name"] for c in v["checks"] if not c["passed"]]
+        verdict = "PASS" if v["passed"] else "FAIL: " + ", ".join(failed)
+        rows.append([f"onnx {name}", v["precision"], v["entity_precision"], v["recall"], v["f1"], v["f1_drop"], v["entity_agreement"],
+                     v["agreement"], f"{v['max_logit_diff']:.2e}", verdict])
+    head = (f"Entity-level parity on the {report['split']} split ({report['examples']} sentences, {report.get('words', '?')} words); "
+            "entity agreement = entity F1 against PyTorch's entities, token agreement = top-1 at each word's first sub-token\n\n")
+    table = markdown_table(["model", "precision", "entity P", "entity R", "entity F1", "F1 drop", "entity agreement", "token agreement", "max |Δlogit|", "gate"], rows)
+    per_class = [[k, r["precision"], r["recall"], r["f1-score"], int(r["support"])] for k, r in ref.get("per_class", {}).items()]
+    if per_class:
+        table += "\n\nPyTorch per entity type (seqeval)\n\n" + markdown_table(["type", "precision", "recall", "F1", "support"], per_class)
+    return head + table
+
+
 def parity_table(report: dict[str, Any]) -> str:
     if report.get("task") == "text-generation":
         from .validate_lm import parity_table as lm_table
 
         return lm_table(report)
+    if report.get("task") == "token-classification":
+        return entity_parity_table(report)
     ref = report["reference"]
     rows: list[list[Any]] = [["pytorch (reference)", "fp32", ref["accuracy"], ref["macro_f1"], None, None, None, "—"]]
     for name, v in report["variants"].items():
@@ -153,16 +176,18 @@ def summary_table(parity: dict[str, Any], bench: dict[str, Any] | None) -> str:
             return None
         return next((r["p50_ms"] for r in bench["results"] if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == bench["seq_len"]), None)
 
+    metric = parity.get("metric", "accuracy")  # entity F1 for token classification
+    title = f"{parity['split']} {'entity F1' if metric == 'f1' else metric}"
     if not bench:
-        rows = [["PyTorch fp32", parity["reference"]["accuracy"]]] + [[f"ONNX {n}", v.get("accuracy")] for n, v in parity["variants"].items()]
-        return markdown_table(["model", f"{parity['split']} accuracy"], rows)
+        rows = [["PyTorch fp32", parity["reference"][metric]]] + [[f"ONNX {n}", v.get(metric)] for n, v in parity["variants"].items()]
+        return markdown_table(["model", title], rows)
     base = latency("pytorch")
-    rows = [["PyTorch fp32", parity["reference"]["accuracy"], _ms(base), "1.00x" if base else None]]
+    rows = [["PyTorch fp32", parity["reference"][metric], _ms(base), "1.00x" if base else None]]
     for name, v in parity["variants"].items():
         variant, _, backend = name.partition("@")
         lat = latency(f"ort-{backend}-{variant}" if backend else f"ort-{variant}")
-        rows.append([f"ONNX {name}", v.get("accuracy"), _ms(lat), f"{base / lat:.2f}x" if lat and base else None])
-    return markdown_table(["model", f"{parity['split']} accuracy", f"p50 ms (batch 1, seq {bench['seq_len']})", "speed-up vs PyTorch"], rows)
+        rows.append([f"ONNX {name}", v.get(metric), _ms(lat), f"{base / lat:.2f}x" if lat and base else None])
+    return markdown_table(["model", title, f"p50 ms (batch 1, seq {bench['seq_len']})", "speed-up vs PyTorch"], rows)
 
 
 def _ms(value: float | None) -> str | None:
@@ -258,14 +283,14 @@ def bench_html(report: dict[str, Any], parity: dict[str, Any] | None = None) -> 
         p50s = {r["backend"]: r["p50_ms"] for r in head}
         acc: dict[str, list[tuple[float, float]]] = {}
         if "pytorch" in p50s:
-            acc["pytorch"] = [(p50s["pytorch"], parity["reference"]["accuracy"])]
+            acc["pytorch"] = [(p50s["pytorch"], parity["reference"][parity.get("metric", "accuracy")])]
         for name, v in parity["variants"].items():
             variant, _, device = name.partition("@")
             backend = f"ort-{device}-{variant}" if device else f"ort-{variant}"
             if backend not in p50s and f"ort-cpu-{variant}" in p50s:
                 backend = f"ort-cpu-{variant}"
-            if backend in p50s and v.get("accuracy") is not None:
-                acc[name] = [(p50s[backend], v["accuracy"])]
+            if backend in p50s and v.get(parity.get("metric", "accuracy")) is not None:
+                acc[name] = [(p50s[backend], v[parity.get("metric", "accuracy")])]
         plots.append(_svg_plot(f"accuracy vs latency (batch {batch}, seq {report['seq_len']})", "p50 ms", f"{parity['split']} accuracy", acc, "scatter"))
     m = report["machine"]
     tables = "<pre>" + _esc(bench_table(report)) + "</pre>" + ("<pre>" + _esc(parity_table(parity)) + "</pre>" if parity else "")

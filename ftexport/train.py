@@ -90,8 +90,8 @@ def _progress_callback() -> Any:
                 return
             if getattr(self, "training_bar", None) is not None and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
-            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1")}
-            if "loss" in scores and not any(k in logs for k in ("eval_accuracy", "eval_macro_f1")):
+            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_f1")}
+            if "loss" in scores and not any(k in logs for k in ("eval_accuracy", "eval_macro_f1", "eval_f1")):
                 scores["perplexity"] = math.exp(min(scores["loss"], 50.0))  # a language model's dev score
             if scores:
                 progress.info(f"step {state.global_step}: dev " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
@@ -224,8 +224,8 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     params = trainable_parameters(model)
     progress.info(f"{recipe.method.name}: trainable parameters {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
 
-    train_ds = task.dataset(tokenizer, data["train"].texts, data["train"].labels, max_len)
-    dev_ds = task.dataset(tokenizer, dev.texts, dev.labels, max_len) if dev is not None else None
+    train_ds = task.dataset(tokenizer, data["train"].inputs, data["train"].labels, max_len)
+    dev_ds = task.dataset(tokenizer, dev.inputs, dev.labels, max_len) if dev is not None else None
 
     compute_metrics = task.compute_metrics(data.label_names)
     best_metric, greater_is_better = task.best_metric(t.metric)

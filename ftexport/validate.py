@@ -46,16 +46,17 @@ def compare(reference: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     }
 
 
-def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate) -> list[dict[str, Any]]:
-    """One check per threshold the gate sets; each says value, limit and whether it passed."""
+def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate, metric: str = "accuracy") -> list[dict[str, Any]]:
+    """One check per threshold the gate sets; each says value, limit and whether it passed.
+    `metric` is the task score the accuracy fields judge (entity F1 for token classification)."""
     checks = []
 
     def check(name: str, value: float, limit: float | None, ok: bool) -> None:
         if limit is not None:
             checks.append({"name": name, "value": value, "limit": limit, "passed": bool(ok)})
 
-    drop = reference_metric - result["accuracy"]
-    result["accuracy_drop"] = drop
+    drop = reference_metric - result[metric]
+    result[f"{metric}_drop"] = drop
     if gate.max_logit_diff is not None:
         check("max_logit_diff", result["max_logit_diff"], gate.max_logit_diff, result["max_logit_diff"] <= gate.max_logit_diff)
     if gate.min_agreement is not None:
@@ -65,7 +66,9 @@ def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate) -> l
     if gate.min_cosine is not None:
         check("min_cosine", result["min_cosine"], gate.min_cosine, result["min_cosine"] >= gate.min_cosine)
     if gate.min_accuracy is not None:
-        check("min_accuracy", result["accuracy"], gate.min_accuracy, result["accuracy"] >= gate.min_accuracy)
+        check("min_accuracy", result[metric], gate.min_accuracy, result[metric] >= gate.min_accuracy)
+    if gate.min_entity_agreement is not None and "entity_agreement" in result:
+        check("min_entity_agreement", result["entity_agreement"], gate.min_entity_agreement, result["entity_agreement"] >= gate.min_entity_agreement)
     return checks
 
 
@@ -128,6 +131,12 @@ def validate(
     for v in names:
         bundle.variant(v)
     task = get_task(manifest.task)
+    if manifest.task == "token-classification":  # word-level logits and entity-level scores
+        from .validate_tokens import validate_tokens
+
+        report = validate_tokens(bundle, reference_dir, data, gates, split, batch_size, backends, names)
+        _write(output, report, validate_key(bundle_dir, reference_dir, data, split, gates, list(backends)), bundle_dir, reference_dir, split, gates, backends)
+        return report
     # The bundle's labels are the label set: data labels must map onto them.
     section = data.model_copy(update={"label_names": manifest.labels})
     held_out = load_data(section, (split,))[split]

@@ -8,8 +8,9 @@ from typing import Any
 from ..errors import RecipeError
 from .causal_lm import CausalLM
 from .text_classification import TextClassification
+from .token_classification import TokenClassification
 
-TASKS: dict[str, Any] = {TextClassification.name: TextClassification(), CausalLM.name: CausalLM()}
+TASKS: dict[str, Any] = {TextClassification.name: TextClassification(), TokenClassification.name: TokenClassification(), CausalLM.name: CausalLM()}
 
 
 def get_task(name: str) -> Any:

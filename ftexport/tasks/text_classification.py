@@ -68,14 +68,15 @@ class TextClassification:
     def compute_metrics(self, label_names: list[str]) -> Any:
         def compute(pred: Any) -> dict[str, float]:
             logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            return self.metrics(logits, pred.label_ids, len(label_names))
+            return self.metrics(logits, pred.label_ids, len(label_names), label_names=label_names)
 
         return compute
 
     def eval_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return metrics
 
-    def metrics(self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None) -> dict[str, float]:
+    def metrics(self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None,
+                label_names: list[str] | None = None) -> dict[str, float]:
         from sklearn.metrics import f1_score
 
         labels = np.asarray(labels)

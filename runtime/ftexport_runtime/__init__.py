@@ -2,7 +2,7 @@
 
 from .bundle import Bundle, Manifest, Variant
 from .errors import BackendUnavailable, BundleError, FtexportError, PredictError
-from .postprocess import Prediction
+from .postprocess import Entities, Entity, Prediction
 from .generate import Generation, Generator
 from .predictor import Predictor
 
@@ -11,6 +11,8 @@ __all__ = [
     "BackendUnavailable",
     "Bundle",
     "BundleError",
+    "Entities",
+    "Entity",
     "FtexportError",
     "Generation",
     "Generator",

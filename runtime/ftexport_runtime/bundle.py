@@ -24,7 +24,7 @@ from .errors import BundleError
 FORMAT = "ftexport-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("text-classification", "text-generation")
+TASKS = ("text-classification", "token-classification", "text-generation")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 

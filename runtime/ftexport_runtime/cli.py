@@ -23,6 +23,11 @@ def _predict(args: argparse.Namespace) -> int:
     preds = predictor.predict(texts)
     if args.json:
         print(json.dumps([dict(text=t, **p.as_dict()) for t, p in zip(texts, preds)], indent=2))
+    elif predictor.manifest.task == "token-classification":
+        for t, p in zip(texts, preds):  # the text, then one line per entity: type, score, [start:end], surface
+            print(t)
+            for e in p:
+                print(f"  {e.entity_group}\t{e.score:.4f}\t{e.start}:{e.end}\t{e.word}")
     else:
         for t, p in zip(texts, preds):
             print(f"{p.label}\t{p.score:.4f}\t{t}")
@@ -104,7 +109,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, argparse.ArgumentParser] = {}
 
-    p = commands["predict"] = sub.add_parser("predict", help="print label and score for each text")
+    p = commands["predict"] = sub.add_parser("predict", help="print label and score for each text (entities for an NER bundle)")
     p.add_argument("bundle", help="bundle directory or .tar.gz")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="also read texts from this file, one per line")

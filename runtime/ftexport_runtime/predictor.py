@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from .backends import check_available, check_session, get_backend
 from .bundle import Bundle, Variant
 from .errors import BundleError, PredictError
-from .postprocess import Prediction, classify
+from .postprocess import AGGREGATIONS, Entities, Prediction, classify, token_entities
 
 _ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -30,6 +30,11 @@ class Predictor:
     >>> p = Predictor.from_bundle("runs/quickstart/bundle")
     >>> p.predict(["a wonderful, moving film"])[0].label
     'positive'
+
+    A token-classification (NER) bundle answers with entity spans instead:
+
+    >>> Predictor.from_bundle("runs/ner/bundle").predict(["John lives in Berlin"])[0].as_dict()
+    {'entities': [{'entity_group': 'PER', 'score': 0.99, 'word': 'John', 'start': 0, 'end': 4}, ...]}
     """
 
     def __init__(
@@ -169,7 +174,9 @@ class Predictor:
         """Tokenize a batch into the model's input arrays (padded to the longest text)."""
         if self.generator is not None:
             raise PredictError("predict(): this bundle's task is text-generation; use generate(prompt)")
-        encs = self.tokenizer.encode_batch(self._check_texts(texts))
+        return self._feeds(self.tokenizer.encode_batch(self._check_texts(texts)))
+
+    def _feeds(self, encs: list[Any]) -> dict[str, np.ndarray]:
         fields = {
             "input_ids": [e.ids for e in encs],
             "attention_mask": [e.attention_mask for e in encs],
@@ -195,11 +202,88 @@ class Predictor:
         parts = [self.run(self.encode(texts[i : i + self.max_batch])) for i in range(0, len(texts), self.max_batch)]
         return np.concatenate(parts, axis=0)
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label and score for each text, in order."""
+    def predict(self, texts: Sequence[str]) -> list[Any]:
+        """Label and score for each text, in order (a Prediction each); for a
+        token-classification bundle, the entities of each text (Entities, aggregation "simple")."""
+        if self.manifest.task == "token-classification":
+            return self.entities(texts)
         return classify(self.logits(texts), self.labels)
 
-    def predict_batch(self, texts: Sequence[str], batch_size: int | None = None) -> list[Prediction]:
+    # ---- token classification ------------------------------------------------------------
+
+    def _need_tokens(self, what: str) -> None:
+        if self.manifest.task != "token-classification":
+            raise PredictError(f"{what}() needs a token-classification bundle; this one is {self.manifest.task}")
+
+    @staticmethod
+    def _check_aggregation(aggregation: str) -> None:
+        if aggregation not in AGGREGATIONS:
+            raise PredictError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+    def entities(self, texts: Sequence[str], aggregation: str = "simple", batch_size: int | None = None) -> list[Entities]:
+        """Entity spans of each text with character offsets into it. Texts longer than the
+        bundle's max_length tokens are cut: entities past the cut are not found."""
+        self._need_tokens("entities")
+        self._check_aggregation(aggregation)
+        texts = self._check_texts(texts)
+        size = batch_size or self.max_batch
+        out: list[Entities] = []
+        for i in range(0, len(texts), size):
+            chunk = texts[i : i + size]
+            encs = self.tokenizer.encode_batch(chunk)
+            logits = self.run(self._feeds(encs))
+            for row, (text, enc) in enumerate(zip(chunk, encs)):
+                out.append(Entities(tuple(token_entities(logits[row], self.labels, enc.offsets, enc.special_tokens_mask, text, aggregation))))
+        return out
+
+    @staticmethod
+    def _check_words(words: Sequence[Sequence[str]]) -> list[list[str]]:
+        if isinstance(words, str) or not words:
+            raise PredictError("expected a non-empty list of sentences, each a list of words")
+        out = []
+        for i, sentence in enumerate(words):
+            if isinstance(sentence, str) or not sentence or not all(isinstance(w, str) and w.strip() for w in sentence):
+                raise PredictError(f"sentence #{i} must be a non-empty list of non-empty word strings")
+            out.append(list(sentence))
+        return out
+
+    def _encode_words(self, words: list[list[str]]) -> tuple[list[Any], np.ndarray]:
+        encs = self.tokenizer.encode_batch(words, is_pretokenized=True)
+        return encs, self.run(self._feeds(encs))
+
+    def entities_from_words(self, words: Sequence[Sequence[str]], aggregation: str = "simple") -> list[Entities]:
+        """Entities of pre-tokenized sentences (CoNLL style); offsets index the sentence's
+        words joined by single spaces."""
+        self._need_tokens("entities_from_words")
+        self._check_aggregation(aggregation)
+        words = self._check_words(words)
+        out: list[Entities] = []
+        for i in range(0, len(words), self.max_batch):
+            chunk = words[i : i + self.max_batch]
+            encs, logits = self._encode_words(chunk)
+            for row, (sentence, enc) in enumerate(zip(chunk, encs)):
+                starts = np.cumsum([0] + [len(w) + 1 for w in sentence])  # where each word begins in the joined text
+                offsets = [(0, 0) if w is None else (int(starts[w]) + s, int(starts[w]) + e) for w, (s, e) in zip(enc.word_ids, enc.offsets)]
+                out.append(Entities(tuple(token_entities(logits[row], self.labels, offsets, enc.special_tokens_mask, " ".join(sentence), aggregation))))
+        return out
+
+    def word_logits(self, words: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Logits at each word's first sub-token, one [kept words, labels] array per sentence
+        (words cut off by max_length are absent): what validation compares with PyTorch."""
+        self._need_tokens("word_logits")
+        words = self._check_words(words)
+        out: list[np.ndarray] = []
+        for i in range(0, len(words), self.max_batch):
+            encs, logits = self._encode_words(words[i : i + self.max_batch])
+            for row, enc in enumerate(encs):
+                first: dict[int, int] = {}
+                for pos, w in enumerate(enc.word_ids):
+                    if w is not None and w not in first:
+                        first[w] = pos
+                out.append(logits[row, [first[w] for w in sorted(first)]])
+        return out
+
+    def predict_batch(self, texts: Sequence[str], batch_size: int | None = None) -> list[Any]:
         """Label and score for each of many texts, in order, run `batch_size` texts per model call.
 
         batch_size defaults to `max_batch`; `predict` is `predict_batch` with the default. Each
@@ -214,6 +298,8 @@ class Predictor:
         size = self.max_batch if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise PredictError(f"predict_batch(): batch_size must be a positive integer, got {batch_size!r}")
+        if self.manifest.task == "token-classification":
+            return self.entities(texts, batch_size=size)
         texts = self._check_texts(texts)
         parts = [self.run(self.encode(texts[i : i + size])) for i in range(0, len(texts), size)]
         return classify(np.concatenate(parts, axis=0), self.labels)
