@@ -170,8 +170,9 @@ def trainable_parameters(model: Any) -> dict[str, float]:
     return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
 
 
-def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, Any]:
-    """Fine-tune per the recipe and write the model (or adapter) directory to `output`."""
+def train(recipe: Recipe, output: str | Path, quiet: bool = False, trainer_class: Any = None, key: str | None = None) -> dict[str, Any]:
+    """Fine-tune per the recipe and write the model (or adapter) directory to `output`.
+    `ftexport distill` passes its own Trainer subclass (a different loss) and stage key."""
     t = recipe.training
     rank, world_size = world()
     try:  # what is wrong with the launch is the same on every rank
@@ -199,7 +200,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     if t.early_stopping_patience and dev is None:
         raise RecipeError("recipe.training.early_stopping_patience: needs a dev split; set data.validation")
     output = Path(output)
-    key = train_key(recipe)
+    key = key or train_key(recipe)
 
     tokenizer = load_tokenizer(base)
     progress.step(
@@ -275,7 +276,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
 
     callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
-    trainer = Trainer(
+    trainer = (trainer_class or Trainer)(
         model=model,
         args=args,
         train_dataset=train_ds,
