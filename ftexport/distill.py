@@ -367,7 +367,7 @@ def compare_models(models: dict[str, Path], texts: list[str], labels: list[int],
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from .bench import summarize, time_calls
+    from .bench import _cycle, summarize, time_calls
     from .coldstart import torch_probs
 
     task = get_task(task_name)
@@ -387,8 +387,7 @@ def compare_models(models: dict[str, Path], texts: list[str], labels: list[int],
         for b in LATENCY_BATCHES:
             batches = [texts[i : i + b] for i in range(0, min(len(texts), 64 * b), b)]
             for name, fn in loaded.items():
-                it = iter(range(10**9))
-                times[(name, b)] += time_calls(lambda fn=fn, b=b: fn(batches[next(it) % len(batches)]), warmup=2, iterations=max(3, iterations // rounds))
+                times[(name, b)] += time_calls(_cycle(fn, batches), warmup=2, iterations=max(3, iterations // rounds))
     for name in models:
         out["models"][name]["latency_ms"] = {str(b): summarize(times[(name, b)], b)["p50_ms"] for b in LATENCY_BATCHES}
     t = out["models"]["teacher"]["latency_ms"]

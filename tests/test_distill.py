@@ -283,3 +283,16 @@ def test_distill_cli_then_run_to_a_bundle(tmp_path, teacher):
     assert p.logits(["a good film"]).shape == (1, 2)
     assert data["parity"]["reference"]["accuracy"] == pytest.approx(report["models"]["student"]["accuracy"])
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_shipped_recipe_parses_and_names_the_quickstart_when_the_teacher_is_missing(tmp_path, monkeypatch):
+    import yaml
+
+    shipped = Path(__file__).resolve().parents[1] / "recipes" / "distill.yaml"
+    monkeypatch.setenv("FTEXPORT_DATA", str(tmp_path))
+    r = parse_recipe(yaml.safe_load(shipped.read_text()))
+    assert r.distill is not None and r.distill.student.from_teacher is not None and r.method.name == "full"
+    assert r.distill.teacher == r.model.path == "runs/quickstart/merged"
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart here
+    with pytest.raises(RecipeError, match=r"^recipe.distill.teacher: runs/quickstart/merged does not exist; .*ftexport run recipes/quickstart.yaml"):
+        load_recipe(shipped)
