@@ -73,7 +73,7 @@ def main(quiet: bool) -> None:
 
     \b
     ftexport run recipes/quickstart.yaml       the whole chain from a recipe
-    ftexport train | merge | export | quantize | validate | bench | pack
+    ftexport train | distill | merge | export | quantize | validate | bench | pack
                                                one stage each; every stage reads
                                                directories and writes one new directory
     """
@@ -84,7 +84,7 @@ def main(quiet: bool) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Re-run every stage even if its output is up to date.")
-@click.option("--stop-after", type=click.Choice(["train", "merge", "export", "quantize", "validate", "bench", "pack"]), help="Stop after this stage.")
+@click.option("--stop-after", type=click.Choice(["train", "distill", "merge", "export", "quantize", "validate", "bench", "pack"]), help="Stop after this stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None:
     """Run the whole pipeline of RECIPE: train, merge, export, quantize, validate, bench, pack.
@@ -146,6 +146,39 @@ def train(recipe: str, output: str | None, method_name: str | None) -> None:
     record = train_stage(r, out, quiet=progress.quiet())
     if record:  # empty on ranks other than 0 of a distributed run: rank 0 reports for all
         click.echo(f"{out}  ({record['metrics'].get('steps')} steps)")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: OUTPUT/distill from the recipe].")
+@click.option("--json", "as_json", is_flag=True, help="Print distill.json to stdout.")
+def distill(recipe: str, output: str | None, as_json: bool) -> None:
+    """Distil the recipe's teacher (distill.teacher) into a smaller student.
+
+    \b
+    The student is model.path (a smaller pretrained model sharing the teacher's tokenizer),
+    or the teacher with some encoder layers kept (distill.student.from_teacher.layers).
+    loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+           [+ hidden_mse * MSE(projected student [CLS], teacher [CLS])]
+    The teacher reads the training texts once; its logits are cached beside the output.
+    With distill.baseline the same student is also trained without the teacher, and
+    distill.md compares teacher, student and baseline on the test split (accuracy,
+    macro-F1, PyTorch p50 latency at batch 1 and 8). The output is a full model folder:
+    `ftexport merge` passes it through, and `ftexport run` on the same recipe distils
+    instead of training, then exports, quantizes, validates, benches and packs the student.
+    Example: ftexport distill recipes/distill.yaml
+    """
+    from .distill import distill as distill_stage
+    from .pipeline import stage_dirs
+
+    r = _recipe(recipe)
+    out = Path(output) if output else stage_dirs(r)["distill"]
+    report = distill_stage(r, out, quiet=progress.quiet())
+    if as_json:
+        _echo_json(report)
+        return
+    click.echo((out / "distill.md").read_text())
+    click.echo(f"student: {out}")
 
 
 @main.command()

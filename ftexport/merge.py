@@ -48,8 +48,8 @@ def merge(train_dir: str | Path, output: str | Path, texts: list[str] | None = N
     """Write a dense save_pretrained model to `output`; raise GateFailed if merging changed logits."""
     train_dir, output = Path(train_dir), Path(output)
     record = read_record(train_dir)
-    if record is None or record.get("stage") != "train":
-        raise ModelError(f"{train_dir}: not a train stage output (no {RECORD} from `ftexport train`)")
+    if record is None or record.get("stage") not in ("train", "distill"):  # a distilled student is a full fine-tune
+        raise ModelError(f"{train_dir}: not a train stage output (no {RECORD} from `ftexport train` or `ftexport distill`)")
     key = merge_key(train_dir)
     labels = record["labels"]
     method = record.get("method", "lora")

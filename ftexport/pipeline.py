@@ -3,6 +3,7 @@ recipe's output folder, skipping a stage whose artifact is already there with th
 (same inputs, same settings), so a failed run resumes where it stopped.
 
     runs/NAME/train      adapter (or full model)   ftexport train
+    runs/NAME/distill    student (distill recipes) ftexport distill, instead of train
     runs/NAME/merged     dense model               ftexport merge
     runs/NAME/onnx       bundle, fp32              ftexport export
     runs/NAME/quantized  bundle, fp32 + int8       ftexport quantize
@@ -24,6 +25,7 @@ from . import progress
 from . import validate as validate_mod
 from .artifacts import is_fresh
 from .errors import GateFailed
+from .distill import distill, distill_key
 from .export import export, export_key
 from .merge import merge, merge_key
 from .pack import pack, pack_key
@@ -33,7 +35,7 @@ from .report import summary_table
 from .train import train, train_key
 
 STAGES = ("train", "merge", "export", "quantize", "validate", "bench", "pack")
-DIRS = {"train": "train", "merge": "merged", "export": "onnx", "quantize": "quantized", "validate": "parity", "bench": "bench", "pack": "bundle"}
+DIRS = {"train": "train", "distill": "distill", "merge": "merged", "export": "onnx", "quantize": "quantized", "validate": "parity", "bench": "bench", "pack": "bundle"}
 
 
 @dataclass
@@ -64,9 +66,12 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     gates = recipe.validate_.gates()
     rebuilt = force  # once a stage runs, every later one runs: keys hash settings, not outputs
 
+    first = "distill" if recipe.distill is not None else "train"  # a distill recipe trains its student by distillation
+    stop_after = first if stop_after in ("train", "distill") else stop_after
     plan: list[tuple[str, Callable[[], str], Callable[[], Any]]] = [
-        ("train", lambda: train_key(recipe), lambda: train(recipe, d["train"], quiet=progress.quiet())),
-        ("merge", lambda: merge_key(d["train"]), lambda: merge(d["train"], d["merge"])),
+        (first, lambda: distill_key(recipe) if first == "distill" else train_key(recipe),
+         lambda: distill(recipe, d[first], quiet=progress.quiet()) if first == "distill" else train(recipe, d["train"], quiet=progress.quiet())),
+        ("merge", lambda: merge_key(d[first]), lambda: merge(d[first], d["merge"])),
         ("export", lambda: export_key(d["merge"], recipe.export.opset, None), lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name)),
     ]
     if quantizing:

@@ -220,6 +220,45 @@ class ValidateSection(Section):
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8}
 
 
+class FromTeacher(Section):
+    """A student cut from the teacher: the same model with only some encoder layers."""
+
+    layers: Literal["every_other"] | list[int] = Field(
+        "every_other", description="encoder layers of the teacher to keep: every_other (0, 2, 4, ...) or a list of indices")
+
+    @field_validator("layers")
+    @classmethod
+    def _indices(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or len(set(v)) != len(v) or any(i < 0 for i in v)):
+            raise ValueError(f"expected every_other or a non-empty list of distinct layer indices >= 0, got {v}")
+        return v
+
+
+class StudentSection(Section):
+    from_teacher: FromTeacher | None = Field(
+        None, description="cut the student from the teacher; without it the student is model.path (a smaller pretrained model)")
+
+
+class DistillSection(Section):
+    """Knowledge distillation: train the recipe's model (the student) to match a teacher."""
+
+    teacher: str = Field(description="the teacher's model directory (save_pretrained, e.g. a merged fine-tune), or package:NAME/dir")
+    student: StudentSection = StudentSection()
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy on the labels; 1 - alpha goes to the teacher's soft targets")
+    temperature: float = Field(2.0, gt=0, description="softens both distributions before their KL divergence (scaled by T^2)")
+    hidden_mse: float = Field(0.0, ge=0, description="weight of an MSE between the student's and teacher's last [CLS] hidden states "
+                              "(through a learned projection when widths differ); 0 = off")
+    level: Literal["token", "text"] = Field(
+        "token", description="token: teacher and student share a tokenizer (checked); text: the teacher reads each text with its own tokenizer")
+    baseline: bool = Field(True, description="also fine-tune the same student without the teacher (same settings, seed), for the report")
+
+    @model_validator(mode="after")
+    def _hidden_needs_tokens(self) -> DistillSection:
+        if self.hidden_mse > 0 and self.level == "text":
+            raise ValueError("hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: token")
+        return self
+
+
 BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*)$"
 # Every backend ftexport can time; those the machine or the bundle lacks are skipped with the reason.
 BENCH_BACKENDS = ("pytorch", "pytorch-compile", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static",
@@ -289,6 +328,7 @@ class Recipe(Section):
     quantize: QuantizeSection = QuantizeSection()
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     bench: BenchSection = BenchSection()
+    distill: DistillSection | None = Field(None, description="distil a teacher into the model (the student); `ftexport run` then distils instead of training")
     output: str | None = Field(None, description="pipeline folder (default: runs/NAME)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -333,6 +373,12 @@ class Recipe(Section):
             for precision, gate in self.validate_.gates().items():
                 if gate.min_entity_agreement is not None:
                     raise ValueError(f"validate.{precision}.min_entity_agreement: entities exist for token-classification only; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _distill_trains_everything(self) -> Recipe:
+        if self.distill is not None and self.method.name != "full":
+            raise ValueError("distillation trains the whole student; set method: {name: full} (LoRA students are not supported)")
         return self
 
     def output_dir(self) -> Path:
@@ -447,6 +493,8 @@ def _format_validation(e: ValidationError) -> str:
 
 def check_files(recipe: Recipe) -> None:
     """Every local path the recipe names must exist, before any work starts."""
+    if recipe.distill is not None:
+        check_distill_files(recipe)  # first: a missing teacher is the likelier mistake, and says how to make it
     model_path = resolve_model_path(recipe.model.path) if recipe.model.path is not None else None
     if model_path is not None and not model_path.exists():
         raise RecipeError(f"recipe.model.path: {model_path} does not exist")
@@ -457,6 +505,21 @@ def check_files(recipe: Recipe) -> None:
             path = recipe.data.split_path(split)
             if path is not None and not path.exists():
                 raise RecipeError(f"recipe.data.{split}: {path} does not exist")
+
+
+def check_distill_files(recipe: Recipe) -> None:
+    """The teacher must exist; a student cut from it starts from the teacher's weights, so
+    model.path must name the teacher too (one place says where the trained weights start)."""
+    d = recipe.distill
+    assert d is not None
+    teacher = resolve_model_path(d.teacher, "recipe.distill.teacher")
+    if not teacher.exists():
+        raise RecipeError(f"recipe.distill.teacher: {teacher} does not exist; train the teacher first (for recipes/distill.yaml: ftexport run recipes/quickstart.yaml)")
+    if d.student.from_teacher is not None and resolve_model_path(recipe.model.path).resolve() != teacher.resolve():
+        raise RecipeError(
+            f"recipe.model.path: the student is cut from the teacher (distill.student.from_teacher), so model.path must be the teacher "
+            f"({d.teacher}), not {recipe.model.path}"
+        )
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:

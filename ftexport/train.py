@@ -167,8 +167,9 @@ def trainable_parameters(model: Any) -> dict[str, float]:
     return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
 
 
-def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, Any]:
-    """Fine-tune per the recipe and write the model (or adapter) directory to `output`."""
+def train(recipe: Recipe, output: str | Path, quiet: bool = False, trainer_class: Any = None, key: str | None = None) -> dict[str, Any]:
+    """Fine-tune per the recipe and write the model (or adapter) directory to `output`.
+    `ftexport distill` passes its own Trainer subclass (a different loss) and stage key."""
     t = recipe.training
     rank, world_size = world()
     try:  # what is wrong with the launch is the same on every rank
@@ -194,7 +195,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     if t.early_stopping_patience and dev is None:
         raise RecipeError("recipe.training.early_stopping_patience: needs a dev split; set data.validation")
     output = Path(output)
-    key = train_key(recipe)
+    key = key or train_key(recipe)
     scratch_dir = output.parent / f".{output.name}.scratch"
     if recipe.model.scratch is not None:  # text-generation from random init: build the "pretrained" model here
         from .tasks.causal_lm import build_scratch
@@ -289,7 +290,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str, 
     callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     if recipe.method.name == "adalora":
         callbacks.append(adalora_callback())
-    trainer = Trainer(
+    trainer = (trainer_class or Trainer)(
         model=model,
         args=args,
         train_dataset=train_ds,

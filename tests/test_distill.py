@@ -1,0 +1,298 @@
+"""`ftexport distill` on tiny random-init BERTs: the loss, the teacher cache, the layer cut,
+the tokenizer check, the hidden-state path, and a distilled student through the whole chain."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import make_tiny_model, make_tokenizer, tiny_recipe, write_recipe
+
+from ftexport.errors import ModelError, RecipeError
+from ftexport.recipe import load_recipe, parse_recipe
+
+# ---- the loss ------------------------------------------------------------------------------
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_loss_matches_a_hand_computed_value():
+    import torch
+
+    from ftexport.distill import distillation_loss
+
+    # One example, two classes, worked by hand: student logits (0, 0), teacher (2, 0), label 0, T = 2.
+    #   CE = -log(1/2) = ln 2;  teacher_T = softmax(1, 0) = (e/(e+1), 1/(e+1)), student_T = (1/2, 1/2)
+    #   KL = sum p log(p / 0.5) = ln 2 + p1 ln p1 + p2 ln p2;  loss = a*CE + (1-a)*T^2*KL with a = 0.25
+    p1, p2 = math.e / (math.e + 1), 1 / (math.e + 1)
+    kl = math.log(2) + p1 * math.log(p1) + p2 * math.log(p2)
+    expected = 0.25 * math.log(2) + 0.75 * 4 * kl
+    got = distillation_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([0]), alpha=0.25, temperature=2.0)
+    assert abs(float(got) - expected) < 1e-6
+    assert abs(expected - 0.506_119) < 1e-5  # = 0.25 * 0.693147 + 3 * (0.693147 - 0.229014 - 0.353189)
+
+    # A batch of three, three classes, against numpy.
+    s = np.array([[1.0, 2.0, 0.5], [0.2, -1.0, 3.0], [0.0, 0.1, -0.3]])
+    t = np.array([[0.3, 2.5, -1.0], [1.0, 0.0, 2.0], [-2.0, 4.0, 0.0]])
+    y = np.array([1, 2, 0])
+    alpha, temp = 0.6, 3.0
+    ce = -_log_softmax(s)[np.arange(3), y].mean()
+    log_pt, log_ps = _log_softmax(t / temp), _log_softmax(s / temp)
+    kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=1).mean()
+    want = alpha * ce + (1 - alpha) * temp**2 * kl
+    got = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha, temp)
+    assert abs(float(got) - want) < 1e-6
+    # alpha = 1 is plain cross-entropy; a student equal to its teacher pays only the CE part.
+    assert abs(float(distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), 1.0, temp)) - ce) < 1e-6
+    same = distillation_loss(torch.tensor(s), torch.tensor(s), torch.tensor(y), 0.5, temp)
+    assert abs(float(same) - 0.5 * ce) < 1e-6
+
+
+# ---- fixtures: a trained tiny teacher --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer tiny BERT fine-tuned (full) on the tiny sentiment data: a teacher that knows something."""
+    from ftexport.recipe import parse_recipe
+    from ftexport.train import train
+
+    tmp = tmp_path_factory.mktemp("teacher")
+    base = make_tiny_model(tmp / "base")
+    r = parse_recipe(tiny_recipe(tmp, base, method__name="full", training__lr=1e-3, training__epochs=6))
+    train(r, tmp / "teacher", quiet=True)
+    return tmp / "teacher"
+
+
+def distill_recipe(tmp: Path, teacher: Path, student: Path | None = None, rows: int | None = 64, **distill) -> dict:
+    r = tiny_recipe(tmp, student or teacher, method__name="full", training__lr=1e-3, training__epochs=2, training__eval_steps=None)
+    r["training"].pop("eval_steps", None)
+    if rows:
+        r["data"]["max_train_samples"] = rows  # fewer steps: these tests check plumbing, not accuracy
+    r["distill"] = {"teacher": str(teacher), "baseline": False, **distill}
+    if student is None:
+        r["distill"]["student"] = {"from_teacher": {"layers": "every_other"}}
+    r["bench"]["cold_start"] = False
+    return r
+
+
+# ---- the student cut from the teacher --------------------------------------------------------
+
+
+def test_every_other_layer_student_copies_the_teachers_weights(tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    from ftexport.distill import cut_student
+
+    tok = make_tokenizer(tmp_path / "t4")
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=5, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "t4"))
+    t = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "t4")).state_dict()
+
+    assert cut_student(tmp_path / "t4", "every_other", tmp_path / "s") == [0, 2, 4]
+    student = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "s"))
+    assert student.config.num_hidden_layers == 3 and len(student.bert.encoder.layer) == 3
+    s = student.state_dict()
+    for new, old in enumerate([0, 2, 4]):
+        names = [k for k in s if k.startswith(f"bert.encoder.layer.{new}.")]
+        assert names
+        for k in names:
+            assert torch.equal(s[k], t[k.replace(f"layer.{new}.", f"layer.{old}.")]), k
+    for k in s:  # embeddings, pooler and head come over unchanged
+        if ".encoder." not in k:
+            assert torch.equal(s[k], t[k]), k
+    assert not torch.equal(s["bert.encoder.layer.1.attention.self.query.weight"], t["bert.encoder.layer.1.attention.self.query.weight"])
+
+    assert cut_student(tmp_path / "t4", [1, 3], tmp_path / "s13") == [1, 3]
+    with pytest.raises(RecipeError, match=r"layers.*has 5 layers.*\[7\] do not exist"):
+        cut_student(tmp_path / "t4", [0, 7], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_non_bert_teacher_cannot_be_cut(tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from ftexport.distill import cut_student
+
+    tok = make_tokenizer(tmp_path / "d")
+    cfg = DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
+    DistilBertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "d"))
+    with pytest.raises(ModelError, match="distilbert has no BERT-style encoder.layer"):
+        cut_student(tmp_path / "d", "every_other", tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def test_different_tokenizers_are_refused_unless_text_level(tmp_path, teacher):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ftexport.distill import check_compatible, distill
+
+    other = tmp_path / "other"
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    tok.add_tokens(["zzzword"])
+    tok.save_pretrained(str(other))
+    m = AutoModelForSequenceClassification.from_pretrained(str(teacher))
+    m.resize_token_embeddings(len(tok))
+    m.save_pretrained(str(other))
+
+    r = parse_recipe(distill_recipe(tmp_path, teacher, student=other))
+    with pytest.raises(RecipeError, match=r"recipe.distill.level: .*different tokenizers.*set distill.level: text") as e:
+        distill(r, tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.work").exists()  # refused before any work
+
+    r_text = parse_recipe(distill_recipe(tmp_path, teacher, student=other, level="text"))
+    check_compatible(r_text, teacher, other)  # text level: each model reads with its own tokenizer
+
+
+def test_recipe_errors_name_the_field(tmp_path, teacher):
+    base = distill_recipe(tmp_path, teacher)
+    with pytest.raises(RecipeError, match=r"recipe.distill: hidden_mse needs level: token"):
+        parse_recipe({**base, "distill": {**base["distill"], "hidden_mse": 1.0, "level": "text"}})
+    with pytest.raises(RecipeError, match=r"set method: \{name: full\}"):
+        parse_recipe({**base, "method": {"name": "lora"}})
+    missing = write_recipe(tmp_path / "m.yaml", {**base, "distill": {**base["distill"], "teacher": str(tmp_path / "nope")}})
+    with pytest.raises(RecipeError, match=r"recipe.distill.teacher: .*nope does not exist; train the teacher first"):
+        load_recipe(missing)
+    other_base = write_recipe(tmp_path / "o.yaml", {**base, "model": {**base["model"], "path": str(tmp_path)}})
+    with pytest.raises(RecipeError, match=r"recipe.model.path: the student is cut from the teacher"):
+        load_recipe(other_base)
+    with pytest.raises(RecipeError, match=r"layers"):
+        parse_recipe({**base, "distill": {**base["distill"], "student": {"from_teacher": {"layers": [0, 0]}}}})
+
+
+# ---- the teacher runs once -----------------------------------------------------------------
+
+
+def test_teacher_logits_are_computed_once_and_cached(tmp_path, teacher, monkeypatch):
+    import ftexport.distill as d
+
+    calls = []
+    real = d.teacher_outputs
+
+    def counting(*a, **k):
+        calls.append(len(a[1]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(d, "teacher_outputs", counting)
+    r = parse_recipe(distill_recipe(tmp_path, teacher))  # 2 epochs
+    report = d.distill(r, tmp_path / "out", quiet=True)
+    assert calls == [64]  # one pass over the training rows for 2 epochs of training
+    record = json.loads((tmp_path / "out" / "ftexport.json").read_text())
+    assert record["metrics"]["steps"] == 2 * 64 // 16
+    assert report["teacher_logits"]["reused"] is False
+    cache = Path(report["teacher_logits"]["cache"])
+    cached = np.load(cache)["logits"]
+    assert cached.shape == (64, 2)
+
+    # A new alpha retrains the student but reads the teacher's logits from the cache.
+    def refuse(*a, **k):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(d, "teacher_outputs", refuse)
+    r2 = parse_recipe(distill_recipe(tmp_path, teacher, alpha=0.9))
+    again = d.distill(r2, tmp_path / "out", quiet=True)
+    assert again["teacher_logits"]["reused"] is True and again["settings"]["alpha"] == 0.9
+    # ...and those cached logits are what the teacher says
+    from transformers import AutoModelForSequenceClassification
+
+    from ftexport.data import load_data
+    from ftexport.train import load_tokenizer, predict_logits
+
+    texts = load_data(r.data, ("train",))["train"].texts
+    fresh = predict_logits(AutoModelForSequenceClassification.from_pretrained(str(teacher)), load_tokenizer(teacher), texts, 32)
+    assert np.abs(fresh - cached).max() < 1e-4
+
+
+# ---- hidden-state MSE through a projection ----------------------------------------------------
+
+
+def test_hidden_mse_projects_a_narrower_student(tmp_path, teacher, monkeypatch):
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    import ftexport.distill as d
+
+    student = tmp_path / "narrow"
+    tok = make_tokenizer(student)
+    torch.manual_seed(3)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(student))
+    shapes = []
+    real = F.mse_loss
+
+    def spy(a, b, *rest, **k):
+        shapes.append((tuple(a.shape), a.requires_grad))
+        return real(a, b, *rest, **k)
+
+    monkeypatch.setattr(F, "mse_loss", spy)
+    r = parse_recipe(distill_recipe(tmp_path, teacher, student=student, hidden_mse=1.0))
+    report = d.distill(r, tmp_path / "out", quiet=True)
+    assert shapes and all(s[0][1] == 32 and s[1] for s in shapes)  # 16 wide projected to the teacher's 32
+    weights = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert not any("distill_projection" in k for k in weights)  # training-only, not shipped
+    assert report["models"]["student"]["layers"] == 1
+    assert "hidden" in np.load(report["teacher_logits"]["cache"]).files
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+def test_distill_cli_then_run_to_a_bundle(tmp_path, teacher):
+    from ftexport.cli import main
+    from ftexport_runtime import Bundle, Predictor
+
+    rec = distill_recipe(tmp_path, teacher, rows=None, baseline=True)
+    path = write_recipe(tmp_path / "recipe.yaml", rec)
+    result = CliRunner().invoke(main, ["-q", "distill", str(path)])
+    assert result.exit_code == 0, result.output
+    for row in ("| teacher ", "| student (distilled) ", "| student without KD "):
+        assert row in result.output
+    out = tmp_path / "runs" / "tiny" / "distill"
+    report = json.loads((out / "distill.json").read_text())
+    assert set(report["models"]) == {"teacher", "student", "baseline"}
+    assert report["models"]["teacher"]["layers"] == 2 and report["models"]["student"]["layers"] == 1
+    assert report["models"]["student"]["parameters"] < report["models"]["teacher"]["parameters"]
+    for m in report["models"].values():
+        assert 0 <= m["accuracy"] <= 1 and set(m["latency_ms"]) == {"1", "8"} and m["latency_ms"]["1"] > 0
+    assert report["models"]["teacher"]["accuracy"] >= 0.8  # the fixture's teacher learned the task
+
+    # `ftexport run` reuses the distilled student, then runs the rest of the chain on it.
+    run = CliRunner().invoke(main, ["-q", "run", str(path), "--json"])
+    assert run.exit_code == 0, run.output
+    data = json.loads(run.output)
+    assert data["skipped"] == ["distill"] and data["ran"] == ["merge", "export", "quantize", "validate", "bench", "pack"]
+    bundle = Path(data["bundle"])
+    assert Bundle.open(bundle).manifest.parity["passed"] is True
+    p = Predictor.from_bundle(bundle, variant="fp32")
+    assert p.logits(["a good film"]).shape == (1, 2)
+    assert data["parity"]["reference"]["accuracy"] == pytest.approx(report["models"]["student"]["accuracy"])
+    shutil.rmtree(tmp_path / "runs")
+
+
+def test_shipped_recipe_parses_and_names_the_quickstart_when_the_teacher_is_missing(tmp_path, monkeypatch):
+    import yaml
+
+    shipped = Path(__file__).resolve().parents[1] / "recipes" / "distill.yaml"
+    monkeypatch.setenv("FTEXPORT_DATA", str(tmp_path))
+    r = parse_recipe(yaml.safe_load(shipped.read_text()))
+    assert r.distill is not None and r.distill.student.from_teacher is not None and r.method.name == "full"
+    assert r.distill.teacher == r.model.path == "runs/quickstart/merged"
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart here
+    with pytest.raises(RecipeError, match=r"^recipe.distill.teacher: runs/quickstart/merged does not exist; .*ftexport run recipes/quickstart.yaml"):
+        load_recipe(shipped)
