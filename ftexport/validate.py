@@ -9,6 +9,7 @@ Task level: accuracy and macro-F1, with the drop against PyTorch.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,22 @@ def validate_key(bundle_dir: Path, reference_dir: Path, data: DataSection, split
 
 def result_name(variant: str, backend: str) -> str:
     return variant if backend == "cpu" else f"{variant}@{backend}"
+
+
+def each_predictor(bundle: Bundle, names: list[str], backends: Any, batch_size: int, report: dict[str, Any]) -> Iterator[tuple[str, str, Any, Predictor]]:
+    """A Predictor for every (variant, backend) pair to judge. A backend this machine cannot
+    run goes into the report as a failed result (a GPU build that never ran must not pass)."""
+    for backend in backends:
+        for name in names:
+            variant = bundle.variant(name)
+            key = result_name(name, backend)
+            try:
+                predictor = Predictor(bundle, variant=name, backend=backend, max_batch=batch_size)
+            except BackendUnavailable as e:
+                report["variants"][key] = _unavailable(variant.precision, backend, str(e))
+                progress.info(f"{key:14s} FAIL: {e}")
+                continue
+            yield key, backend, variant, predictor
 
 
 def _unavailable(precision: str, backend: str, reason: str) -> dict[str, Any]:
@@ -158,27 +175,18 @@ def validate(
         "variants": {},
     }
     del model
-    for backend in backends:
-        for name in names:
-            variant = bundle.variant(name)
-            key = result_name(name, backend)
-            try:
-                predictor = Predictor(bundle, variant=name, backend=backend, max_batch=batch_size)
-            except BackendUnavailable as e:
-                report["variants"][key] = _unavailable(variant.precision, backend, str(e))
-                progress.info(f"{key:14s} FAIL: {e}")
-                continue
-            logits = predictor.logits(texts)
-            result = {"precision": variant.precision, "backend": backend, "providers": predictor.providers}
-            result.update(task.metrics(logits, labels, len(manifest.labels)))
-            result.update(compare(ref_logits, logits))
-            result["checks"] = apply_gate(result, ref_metrics["accuracy"], gates.get(variant.precision, Gate()))
-            result["passed"] = all(c["passed"] for c in result["checks"])
-            report["variants"][key] = result
-            progress.info(
-                f"{key:14s} accuracy {result['accuracy']:.4f}  agreement {result['agreement']:.4f}  "
-                f"max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
-            )
+    for key, backend, variant, predictor in each_predictor(bundle, names, backends, batch_size, report):
+        logits = predictor.logits(texts)
+        result = {"precision": variant.precision, "backend": backend, "providers": predictor.providers}
+        result.update(task.metrics(logits, labels, len(manifest.labels)))
+        result.update(compare(ref_logits, logits))
+        result["checks"] = apply_gate(result, ref_metrics["accuracy"], gates.get(variant.precision, Gate()))
+        result["passed"] = all(c["passed"] for c in result["checks"])
+        report["variants"][key] = result
+        progress.info(
+            f"{key:14s} accuracy {result['accuracy']:.4f}  agreement {result['agreement']:.4f}  "
+            f"max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
+        )
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     _write(output, report, validate_key(bundle_dir, reference_dir, data, split, gates, list(backends)), bundle_dir, reference_dir, split, gates, backends)
     return report

@@ -25,7 +25,7 @@ from ftexport_runtime.bundle import Bundle
 from ftexport_runtime.generate import token_nll
 
 from . import progress
-from .errors import BackendUnavailable, DataError
+from .errors import DataError
 from .recipe import Gate, GenerationCheck
 
 
@@ -106,7 +106,7 @@ def validate_generation(bundle: Bundle, model: Any, texts: list[str], gates: dic
     """PyTorch `model` vs each variant of `bundle` on `texts`; returns the parity report."""
     import torch
 
-    from .validate import _unavailable, apply_gate, result_name
+    from .validate import apply_gate, each_predictor
 
     base = Predictor(bundle, variant="fp32").generator
     assert base is not None
@@ -141,43 +141,35 @@ def validate_generation(bundle: Bundle, model: Any, texts: list[str], gates: dic
                       "tokens": ref_result["tokens"], "greedy_sample": {"prompt": prompts[0], "continuation": ref_greedy[0]}},
         "variants": {},
     }
-    for backend in backends:
-        for name in names:
-            variant = bundle.variant(name)
-            key = result_name(name, backend)
-            try:
-                gen = Predictor(bundle, variant=name, backend=backend).generator
-            except BackendUnavailable as e:
-                report["variants"][key] = _unavailable(variant.precision, backend, str(e))
-                progress.info(f"{key:14s} FAIL: {e}")
-                continue
-            assert gen is not None
-            stats = _Stats()
-            for (ids, mask), reference in zip(batches, ref_logits):
-                stats.add(gen.forward(ids, mask)[0], ids, mask, reference)
-            greedy = [gen.generate_ids([p], check.new_tokens)[0] for p in prompts]
-            same = [g == r for g, r in zip(greedy, ref_greedy)]
-            result: dict[str, Any] = {"precision": variant.precision, "backend": backend, **stats.result()}
-            result["perplexity_ratio"] = result["perplexity"] / ref_result["perplexity"]
-            result["greedy_match"] = sum(same) / len(same)
-            result["greedy_mismatches"] = [{"prompt": p, "pytorch": r, "onnx": g} for p, r, g, ok in zip(prompts, ref_greedy, greedy, same) if not ok][:3]
-            gate = gates.get(variant.precision, Gate())
-            if variant.precision == "fp32" and gate.min_greedy_match is None:
-                gate = gate.model_copy(update={"min_greedy_match": 1.0})  # the issue's definition of parity
-            checks = apply_gate(result, ref_result["accuracy"], gate)
-            if gate.min_greedy_match is not None:
-                checks.append({"name": "min_greedy_match", "value": result["greedy_match"], "limit": gate.min_greedy_match,
-                               "passed": result["greedy_match"] >= gate.min_greedy_match})
-            if gate.max_perplexity_ratio is not None:
-                checks.append({"name": "max_perplexity_ratio", "value": result["perplexity_ratio"], "limit": gate.max_perplexity_ratio,
-                               "passed": result["perplexity_ratio"] <= gate.max_perplexity_ratio})
-            result["checks"] = checks
-            result["passed"] = all(c["passed"] for c in checks)
-            report["variants"][key] = result
-            progress.info(
-                f"{key:14s} perplexity {result['perplexity']:.3f} (x{result['perplexity_ratio']:.4f})  greedy match {result['greedy_match']:.3f}  "
-                f"next-token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
-            )
+    for key, backend, variant, predictor in each_predictor(bundle, names, backends, batch_size, report):
+        gen = predictor.generator
+        assert gen is not None
+        stats = _Stats()
+        for (ids, mask), reference in zip(batches, ref_logits):
+            stats.add(gen.forward(ids, mask)[0], ids, mask, reference)
+        greedy = [gen.generate_ids([p], check.new_tokens)[0] for p in prompts]
+        same = [g == r for g, r in zip(greedy, ref_greedy)]
+        result: dict[str, Any] = {"precision": variant.precision, "backend": backend, **stats.result()}
+        result["perplexity_ratio"] = result["perplexity"] / ref_result["perplexity"]
+        result["greedy_match"] = sum(same) / len(same)
+        result["greedy_mismatches"] = [{"prompt": p, "pytorch": r, "onnx": g} for p, r, g, ok in zip(prompts, ref_greedy, greedy, same) if not ok][:3]
+        gate = gates.get(variant.precision, Gate())
+        if variant.precision == "fp32" and gate.min_greedy_match is None:
+            gate = gate.model_copy(update={"min_greedy_match": 1.0})  # the issue's definition of parity
+        checks = apply_gate(result, ref_result["accuracy"], gate)
+        if gate.min_greedy_match is not None:
+            checks.append({"name": "min_greedy_match", "value": result["greedy_match"], "limit": gate.min_greedy_match,
+                           "passed": result["greedy_match"] >= gate.min_greedy_match})
+        if gate.max_perplexity_ratio is not None:
+            checks.append({"name": "max_perplexity_ratio", "value": result["perplexity_ratio"], "limit": gate.max_perplexity_ratio,
+                           "passed": result["perplexity_ratio"] <= gate.max_perplexity_ratio})
+        result["checks"] = checks
+        result["passed"] = all(c["passed"] for c in checks)
+        report["variants"][key] = result
+        progress.info(
+            f"{key:14s} perplexity {result['perplexity']:.3f} (x{result['perplexity_ratio']:.4f})  greedy match {result['greedy_match']:.3f}  "
+            f"next-token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
+        )
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     return report
 

@@ -24,7 +24,6 @@ from ftexport_runtime.bundle import Bundle
 
 from . import progress
 from .data import load_data
-from .errors import BackendUnavailable
 from .recipe import DataSection, Gate
 from .tasks.token_classification import class_report, entity_scores, reference_word_logits
 from .tokens import tags_of
@@ -55,7 +54,7 @@ def entity_parity(reference: list[list[str]], tags: list[list[str]]) -> dict[str
 
 def validate_tokens(bundle: Bundle, reference_dir: Path, data: DataSection, gates: dict[str, Gate], split: str,
                     batch_size: int, backends: list[str] | tuple[str, ...], names: list[str]) -> dict[str, Any]:
-    from .validate import _unavailable, apply_gate, compare, result_name
+    from .validate import _unavailable, apply_gate, compare, each_predictor
 
     manifest = bundle.manifest
     labels = manifest.labels
@@ -84,32 +83,23 @@ def validate_tokens(bundle: Bundle, reference_dir: Path, data: DataSection, gate
         "task": manifest.task, "metric": METRIC, "split": split, "examples": len(words), "words": sum(n_words),
         "labels": labels, "reference": reference, "variants": {},
     }
-    for backend in backends:
-        for name in names:
-            variant = bundle.variant(name)
-            key = result_name(name, backend)
-            try:
-                predictor = Predictor(bundle, variant=name, backend=backend, max_batch=batch_size)
-            except BackendUnavailable as e:
-                report["variants"][key] = _unavailable(variant.precision, backend, str(e))
-                progress.info(f"{key:14s} FAIL: {e}")
-                continue
-            logits = predictor.word_logits(words)
-            if [len(x) for x in logits] != [len(x) for x in ref_logits]:  # the bundle's tokenizer.json cut words differently
-                report["variants"][key] = _unavailable(variant.precision, backend, "the runtime tokenizer keeps other words than the reference's")
-                continue
-            tags = tags_from_logits(logits, n_words, labels)
-            result: dict[str, Any] = {"precision": variant.precision, "backend": backend, "providers": predictor.providers}
-            result.update(scores(gold, tags))
-            result.update(compare(ref_flat, np.concatenate(logits)))
-            result.update(entity_parity(ref_tags, tags))
-            result["per_class"] = class_report(gold, tags)
-            result["checks"] = apply_gate(result, reference["f1"], gates.get(variant.precision, Gate()), metric=METRIC)
-            result["passed"] = all(c["passed"] for c in result["checks"])
-            report["variants"][key] = result
-            progress.info(
-                f"{key:14s} entity F1 {result['f1']:.4f}  entity agreement {result['entity_agreement']:.4f}  "
-                f"token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
-            )
+    for key, backend, variant, predictor in each_predictor(bundle, names, backends, batch_size, report):
+        logits = predictor.word_logits(words)
+        if [len(x) for x in logits] != [len(x) for x in ref_logits]:  # the bundle's tokenizer.json cut words differently
+            report["variants"][key] = _unavailable(variant.precision, backend, "the runtime tokenizer keeps other words than the reference's")
+            continue
+        tags = tags_from_logits(logits, n_words, labels)
+        result: dict[str, Any] = {"precision": variant.precision, "backend": backend, "providers": predictor.providers}
+        result.update(scores(gold, tags))
+        result.update(compare(ref_flat, np.concatenate(logits)))
+        result.update(entity_parity(ref_tags, tags))
+        result["per_class"] = class_report(gold, tags)
+        result["checks"] = apply_gate(result, reference["f1"], gates.get(variant.precision, Gate()), metric=METRIC)
+        result["passed"] = all(c["passed"] for c in result["checks"])
+        report["variants"][key] = result
+        progress.info(
+            f"{key:14s} entity F1 {result['f1']:.4f}  entity agreement {result['entity_agreement']:.4f}  "
+            f"token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
+        )
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     return report

@@ -34,14 +34,12 @@ class TextClassification:
     labelled = True
 
     def load_model(self, path: str | Path, label_names: list[str], trust_remote_code: bool = False) -> Any:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(
+        return self.auto_model_class().from_pretrained(
             str(path),
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={n: i for i, n in enumerate(label_names)},
-            ignore_mismatched_sizes=True,  # a classifier with another label set gets a fresh head
+            ignore_mismatched_sizes=True,  # a classifier (or tagger) with another label set gets a fresh head
             trust_remote_code=trust_remote_code,
         )
 

@@ -8,7 +8,6 @@ Scores are entity-level, from seqeval (micro precision/recall/F1 plus a per-type
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,18 +70,6 @@ class TokenClassification(TextClassification):
     optimum_task = "token-classification"  # Optimum's export task name
     peft_task_type = "TOKEN_CLS"  # peft then also trains the classifier head (modules_to_save)
     output_name = "logits"
-
-    def load_model(self, path: str | Path, label_names: list[str], trust_remote_code: bool = False) -> Any:
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification.from_pretrained(
-            str(path),
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={n: i for i, n in enumerate(label_names)},
-            ignore_mismatched_sizes=True,  # a tagger with another tag set gets a fresh head
-            trust_remote_code=trust_remote_code,
-        )
 
     def auto_model_class(self) -> Any:
         from transformers import AutoModelForTokenClassification
