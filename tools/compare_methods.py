@@ -6,7 +6,8 @@ test accuracy (PyTorch, the unmerged model). One table, one run, one machine.
         --out docs/results/methods-sst2
 
 Each method keeps the recipe's other settings except its learning rate (`--lr METHOD=LR`
-overrides; the defaults are the usual ranges: ~1e-3 for adapters, 2e-5 for full weights).
+overrides; the defaults in DEFAULT_LR are the usual ranges: 1e-3 to 3e-2 for adapters and
+virtual tokens, 5e-5 for full weights).
 """
 
 from __future__ import annotations
