@@ -70,7 +70,19 @@ def apply_gate(result: dict[str, Any], reference_metric: float, gate: Gate, metr
         check("min_accuracy", result[metric], gate.min_accuracy, result[metric] >= gate.min_accuracy)
     if gate.min_entity_agreement is not None and "entity_agreement" in result:
         check("min_entity_agreement", result["entity_agreement"], gate.min_entity_agreement, result["entity_agreement"] >= gate.min_entity_agreement)
+    if gate.min_greedy_match is not None and "greedy_match" in result:
+        check("min_greedy_match", result["greedy_match"], gate.min_greedy_match, result["greedy_match"] >= gate.min_greedy_match)
+    if gate.max_perplexity_ratio is not None and "perplexity_ratio" in result:
+        check("max_perplexity_ratio", result["perplexity_ratio"], gate.max_perplexity_ratio, result["perplexity_ratio"] <= gate.max_perplexity_ratio)
     return checks
+
+
+def settle(report: dict[str, Any], key: str, result: dict[str, Any], checks: list[dict[str, Any]], summary: str) -> None:
+    """File one variant's result under its checks, and say it in one progress line."""
+    result["checks"] = checks
+    result["passed"] = all(c["passed"] for c in checks)
+    report["variants"][key] = result
+    progress.info(f"{key:14s} {summary}  {'PASS' if result['passed'] else 'FAIL'}")
 
 
 def validate_key(bundle_dir: Path, reference_dir: Path, data: DataSection, split: str, gates: dict[str, Gate], backends: list[str],
@@ -180,13 +192,8 @@ def validate(
         result = {"precision": variant.precision, "backend": backend, "providers": predictor.providers}
         result.update(task.metrics(logits, labels, len(manifest.labels)))
         result.update(compare(ref_logits, logits))
-        result["checks"] = apply_gate(result, ref_metrics["accuracy"], gates.get(variant.precision, Gate()))
-        result["passed"] = all(c["passed"] for c in result["checks"])
-        report["variants"][key] = result
-        progress.info(
-            f"{key:14s} accuracy {result['accuracy']:.4f}  agreement {result['agreement']:.4f}  "
-            f"max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
-        )
+        settle(report, key, result, apply_gate(result, ref_metrics["accuracy"], gates.get(variant.precision, Gate())),
+               f"accuracy {result['accuracy']:.4f}  agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}")
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     _write(output, report, validate_key(bundle_dir, reference_dir, data, split, gates, list(backends)), bundle_dir, reference_dir, split, gates, backends)
     return report

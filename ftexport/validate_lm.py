@@ -106,7 +106,7 @@ def validate_generation(bundle: Bundle, model: Any, texts: list[str], gates: dic
     """PyTorch `model` vs each variant of `bundle` on `texts`; returns the parity report."""
     import torch
 
-    from .validate import apply_gate, each_predictor
+    from .validate import apply_gate, each_predictor, settle
 
     base = Predictor(bundle, variant="fp32").generator
     assert base is not None
@@ -156,20 +156,9 @@ def validate_generation(bundle: Bundle, model: Any, texts: list[str], gates: dic
         gate = gates.get(variant.precision, Gate())
         if variant.precision == "fp32" and gate.min_greedy_match is None:
             gate = gate.model_copy(update={"min_greedy_match": 1.0})  # the issue's definition of parity
-        checks = apply_gate(result, ref_result["accuracy"], gate)
-        if gate.min_greedy_match is not None:
-            checks.append({"name": "min_greedy_match", "value": result["greedy_match"], "limit": gate.min_greedy_match,
-                           "passed": result["greedy_match"] >= gate.min_greedy_match})
-        if gate.max_perplexity_ratio is not None:
-            checks.append({"name": "max_perplexity_ratio", "value": result["perplexity_ratio"], "limit": gate.max_perplexity_ratio,
-                           "passed": result["perplexity_ratio"] <= gate.max_perplexity_ratio})
-        result["checks"] = checks
-        result["passed"] = all(c["passed"] for c in checks)
-        report["variants"][key] = result
-        progress.info(
-            f"{key:14s} perplexity {result['perplexity']:.3f} (x{result['perplexity_ratio']:.4f})  greedy match {result['greedy_match']:.3f}  "
-            f"next-token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
-        )
+        settle(report, key, result, apply_gate(result, ref_result["accuracy"], gate),
+               f"perplexity {result['perplexity']:.3f} (x{result['perplexity_ratio']:.4f})  greedy match {result['greedy_match']:.3f}  "
+               f"next-token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}")
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     return report
 

@@ -54,7 +54,7 @@ def entity_parity(reference: list[list[str]], tags: list[list[str]]) -> dict[str
 
 def validate_tokens(bundle: Bundle, reference_dir: Path, data: DataSection, gates: dict[str, Gate], split: str,
                     batch_size: int, backends: list[str] | tuple[str, ...], names: list[str]) -> dict[str, Any]:
-    from .validate import _unavailable, apply_gate, compare, each_predictor
+    from .validate import _unavailable, apply_gate, compare, each_predictor, settle
 
     manifest = bundle.manifest
     labels = manifest.labels
@@ -94,12 +94,8 @@ def validate_tokens(bundle: Bundle, reference_dir: Path, data: DataSection, gate
         result.update(compare(ref_flat, np.concatenate(logits)))
         result.update(entity_parity(ref_tags, tags))
         result["per_class"] = class_report(gold, tags)
-        result["checks"] = apply_gate(result, reference["f1"], gates.get(variant.precision, Gate()), metric=METRIC)
-        result["passed"] = all(c["passed"] for c in result["checks"])
-        report["variants"][key] = result
-        progress.info(
-            f"{key:14s} entity F1 {result['f1']:.4f}  entity agreement {result['entity_agreement']:.4f}  "
-            f"token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}  {'PASS' if result['passed'] else 'FAIL'}"
-        )
+        settle(report, key, result, apply_gate(result, reference["f1"], gates.get(variant.precision, Gate()), metric=METRIC),
+               f"entity F1 {result['f1']:.4f}  entity agreement {result['entity_agreement']:.4f}  "
+               f"token agreement {result['agreement']:.4f}  max |dlogit| {result['max_logit_diff']:.2e}")
     report["passed"] = all(v["passed"] for v in report["variants"].values())
     return report
