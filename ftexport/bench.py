@@ -29,6 +29,7 @@ import numpy as np
 from ftexport_runtime import Predictor
 from ftexport_runtime.backends import get_backend
 from ftexport_runtime.bundle import Bundle
+from ftexport_runtime.errors import BackendUnavailable
 from ftexport_runtime.postprocess import softmax
 
 from . import progress
@@ -173,6 +174,8 @@ def parse_backend(name: str) -> tuple[str, str, str | None]:
         return "optimum", "cpu", None
     if name == "pytorch-compile":
         return "pytorch-compile", "cpu", None
+    if name.startswith("trt-"):  # a TensorRT engine of the bundle: 'trt-fp16' -> (trt, tensorrt, fp16)
+        return "trt", "tensorrt", name[4:]
     if name.startswith("pytorch"):
         return "pytorch", "cuda" if name == "pytorch-cuda" else "cpu", None
     rest = name.removeprefix("ort-")
@@ -192,6 +195,8 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
     import torch
 
     kind, device, variant = parse_backend(name)
+    if kind == "trt":
+        return engine_skip_reason(bundle, variant)  # type: ignore[arg-type]
     if kind == "optimum" and bundle.manifest.task != "text-classification":
         return f"the plain-Optimum baseline is built for text-classification (ORTModelForSequenceClassification), not {bundle.manifest.task}"
     if kind != "ort":
@@ -212,12 +217,25 @@ def skip_reason(name: str, bundle: Bundle, reference_dir: Path | None) -> str | 
     return None
 
 
+def engine_skip_reason(bundle: Bundle, name: str) -> str | None:
+    from ftexport_runtime.trt_engine import current_fingerprint, fingerprint_mismatch
+
+    engine = bundle.manifest.engines.get(name)
+    if engine is None:
+        return f"the bundle has no TensorRT engine {name!r} (it has: {', '.join(bundle.manifest.engines) or 'none'}; build them with ftexport export --trt --bundle B)"
+    try:
+        problems = fingerprint_mismatch(engine.fingerprint, current_fingerprint())
+    except BackendUnavailable as e:
+        return str(e)
+    return f"engine built for another machine: {'; '.join(problems)}" if problems else None
+
+
 def _build_runner(name: str, bundle: Bundle, bundle_dir: Path, reference: Path | None, threads: int, workdir: Path) -> Runner:
     kind, device, variant = parse_backend(name)
     spec: dict[str, Any] = {"kind": kind, "device": device, "variant": variant, "bundle": str(bundle_dir.resolve()), "threads": threads,
                             "reference": str(reference.resolve()) if reference else None, "max_length": bundle.manifest.max_length,
                             "task": bundle.manifest.task}
-    if kind == "ort":
+    if kind in ("ort", "trt"):
         p = Predictor(bundle, variant=variant, backend=device, threads=threads)
         return Runner(name, p.predict, _per_row(lambda texts: softmax(p.logits(texts))), spec, p)
     import torch

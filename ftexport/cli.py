@@ -84,7 +84,7 @@ def main(quiet: bool) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Re-run every stage even if its output is up to date.")
-@click.option("--stop-after", type=click.Choice(["train", "distill", "merge", "export", "quantize", "validate", "bench", "pack"]), help="Stop after this stage.")
+@click.option("--stop-after", type=click.Choice(["train", "distill", "merge", "export", "quantize", "tensorrt", "validate", "bench", "pack"]), help="Stop after this stage.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None:
     """Run the whole pipeline of RECIPE: train, merge, export, quantize, validate, bench, pack.
@@ -197,21 +197,68 @@ def merge(train_dir: str, output: str) -> None:
 
 
 @main.command()
-@click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.argument("model_dir", required=False, type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder to write [with --trt --bundle B: B itself].")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 23), help="ONNX opset.")
 @click.option("--max-length", type=click.IntRange(2, None), help="Tokens per text in the bundle [default: from training, or the model's limit].")
 @click.option("--name", help="Bundle name [default: the model folder's name].")
-def export(model_dir: str, output: str, opset: int, max_length: int | None, name: str | None) -> None:
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT 10 and an NVIDIA GPU: pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com).")
+@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), help="With --trt: add engines to this existing bundle instead of exporting MODEL_DIR (rebuild on a new GPU).")
+@click.option("--precision", "precisions", type=click.Choice(["fp16", "int8", "fp32"]), multiple=True,
+              help="With --trt: engines to build (repeatable) [default: the recipe's, else fp16]. int8 needs a static symmetric QDQ variant.")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="With --trt: the tensorrt section, and training texts whose token lengths shape the profile.")
+@click.option("--batch", help="With --trt: profile batch MIN,OPT,MAX [default: 1,1,64].")
+@click.option("--seq", help="With --trt: profile tokens MIN,OPT,MAX [default: from the training texts' lengths].")
+@click.option("--on-longer", type=click.Choice(["error", "truncate"]), help="With --trt: a text over the profile's max tokens is refused, or cut [default: error].")
+@click.option("--workspace-gib", type=click.FloatRange(0, min_open=True), help="With --trt: builder workspace [default: 4].")
+def export(model_dir: str | None, output: str | None, opset: int, max_length: int | None, name: str | None, trt: bool, bundle_dir: str | None,
+           precisions: tuple[str, ...], recipe_path: str | None, batch: str | None, seq: str | None, on_longer: str | None,
+           workspace_gib: float | None) -> None:
     """Export a dense model folder to an ONNX bundle through Hugging Face Optimum.
 
     The bundle holds model.onnx (dynamic batch and sequence axes), tokenizer.json and
     manifest.json (labels, max length, inputs, sha256 of every file).
-    """
-    from .export import export as export_stage
 
-    export_stage(model_dir, output, opset=opset, max_length=max_length, name=name)
-    click.echo(output)
+    --trt adds TensorRT engines (engines/model.PRECISION.plan) to the bundle, each with one
+    optimization profile and a fingerprint of the GPU and TensorRT version it was built for;
+    the runtime refuses an engine on another machine. A timing cache beside the bundle
+    (BUNDLE.timing.cache) makes rebuilds fast. On a new GPU: ftexport export --trt --bundle B
+    """
+    if bundle_dir and not trt:
+        raise RecipeError("export: --bundle adds TensorRT engines to a bundle; give --trt too (or MODEL_DIR -o OUT to export)")
+    if bool(model_dir) == bool(bundle_dir):
+        raise RecipeError("export: give MODEL_DIR -o OUT to export a model, or --trt --bundle B to build engines for a bundle")
+    if model_dir and not output:
+        raise RecipeError("export: -o/--output is required with MODEL_DIR")
+    trt_flags = {"precisions": list(precisions) or None, "batch": batch, "seq": seq, "on_longer": on_longer, "workspace_gib": workspace_gib}
+    if not trt and (recipe_path or any(v is not None for v in trt_flags.values())):
+        raise RecipeError("export: --precision, --recipe, --batch, --seq, --on-longer and --workspace-gib are TensorRT options; add --trt")
+    if trt:  # refuse before exporting: the engines are what was asked for
+        from .tensorrt import require_tensorrt
+
+        require_tensorrt()
+    if model_dir:
+        from .export import export as export_stage
+
+        export_stage(model_dir, output, opset=opset, max_length=max_length, name=name)
+    if trt:
+        from pydantic import ValidationError
+
+        from .recipe import TensorRTSection, format_error
+        from .tensorrt import build_engines, training_texts
+
+        recipe = _recipe(recipe_path) if recipe_path else None
+        fields = (recipe.tensorrt if recipe else TensorRTSection()).model_dump()
+        fields.update({k: v for k, v in trt_flags.items() if v is not None})
+        try:
+            section = TensorRTSection.model_validate(fields)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise RecipeError(format_error({**err, "loc": ("tensorrt", *err["loc"])}).replace("recipe.tensorrt.", "--")) from None
+        texts = training_texts(recipe.data) if recipe is not None and section.seq is None else None
+        build_engines(bundle_dir or output, output if bundle_dir else None, section.precisions, texts, section.batch, section.seq,
+                      section.on_longer, section.workspace_gib)
+    click.echo(output or bundle_dir)
 
 
 @main.command()
@@ -230,11 +277,12 @@ def export(model_dir: str, output: str, opset: int, max_length: int | None, name
 @click.option("--calibration-samples", type=click.IntRange(1, None), help="Training texts to calibrate on [default: 128].")
 @click.option("--per-channel/--per-tensor", default=None, help="One weight scale per output channel, or one per tensor [default: per-channel].")
 @click.option("--reduce-range", is_flag=True, default=None, help="7-bit weights, for CPUs whose int8 kernels saturate.")
+@click.option("--symmetric", is_flag=True, default=None, help="Static int8 with symmetric int8 activations (zero point 0), which TensorRT int8 engines need.")
 @click.option("--accuracy-aware", is_flag=True, default=None,
               help="If int8 misses the recipe's int8 gate on validation texts, keep the most sensitive layers in fp32 and retry (needs --recipe).")
 def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str, ...], optimize: str | None, fmt: str | None,
              calibration_method: str | None, calibration_samples: int | None, per_channel: bool | None, reduce_range: bool | None,
-             accuracy_aware: bool | None) -> None:
+             symmetric: bool | None, accuracy_aware: bool | None) -> None:
     """Add optimized and compressed variants to BUNDLE.
 
     dynamic adds model.int8.onnx (the CPU default), static model.int8-static.onnx, fp16
@@ -247,7 +295,7 @@ def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str
     recipe = _recipe(recipe_path) if recipe_path else None
     base = recipe.quantize if recipe else QuantizeSection()
     fields = base.model_dump()
-    flags = {"modes": list(modes) or None, "optimize": optimize, "format": fmt, "per_channel": per_channel, "reduce_range": reduce_range}
+    flags = {"modes": list(modes) or None, "optimize": optimize, "format": fmt, "per_channel": per_channel, "reduce_range": reduce_range, "symmetric": symmetric}
     fields.update({k: v for k, v in flags.items() if v is not None})
     fields["calibration"].update({k: v for k, v in {"method": calibration_method, "samples": calibration_samples}.items() if v is not None})
     if accuracy_aware:

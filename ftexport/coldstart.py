@@ -103,14 +103,14 @@ def _torch(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    answer, phases = (_ort if spec["kind"] == "ort" else _torch)(spec)
+    answer, phases = (_ort if spec["kind"] in ("ort", "trt") else _torch)(spec)
     cells = json.loads(Path(spec["cells_file"]).read_text())
     t = time.time()
     answer([cells[0]["batches"][0][0]])  # the first request: one text
     done = time.time()
     out: dict[str, Any] = {**phases, "first_prediction_s": done - t, "first_answer_at": done, "rss_mb": peak_rss_mb(), "cells": []}
     cuda = spec["device"] != "cpu"
-    if cuda and spec["kind"] != "ort":
+    if cuda and spec["kind"] not in ("ort", "trt"):
         import torch
 
         torch.cuda.reset_peak_memory_stats()
@@ -120,7 +120,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             answer(batch)
         row = {"batch": cell["batch"], "seq_len": cell["seq_len"], "peak_rss_mb": peak_rss_mb()}
         if cuda:
-            if spec["kind"] == "ort":
+            if spec["kind"] in ("ort", "trt"):
                 row["gpu_mb"] = process_gpu_mb()
             else:
                 import torch

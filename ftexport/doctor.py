@@ -63,9 +63,26 @@ def probe_provider(provider: str) -> tuple[bool, str]:
     return True, "ok"
 
 
+def engine_backend(gpu: dict[str, Any]) -> dict[str, Any]:
+    """Can this machine build and run TensorRT engines (`export --trt`, backend tensorrt)?"""
+    install = "pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"
+    for module, package in (("tensorrt", "tensorrt"), ("cuda", "cuda-bindings")):
+        if importlib.util.find_spec(module) is None:
+            return {"ok": False, "detail": f"the {package} Python package is not installed; {install}"}
+    if not gpu["available"]:
+        return {"ok": False, "detail": "TensorRT needs a CUDA GPU"}
+    try:
+        from ftexport_runtime.trt_engine import current_fingerprint
+
+        fp = current_fingerprint()
+    except Exception as e:  # noqa: BLE001 - a broken TensorRT or CUDA install: say what it said
+        return {"ok": False, "detail": f"TensorRT is installed but does not start: {first_line(e)}"}
+    return {"ok": True, "detail": f"TensorRT {fp['tensorrt']} on {fp['gpu']} (sm {fp['compute_capability']})"}
+
+
 def diagnose() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "packages": {}}
-    for name in ("torch", "transformers", "optimum", "optimum-onnx", "peft", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tokenizers"):
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "peft", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-bindings", "tokenizers"):
         info["packages"][name] = _version(name)
     gpu: dict[str, Any] = {"available": False}
     try:
@@ -89,10 +106,7 @@ def diagnose() -> dict[str, Any]:
     for name, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
         ok, detail = probe_provider(provider)
         backends[name] = {"ok": ok, "detail": detail}
-    if importlib.util.find_spec("tensorrt") is None:
-        backends["tensorrt-engine"] = {"ok": False, "detail": "the tensorrt Python package is not installed; pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"}
-    else:
-        backends["tensorrt-engine"] = {"ok": gpu["available"], "detail": "ok" if gpu["available"] else "TensorRT needs a CUDA GPU"}
+    backends["tensorrt-engine"] = engine_backend(gpu)
     backends["torch-cuda"] = {"ok": gpu["available"], "detail": "ok" if gpu["available"] else gpu.get("reason", "")}
     info["backends"] = backends
     return info

@@ -7,6 +7,7 @@ recipe's output folder, skipping a stage whose artifact is already there with th
     runs/NAME/merged     dense model               ftexport merge
     runs/NAME/onnx       bundle, fp32              ftexport export
     runs/NAME/quantized  bundle, fp32 + int8       ftexport quantize
+    runs/NAME/trt        bundle + TensorRT engines ftexport export --trt (recipe tensorrt.enabled)
     runs/NAME/parity     parity.json / .md         ftexport validate
     runs/NAME/bench      bench.json / .md          ftexport bench
     runs/NAME/bundle     the final bundle          ftexport pack
@@ -34,8 +35,9 @@ from .recipe import Recipe
 from .report import summary_table
 from .train import train, train_key
 
-STAGES = ("train", "merge", "export", "quantize", "validate", "bench", "pack")
-DIRS = {"train": "train", "distill": "distill", "merge": "merged", "export": "onnx", "quantize": "quantized", "validate": "parity", "bench": "bench", "pack": "bundle"}
+STAGES = ("train", "merge", "export", "quantize", "validate", "bench", "pack")  # a default run; distill and tensorrt when the recipe asks
+DIRS = {"train": "train", "distill": "distill", "merge": "merged", "export": "onnx", "quantize": "quantized", "tensorrt": "trt",
+        "validate": "parity", "bench": "bench", "pack": "bundle"}
 
 
 @dataclass
@@ -78,6 +80,16 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         q = recipe.quantize
         plan.append(("quantize", lambda: quantize_key(d["export"], q, recipe.data, gates["int8"]),
                      lambda: quantize(d["export"], d["quantize"], q, recipe.data, gates["int8"])))
+    trt = recipe.tensorrt
+    if trt.enabled:
+        from . import tensorrt as trt_mod
+
+        trt_mod.require_tensorrt()  # before training, not after an hour of it
+        upstream, bundle_dir = bundle_dir, d["tensorrt"]
+        texts = (lambda: trt_mod.training_texts(recipe.data)) if trt.seq is None else (lambda: None)
+        settings = trt_mod.settings_of(trt.precisions, trt.batch, trt.seq, trt.on_longer, trt.workspace_gib)
+        plan.append(("tensorrt", lambda: trt_mod.engines_key(upstream, settings),
+                     lambda: trt_mod.build_engines(upstream, d["tensorrt"], trt.precisions, texts(), trt.batch, trt.seq, trt.on_longer, trt.workspace_gib)))
     v = recipe.validate_
     generating = recipe.task == "text-generation"
     gen = v.generation if generating else None  # greedy-parity settings, text-generation only

@@ -106,13 +106,14 @@ def int8_onnx(
                 raise RecipeError("static int8 needs calibration texts; give a recipe with a data.train split (ftexport quantize --recipe R)")
             reader.rewind()
             cal = section.calibration
-            extra.update({"ActivationSymmetric": False, "WeightSymmetric": True, "CalibPercentile": cal.percentile})
+            # symmetric: int8 activations with zero point 0, the only int8 TensorRT's explicit quantization reads
+            extra.update({"ActivationSymmetric": section.symmetric, "WeightSymmetric": True, "CalibPercentile": cal.percentile})
             method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[cal.method]
             fmt = QuantFormat.QDQ if section.format == "qdq" else QuantFormat.QOperator
             quantize_static(str(src), str(dst), reader, quant_format=fmt, op_types_to_quantize=STATIC_OPS,
-                            activation_type=QuantType.QUInt8, calibrate_method=method, **common)
+                            activation_type=QuantType.QInt8 if section.symmetric else QuantType.QUInt8, calibrate_method=method, **common)
             detail = {"mode": "static", "format": section.format, "calibration": cal.model_dump(), "operators": STATIC_OPS,
-                      "activations": "uint8 (calibrated)"}
+                      "activations": "int8 symmetric (calibrated)" if section.symmetric else "uint8 (calibrated)"}
         else:
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=DYNAMIC_OPS, **common)
             detail = {"mode": "dynamic", "format": "qoperator", "operators": DYNAMIC_OPS, "activations": "uint8 (scaled at run time)"}

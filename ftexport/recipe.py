@@ -142,7 +142,7 @@ class TrainingSection(Section):
         "accuracy", description="dev metric that picks the best checkpoint; f1 = entity-level F1 (token-classification); perplexity (text-generation, lower is better)")
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    group_by_length: bool = False
+    group_by_length: bool | None = Field(None, description="batch texts of similar length together, so dynamic padding pads less (default: on with CUDA, off on the CPU)")
     padding: Literal["longest", "max_length"] = Field("longest", description="pad each batch to its longest text, or every text to model.max_length")
     dataloader_workers: int = Field(0, ge=0)
 
@@ -178,8 +178,35 @@ class QuantizeSection(Section):
     format: Literal["qdq", "qoperator"] = Field("qdq", description="static int8 graph format: QDQ (portable, feeds TensorRT) or QOperator")
     per_channel: bool = Field(True, description="one weight scale per output channel: on MiniLM it keeps top-1 agreement at 0.99 instead of 0.93")
     reduce_range: bool = Field(False, description="7-bit weights, for old CPUs whose int8 kernels saturate; costs accuracy elsewhere")
+    symmetric: bool = Field(False, description="static int8 with symmetric int8 activations (zero point 0): what TensorRT's int8 engines (export --trt) need")
     calibration: Calibration = Calibration()
     accuracy_aware: AccuracyAware = AccuracyAware()
+
+
+def _triple(v: Any) -> Any:
+    """[min, opt, max] from a list or a "MIN,OPT,MAX" string."""
+    if isinstance(v, str):
+        try:
+            v = [int(x) for x in v.split(",")]
+        except ValueError:
+            raise ValueError(f"expected MIN,OPT,MAX integers, got {v!r}") from None
+    if v is not None and (len(v) != 3 or not 1 <= v[0] <= v[1] <= v[2]):
+        raise ValueError(f"expected [min, opt, max] with 1 <= min <= opt <= max, got {v}")
+    return v
+
+
+class TensorRTSection(Section):
+    """TensorRT engines (`ftexport export --trt`), built on the machine that will run them."""
+
+    enabled: bool = Field(False, description="`ftexport run` builds engines after quantize (needs TensorRT 10 and a GPU)")
+    precisions: list[Literal["fp16", "int8", "fp32"]] = Field(
+        ["fp16"], description="engines to build: fp16 from the fp32 ONNX model; int8 from the static symmetric QDQ variant (quantize.symmetric)")
+    batch: tuple[int, int, int] = Field((1, 1, 64), description="optimization profile batch [min, opt, max]")
+    seq: tuple[int, int, int] | None = Field(None, description="profile tokens [min, opt, max] (default: 1, the median and the longest training text rounded up to 32)")
+    on_longer: Literal["error", "truncate"] = Field("error", description="a text over the profile's max tokens: refuse it, or cut it to the max")
+    workspace_gib: float = Field(4.0, gt=0, description="builder workspace memory")
+
+    _check_triples = field_validator("batch", "seq", mode="before")(classmethod(lambda cls, v: _triple(v)))
 
 
 class Gate(Section):
@@ -259,10 +286,10 @@ class DistillSection(Section):
         return self
 
 
-BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*)$"
+BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*|trt-[a-z0-9][a-z0-9_-]*)$"
 # Every backend ftexport can time; those the machine or the bundle lacks are skipped with the reason.
 BENCH_BACKENDS = ("pytorch", "pytorch-compile", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static",
-                  "pytorch-cuda", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp32")
+                  "pytorch-cuda", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp32", "trt-fp16", "trt-int8")
 DEFAULT_BATCH_SIZES = [1, 8, 32]
 DEFAULT_SEQ_LENS = [16, 64, 128, 256]
 HEADLINE_SEQ_LEN = 128
@@ -283,7 +310,7 @@ class BenchSection(Section):
     parity_tolerance: float = Field(0.1, ge=0, le=1, description="largest mean |difference| of class probabilities to the baseline (over the cell's texts) before a cell is refused a speed figure")
     backends: list[str] = Field(
         list(BENCH_BACKENDS),
-        description="pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT or ort-tensorrt-VARIANT; ones this machine or bundle lacks are skipped with the reason",
+        description="pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT, ort-tensorrt-VARIANT or trt-ENGINE (the bundle's TensorRT engine); ones this machine or bundle lacks are skipped with the reason",
     )
 
     @field_validator("backends")
@@ -291,7 +318,7 @@ class BenchSection(Section):
     def _known(cls, v: list[str]) -> list[str]:
         for name in v:
             if not re.match(BACKEND_PATTERN, name):
-                raise ValueError(f"unknown backend {name!r}; use pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT, ort-cuda-VARIANT or ort-tensorrt-VARIANT (e.g. ort-int8, ort-cuda-fp16)")
+                raise ValueError(f"unknown backend {name!r}; use pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT, ort-cuda-VARIANT, ort-tensorrt-VARIANT or trt-ENGINE (e.g. ort-int8, ort-cuda-fp16, trt-fp16)")
         if not v:
             raise ValueError("expected at least one backend")
         return list(dict.fromkeys(v))
@@ -328,6 +355,7 @@ class Recipe(Section):
     quantize: QuantizeSection = QuantizeSection()
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     bench: BenchSection = BenchSection()
+    tensorrt: TensorRTSection = TensorRTSection()
     distill: DistillSection | None = Field(None, description="distil a teacher into the model (the student); `ftexport run` then distils instead of training")
     output: str | None = Field(None, description="pipeline folder (default: runs/NAME)")
 
@@ -361,6 +389,8 @@ class Recipe(Section):
             if unsupported or self.quantize.accuracy_aware.enabled:
                 what = ", ".join(unsupported) or "accuracy_aware"
                 raise RecipeError(f"recipe.quantize: text-generation supports dynamic int8 only (not {what}): the KV-cache decoder is not calibrated or fused by ftexport yet")
+            if self.tensorrt.enabled:
+                raise RecipeError("recipe.tensorrt.enabled: TensorRT engines are built for encoders; a text-generation bundle runs on ONNX Runtime")
         else:
             if self.training.metric == "perplexity":
                 raise RecipeError("recipe.training.metric: perplexity is for task text-generation; use accuracy or macro_f1 (f1 for token-classification)")
@@ -373,6 +403,13 @@ class Recipe(Section):
             for precision, gate in self.validate_.gates().items():
                 if gate.min_entity_agreement is not None:
                     raise ValueError(f"validate.{precision}.min_entity_agreement: entities exist for token-classification only; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _trt_int8_needs_symmetric(self) -> Recipe:
+        if self.tensorrt.enabled and "int8" in self.tensorrt.precisions and not ("static" in self.quantize.modes and self.quantize.symmetric):
+            raise ValueError("tensorrt.precisions: an int8 engine is built from the static symmetric QDQ model; "
+                             "add static to quantize.modes and set quantize.symmetric: true")
         return self
 
     @model_validator(mode="after")

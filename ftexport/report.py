@@ -57,13 +57,9 @@ def machine_info() -> dict[str, Any]:
 
 def gpu_driver() -> str | None:
     """The NVIDIA driver version from nvidia-smi (None without one)."""
-    import subprocess
+    from ftexport_runtime.trt_engine import driver_version
 
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    return driver_version()
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -271,7 +271,7 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False, trainer_class
         # NCCL has no CPU tensors; None lets accelerate pick (NCCL on GPUs, or what its config says).
         ddp_backend="gloo" if world_size > 1 and not cuda else None,
         **flags,
-        **version_specific_args(t.group_by_length, t.warmup_ratio),
+        **version_specific_args(cuda if t.group_by_length is None else t.group_by_length, t.warmup_ratio),
     )
     if args.world_size != world_size:  # a launcher that does not set WORLD_SIZE would silently change the batch
         raise RecipeError(
@@ -314,6 +314,12 @@ def train(recipe: Recipe, output: str | Path, quiet: bool = False, trainer_class
         "steps": result.global_step,
         "trainable_parameters": params,
         "resumed": resume,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "precision": "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32",
+        "tf32": bool(args.tf32),
+        "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+        "padding": t.padding,
+        "group_by_length": bool(cuda if t.group_by_length is None else t.group_by_length),
     }
     if evaluating:
         ev = trainer.evaluate()

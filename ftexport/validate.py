@@ -100,8 +100,10 @@ def each_predictor(bundle: Bundle, names: list[str], backends: Any, batch_size: 
     """A Predictor for every (variant, backend) pair to judge. A backend this machine cannot
     run goes into the report as a failed result (a GPU build that never ran must not pass)."""
     for backend in backends:
-        for name in names:
-            variant = bundle.variant(name)
+        # on a bundle with TensorRT engines, backend tensorrt judges the engines (fp16, int8...), not ORT's provider
+        engines = bundle.manifest.engines if backend == "tensorrt" else {}
+        for name in list(engines) or names:
+            variant = engines[name] if engines else bundle.variant(name)
             key = result_name(name, backend)
             try:
                 predictor = Predictor(bundle, variant=name, backend=backend, max_batch=batch_size)

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import BundleError
+from .trt_engine import EngineSpec
 
 FORMAT = "ftexport-bundle"
 FORMAT_VERSION = 1
@@ -68,6 +69,8 @@ class Manifest:
     backend_defaults: dict[str, str] = field(default_factory=dict)  # e.g. {"cuda": "fp16"}
     # text-generation: what the KV-cache loop needs (past/present names, layers, heads, eos/pad ids)
     generation: dict[str, Any] | None = None
+    # TensorRT engines built for one GPU and TensorRT version (`ftexport export --trt`)
+    engines: dict[str, EngineSpec] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -91,6 +94,8 @@ class Manifest:
         }
         if self.generation is not None:  # absent for classifiers: their manifests stay as they were
             out["generation"] = dict(self.generation)
+        if self.engines:
+            out["engines"] = {k: e.to_json() for k, e in self.engines.items()}
         return out
 
     @classmethod
@@ -159,6 +164,14 @@ class Manifest:
                 raise BundleError(f"{where}: files[{rel!r}] is not a sha256 hex digest")
         inputs = need("inputs", list)
         outputs = need("outputs", list)
+        engines = data.get("engines") or {}
+        if not isinstance(engines, dict):
+            raise BundleError(f"{where}: field 'engines' must be an object")
+        engines = {str(k): EngineSpec.from_json(str(k), v, where, PRECISIONS) for k, v in engines.items()}
+        for e in engines.values():
+            _check_relative(e.file, where)
+            if e.source not in variants:
+                raise BundleError(f"{where}: engines.{e.name}.source {e.source!r} is not one of the variants ({', '.join(variants)})")
         return cls(
             task=task,
             labels=list(labels),
@@ -176,6 +189,7 @@ class Manifest:
             source=dict(data.get("source") or {}),
             backend_defaults=dict(backend_defaults),
             generation=dict(generation) if task == "text-generation" else None,
+            engines=engines,
         )
 
     def referenced_files(self) -> list[str]:
@@ -184,6 +198,7 @@ class Manifest:
         for v in self.variants.values():
             refs.append(v.file)
             refs.extend(v.extra_files)
+        refs.extend(e.file for e in self.engines.values())
         return refs
 
 

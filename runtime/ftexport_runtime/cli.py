@@ -19,7 +19,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             texts += [line.rstrip("\n") for line in f if line.strip()]
-    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads)
+    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback)
     preds = predictor.predict(texts)
     if args.json:
         print(json.dumps([dict(text=t, **p.as_dict()) for t, p in zip(texts, preds)], indent=2))
@@ -35,7 +35,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads)
+    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback)
     results = predictor.generate(
         list(args.prompts), max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
@@ -93,13 +93,24 @@ def _serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
     ).check()
     predictor = Predictor.from_bundle(
-        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch,
+        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch, fallback=args.fallback,
         session_options=serving_session_options(),
     )
     if predictor.generator is not None:  # POST /v1/predict classifies; generation over HTTP is not built yet
         raise FtexportError(f"{args.bundle}: serve answers text-classification bundles only; use `ftexport-runtime generate` for this text-generation bundle")
     serve(predictor, config, host=args.host, port=args.port, access_log=args.access_log, graceful_timeout=args.graceful_timeout)
     return 0
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default); with --backend "
+                   "tensorrt and a bundle that holds TensorRT engines, the engine (fp16, int8, ...)")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"],
+                   help="execution backend; tensorrt runs the bundle's TensorRT engine, or ONNX Runtime's TensorRT provider when it has none")
+    p.add_argument("--fallback", choices=["cuda"],
+                   help="with --backend tensorrt: when the engine was built for another GPU or TensorRT version (or TensorRT is "
+                        "missing), run its ONNX model on ONNX Runtime CUDA instead of refusing")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -113,9 +124,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("bundle", help="bundle directory or .tar.gz")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", help="also read texts from this file, one per line")
-    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default)")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="execution backend")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _backend_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_predict)
 
@@ -129,9 +138,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--top-p", type=float, help="with --sample: draw from the smallest set whose probability reaches p (nucleus)")
     p.add_argument("--seed", type=int, help="with --sample: RNG seed, for a reproducible draw")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow; for checking the cache)")
-    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default)")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="execution backend")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _backend_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (prompt, text, token_ids, stopped_at_eos)")
     p.set_defaults(func=_generate)
 
@@ -152,9 +159,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("bundle", help="bundle directory or .tar.gz")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port, printed at start)")
-    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default)")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"], help="execution backend")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
+    _backend_args(p)
     p.add_argument("--max-batch", type=int, default=32, help="most texts per model call (default: 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch under --max-batch waits for more requests (default: 5)")

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .backends import check_available, check_session, get_backend
 from .bundle import Bundle, Variant
-from .errors import BundleError, PredictError
+from .errors import BackendUnavailable, BundleError, PredictError
 from .postprocess import AGGREGATIONS, Entities, Prediction, classify, token_entities
 
 _ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -45,16 +45,25 @@ class Predictor:
         threads: int | None = None,
         max_batch: int = 64,
         session_options: ort.SessionOptions | None = None,
+        fallback: str | None = None,
     ):
         if max_batch < 1:
             raise PredictError(f"max_batch must be at least 1, got {max_batch}")
+        if fallback not in (None, "cuda"):
+            raise PredictError(f"fallback must be None or 'cuda', got {fallback!r}")
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.backend = get_backend(backend)
-        self.variant: Variant = bundle.variant(variant, self.backend.name)
         self.max_batch = max_batch
         self.labels = list(self.manifest.labels)
         self.max_length = self.manifest.max_length
+        self.engine = None  # an EngineRunner when a TensorRT engine of the bundle runs
+        self.fallback_reason: str | None = None  # why a TensorRT engine was replaced by ORT CUDA
+        if self.backend.name == "tensorrt" and self.manifest.engines:
+            variant = self._load_engine(variant, fallback)
+            if self.engine is not None:
+                return
+        self.variant: Variant = bundle.variant(variant, self.backend.name)
         self.tokenizer = self._load_tokenizer()
         check_available(self.backend)
         opts = session_options or ort.SessionOptions()
@@ -89,6 +98,44 @@ class Predictor:
         # one device-to-host copy of the logits, instead of ORT's per-call staging.
         self._io_binding = self.backend.name != "cpu"
 
+    def _load_engine(self, name: str | None, fallback: str | None) -> str | None:
+        """Load the bundle's TensorRT engine `name` (default: fp16, else the first one). With
+        fallback="cuda", an engine this machine cannot run (no TensorRT, another GPU or
+        TensorRT version) gives way to its ONNX model on ONNX Runtime CUDA; the name of that
+        variant is returned. Without it, that raises BackendUnavailable naming the fix."""
+        from .trt_engine import EngineRunner, current_fingerprint, fingerprint_mismatch, refusal
+
+        engines = self.manifest.engines
+        name = name or ("fp16" if "fp16" in engines else next(iter(engines)))
+        if name not in engines:
+            raise BundleError(f"{self.bundle.root}: no TensorRT engine {name!r} in this bundle (it has: {', '.join(engines)})")
+        spec = engines[name]
+        try:
+            problems = fingerprint_mismatch(spec.fingerprint, current_fingerprint())
+            if problems:
+                raise BackendUnavailable(refusal(spec, str(self.bundle.root), problems))
+            data = self.bundle.path_of(spec.file).read_bytes()
+            output = self.manifest.outputs[0] if self.manifest.outputs else "logits"
+            self.engine = EngineRunner(data, spec, output)
+        except BackendUnavailable as e:
+            if fallback != "cuda":
+                raise
+            self.fallback_reason = str(e)
+            self.backend = get_backend("cuda")
+            return spec.source
+        self.variant = Variant(spec.name, spec.file, spec.precision, details={"engine": spec.to_json()})
+        self.max_batch = min(self.max_batch, spec.profile.batch[2])
+        if spec.on_longer == "truncate":
+            self.max_length = min(self.max_length, spec.profile.seq[2])
+        self.tokenizer = self._load_tokenizer()
+        self.threads = None
+        self.session = None
+        self.generator = None
+        self._inputs = {n: self.engine.dtypes[n] for n in self.engine.inputs}
+        self._output = self.engine.output
+        self._io_binding = False
+        return name
+
     @classmethod
     def from_bundle(
         cls,
@@ -99,6 +146,7 @@ class Predictor:
         max_batch: int = 64,
         session_options: ort.SessionOptions | None = None,
         verify: str = "all",
+        fallback: str | None = None,
     ) -> Predictor:
         """Open and verify a bundle (directory or .tar.gz) and load one of its variants.
 
@@ -110,17 +158,27 @@ class Predictor:
             "used" only the files this Predictor loads (the variant's model and the tokenizer),
             for a faster start from a bundle that carries variants it does not load (or ship
             only what you load: `ftexport pack --variants int8`); "none" trusts the files.
+        fallback: backend "tensorrt" runs the bundle's TensorRT engine (`variant` names the
+            engine, e.g. "fp16" or "int8"); an engine built on another GPU or TensorRT version
+            is refused, unless fallback="cuda", which runs the engine's ONNX model on ONNX
+            Runtime CUDA instead (`fallback_reason` says why). A bundle without engines runs
+            on ONNX Runtime's TensorRT provider.
         """
         if verify not in ("used", "all", "none"):
             raise PredictError(f"verify must be 'used', 'all' or 'none', got {verify!r}")
         bundle = Bundle.open(path, verify="all" if verify == "all" else "none")
         if verify == "used":
-            chosen = bundle.variant(variant, get_backend(backend).name)
-            bundle.verify([chosen.file, *chosen.extra_files, bundle.manifest.tokenizer["file"]])
-        return cls(bundle, variant, backend, threads, max_batch, session_options)
+            engines = bundle.manifest.engines if get_backend(backend).name == "tensorrt" else {}
+            chosen = bundle.variant(variant, get_backend(backend).name) if not engines else None
+            files = [chosen.file, *chosen.extra_files] if chosen else [e.file for e in engines.values()] + [
+                bundle.manifest.variants[e.source].file for e in engines.values()]
+            bundle.verify([*dict.fromkeys(files), bundle.manifest.tokenizer["file"]])
+        return cls(bundle, variant, backend, threads, max_batch, session_options, fallback)
 
     @property
     def providers(self) -> list[str]:
+        if self.engine is not None:
+            return [f"TensorRT engine {self.engine.spec.name} ({self.engine.spec.fingerprint['tensorrt']})"]
         return self.session.get_providers()
 
     def _load_tokenizer(self) -> Tokenizer:
@@ -186,6 +244,8 @@ class Predictor:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the model on already-encoded inputs; returns float32 logits."""
+        if self.engine is not None:
+            return self.engine.run(feeds)
         if self._io_binding:
             binding = self.session.io_binding()
             for name, array in feeds.items():
@@ -315,4 +375,5 @@ class Predictor:
             "precision": self.variant.precision,
             "backend": self.backend.name,
             "providers": self.providers,
+            **({"fallback_reason": self.fallback_reason} if self.fallback_reason else {}),
         }

@@ -1,0 +1,297 @@
+"""TensorRT engines without TensorRT: what CI can check of `ftexport export --trt` and the
+runtime's engine backend.
+
+For real: the symmetric static int8 QDQ model TensorRT's int8 engine is built from (made and
+judged on ONNX Runtime CPU), which graphs TensorRT cannot take and why, the optimization
+profile from training-text lengths, fingerprints and refusals, the manifest contract for
+engines (sha256, bad entries), batches outside the profile, and every refusal's message and
+exit code. Through test doubles (tests/fake_tensorrt.py): the builder's TensorRT calls and
+the runner's device-memory plumbing. TensorRT itself runs in tests/test_gpu.py only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import ftexport_runtime.trt_engine as te
+from fake_tensorrt import FAKE_VERSION, FakeCudart, fake_tensorrt
+from ftexport.cli import main
+from ftexport.errors import BundleError, RecipeError
+from ftexport.quantize import quantize
+from ftexport.recipe import QuantizeSection, load_recipe
+from ftexport.tensorrt import build_engine, build_engines, int8_problems, plan_engines, profile_from_lengths, timing_cache_path, token_lengths
+from ftexport_runtime import Predictor
+from ftexport_runtime.bundle import Bundle
+from ftexport_runtime.errors import BackendUnavailable, PredictError
+
+HERE = {"tensorrt": FAKE_VERSION, "gpu": "Fake GPU", "compute_capability": "9.0", "driver": "unknown"}
+TEXTS = ["a wonderful , moving film", "dull and far too long", "the cast is superb", "bad"]
+
+
+@pytest.fixture(scope="module")
+def qbundle(tiny_run, tmp_path_factory) -> Path:
+    """The tiny model's bundle with dynamic int8, static uint8 (asymmetric) QDQ and static symmetric int8 QDQ."""
+    recipe_path, result = tiny_run
+    data = load_recipe(recipe_path).data
+    out = tmp_path_factory.mktemp("trt") / "q"
+    quantize(result.root / "onnx", out, QuantizeSection(modes=["dynamic", "static"], symmetric=True, calibration={"samples": 32}), data)
+    asym = tmp_path_factory.mktemp("trt") / "asym"
+    quantize(result.root / "onnx", asym, QuantizeSection(modes=["static"], calibration={"samples": 32}), data)
+    return out, asym
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """tensorrt and cuda-bindings replaced by the test doubles; returns (trt module, cudart)."""
+    trt = fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"])
+    cudart = FakeCudart()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(te, "_cudart", lambda: cudart)
+    return trt, cudart
+
+
+# ---- what the int8 engine is built from ---------------------------------------------------
+
+
+def test_symmetric_static_int8_is_the_graph_tensorrt_reads(qbundle):
+    sym, asym = qbundle
+    b = Bundle.open(sym)
+    static = b.manifest.variants["int8-static"]
+    assert static.details["activations"] == "int8 symmetric (calibrated)"
+    assert int8_problems(b.path_of(static.file)) == []
+    # and it is a working model: ONNX Runtime CPU runs it close to fp32
+    ref = Predictor(b, variant="fp32").logits(TEXTS * 3)
+    got = Predictor(b, variant="int8-static").logits(TEXTS * 3)
+    assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.75 and np.abs(ref - got).max() < 0.5
+    dynamic = int8_problems(b.path_of(b.manifest.variants["int8"].file))
+    assert any("dynamic or QOperator" in p and "MatMulInteger" in p for p in dynamic)
+    a = Bundle.open(asym)
+    uint8 = int8_problems(a.path_of(a.manifest.variants["int8-static"].file))
+    assert len(uint8) == 1 and "zero points" in uint8[0] and "quantize.symmetric" in uint8[0]
+
+
+def test_plan_picks_a_source_and_flags_for_each_engine(qbundle):
+    sym, asym = qbundle
+    profile = profile_from_lengths([5, 9, 12], 64)
+    plans = {p.name: p for p in plan_engines(Bundle.open(sym), ["fp16", "int8", "fp32"], profile, workspace_gib=2)}
+    assert (plans["fp16"].source, plans["fp16"].flags) == ("fp32", ("FP16",))
+    assert (plans["int8"].source, plans["int8"].flags) == ("int8-static", ("INT8", "FP16"))
+    assert (plans["fp32"].source, plans["fp32"].flags) == ("fp32", ())
+    assert plans["fp16"].workspace_bytes == 2 * 2**30 and plans["fp16"].inputs == ["input_ids", "attention_mask", "token_type_ids"]
+    with pytest.raises(RecipeError, match=r"no int8 variant TensorRT can build from \(int8-static: .*zero points.*--mode static --symmetric"):
+        plan_engines(Bundle.open(asym), ["int8"], profile)
+    gen = Bundle.open(sym)
+    gen.manifest.task = "text-generation"
+    with pytest.raises(RecipeError, match="encoder bundles"):
+        plan_engines(gen, ["fp16"], profile)
+
+
+# ---- the optimization profile ---------------------------------------------------------------
+
+
+def test_profile_comes_from_training_text_lengths(qbundle):
+    assert profile_from_lengths([5, 7, 9, 12, 40], 128).seq == (1, 16, 64)  # median 9 -> 16; longest 40 -> 64
+    assert profile_from_lengths([100, 120], 128).seq == (1, 112, 128)  # the longest is capped at max_length
+    assert profile_from_lengths([], 128, batch=(1, 8, 32)).to_json() == {"batch": [1, 8, 32], "seq": [1, 128, 128]}
+    assert profile_from_lengths([5], 128, seq=(4, 32, 96)).seq == (4, 32, 96)  # the recipe's wins
+    with pytest.raises(RecipeError, match="over the bundle's max_length 128"):
+        profile_from_lengths([5], 128, seq=(1, 64, 256))
+    b = Bundle.open(qbundle[0])
+    lengths = token_lengths(b, TEXTS)
+    p = Predictor(b, variant="fp32")
+    assert lengths == [int(p.encode([t])["attention_mask"].sum()) for t in TEXTS]  # the runtime's own tokenization
+
+
+# ---- fingerprints, the manifest contract, the profile at run time ----------------------------
+
+
+def test_fingerprint_mismatch_names_each_difference_and_the_rebuild_command():
+    built = {**HERE, "driver": "550.1"}
+    assert te.fingerprint_mismatch(built, HERE) == []  # another driver is fine
+    other = {**HERE, "gpu": "NVIDIA A10", "compute_capability": "8.6"}
+    problems = te.fingerprint_mismatch(other, HERE)
+    assert problems == ["compute_capability '9.0' here, '8.6' in the engine", "gpu 'Fake GPU' here, 'NVIDIA A10' in the engine"]
+    spec = te.EngineSpec("fp16", "engines/model.fp16.plan", "fp16", "fp32", te.Profile((1, 1, 8), (1, 16, 64)), other)
+    msg = te.refusal(spec, "runs/x/bundle", problems)
+    assert "ftexport export --trt --bundle runs/x/bundle" in msg and "fallback='cuda'" in msg and "\n" not in msg
+
+
+def _with_engine(src: Path, dst: Path, fingerprint: dict, profile=None, **extra) -> Path:
+    """A copy of the bundle with one engine entry (its bytes are not an engine: the manifest is the subject)."""
+    shutil.copytree(src, dst)
+    (dst / "engines").mkdir()
+    (dst / "engines" / "model.fp16.plan").write_bytes(b"ENGINE:FP16")
+    m = json.loads((dst / "manifest.json").read_text())
+    m["engines"] = {"fp16": {"file": "engines/model.fp16.plan", "precision": "fp16", "source": "fp32",
+                             "profile": profile or {"batch": [1, 1, 4], "seq": [1, 16, 32]}, "fingerprint": fingerprint, **extra}}
+    m["files"]["engines/model.fp16.plan"] = te_sha(dst / "engines" / "model.fp16.plan")
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def te_sha(path: Path) -> str:
+    from ftexport_runtime.bundle import sha256_file
+
+    return sha256_file(path)
+
+
+def test_manifest_engines_are_checked_like_every_other_file(qbundle, tmp_path):
+    b = _with_engine(qbundle[0], tmp_path / "b", HERE)
+    spec = Bundle.open(b).manifest.engines["fp16"]
+    assert spec.profile.seq == (1, 16, 32) and spec.on_longer == "error" and spec.source == "fp32"
+    (b / "engines" / "model.fp16.plan").write_bytes(b"ENGINE:TAMPERED")
+    with pytest.raises(BundleError, match="'engines/model.fp16.plan' was modified after the bundle was packed"):
+        Bundle.open(b)
+    bad = [({"source": "int4"}, "source 'int4' is not one of the variants"),
+           ({"file": "../x.plan"}, "escapes the bundle directory"),
+           ({"profile": {"batch": [4, 1, 8], "seq": [1, 2, 3]}}, "need 1 <= min <= opt <= max"),
+           ({"fingerprint": {"gpu": "x"}}, "fingerprint must give tensorrt"),
+           ({"on_longer": "split"}, "on_longer must be one of error, truncate")]
+    for i, (change, message) in enumerate(bad):
+        d = _with_engine(qbundle[0], tmp_path / f"bad{i}", HERE)
+        m = json.loads((d / "manifest.json").read_text())
+        m["engines"]["fp16"].update(change)
+        (d / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            Bundle.open(d)
+
+
+def test_batches_outside_the_profile_are_refused_before_tensorrt():
+    spec = te.EngineSpec("fp16", "f", "fp16", "fp32", te.Profile((1, 1, 4), (2, 16, 32)), HERE)
+    ok = {"input_ids": np.ones((4, 32), np.int64)}
+    te.check_batch(spec, ok)
+    with pytest.raises(PredictError, match=r"a text is 33 tokens but TensorRT engine 'fp16' accepts at most 32 .*on_longer: truncate"):
+        te.check_batch(spec, {"input_ids": np.ones((1, 33), np.int64)})
+    with pytest.raises(PredictError, match="batch 5 x 8 tokens is outside its profile"):
+        te.check_batch(spec, {"input_ids": np.ones((5, 8), np.int64)})
+    with pytest.raises(PredictError, match="batch 1 x 1 tokens is outside"):
+        te.check_batch(spec, {"input_ids": np.ones((1, 1), np.int64)})
+
+
+# ---- the runtime's tensorrt backend --------------------------------------------------------
+
+
+def test_without_tensorrt_an_engine_is_refused_or_falls_back_only_when_asked(qbundle, tmp_path):
+    b = _with_engine(qbundle[0], tmp_path / "b", HERE)
+    with pytest.raises(BackendUnavailable, match=r"tensorrt package is not installed; pip install 'ftexport-runtime\[trt\]'"):
+        Predictor.from_bundle(b, backend="tensorrt")
+    # asked to fall back, it goes to ONNX Runtime CUDA, which this CPU-only onnxruntime lacks: the error says so
+    with pytest.raises(BackendUnavailable, match="backend 'cuda' needs CUDAExecutionProvider"):
+        Predictor.from_bundle(b, backend="tensorrt", fallback="cuda")
+    with pytest.raises(BundleError, match=r"no TensorRT engine 'int8' in this bundle \(it has: fp16\)"):
+        Predictor.from_bundle(b, backend="tensorrt", variant="int8")
+    with pytest.raises(PredictError, match="fallback must be None or 'cuda'"):
+        Predictor.from_bundle(b, backend="tensorrt", fallback="cpu")
+
+
+def test_an_engine_from_another_gpu_is_refused_with_the_rebuild_command(qbundle, tmp_path, fake_gpu):
+    b = _with_engine(qbundle[0], tmp_path / "b", {**HERE, "gpu": "NVIDIA A10", "compute_capability": "8.6"})
+    with pytest.raises(BackendUnavailable, match=rf"built for another machine \(compute_capability '9.0' here, '8.6' in the engine; .*ftexport export --trt --bundle {b}"):
+        Predictor.from_bundle(b, backend="tensorrt")
+    from ftexport.bench import engine_skip_reason
+
+    assert "engine built for another machine: compute_capability" in engine_skip_reason(Bundle.open(b), "fp16")
+    assert "has no TensorRT engine 'int8'" in engine_skip_reason(Bundle.open(b), "int8")
+
+
+def test_engine_runner_moves_batches_through_device_memory(qbundle, tmp_path, fake_gpu):
+    """With the doubles, Predictor(backend=tensorrt) tokenizes, casts int64 ids to the engine's
+    int32, copies to and from 'device' buffers and returns the fake engine's sums exactly."""
+    trt, cudart = fake_gpu
+    b = _with_engine(qbundle[0], tmp_path / "b", HERE, profile={"batch": [1, 1, 2], "seq": [1, 8, 12]}, on_longer="truncate")
+    p = Predictor.from_bundle(b, backend="tensorrt")
+    assert p.engine is not None and p.providers == [f"TensorRT engine fp16 ({FAKE_VERSION})"] and p.variant.precision == "fp16"
+    assert p.max_batch == 2 and p.max_length == 12  # the profile's max batch; truncate: texts cut to its max tokens
+    texts = TEXTS + ["the film is good and the cast is great and the music is lovely and the end is fine"]
+    got = p.logits(texts)
+    ref = Predictor(Bundle.open(b), variant="fp32")
+    ref.tokenizer.enable_truncation(max_length=12)
+    for row, text in zip(got, texts):
+        feeds = ref.encode([text])
+        assert row[0] == feeds["input_ids"].sum() and row[1] == feeds["attention_mask"].sum() <= 12
+    assert cudart.mallocs <= 8  # buffers grow and are reused, not allocated per call
+    p.logits(texts)
+    assert cudart.mallocs <= 8
+    # on_longer: error (the default): the same long text is refused, naming the fix
+    b2 = _with_engine(qbundle[0], tmp_path / "b2", HERE, profile={"batch": [1, 1, 2], "seq": [1, 8, 12]})
+    with pytest.raises(PredictError, match="accepts at most 12"):
+        Predictor.from_bundle(b2, backend="tensorrt").predict(texts[-1:])
+
+
+# ---- building ------------------------------------------------------------------------------
+
+
+def test_builder_makes_the_tensorrt_calls_the_plan_asks_for(qbundle, tmp_path):
+    b = Bundle.open(qbundle[0])
+    profile = te.Profile((1, 2, 8), (1, 16, 48))
+    plan = plan_engines(b, ["int8"], profile, workspace_gib=1)[0]
+    trt = fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"])
+    engine, cache = build_engine(trt, plan, b"old-cache")
+    assert engine == b"ENGINE:INT8,FP16" and cache == b"old-cache+tuned"
+    assert ("timing_cache_in", b"old-cache") in trt.calls and ("workspace", 2**30) in trt.calls
+    shapes = [c for c in trt.calls if c[0] == "set_shape"]
+    assert shapes == [("set_shape", n, (1, 1), (2, 16), (8, 48)) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    with pytest.raises(BundleError, match="TensorRT's ONNX parser refused it \\(unsupported op Foo; shape bar\\)"):
+        build_engine(fake_tensorrt(["input_ids"], parse_errors=["unsupported op Foo", "shape bar"]), plan, None)
+    with pytest.raises(BundleError, match="could not build a int8 engine"):
+        build_engine(fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"], fail_build=True), plan, None)
+    with pytest.raises(BundleError, match="input 'pixel_values' is not one of the bundle's inputs"):
+        build_engine(fake_tensorrt(["pixel_values"]), plan, None)
+
+
+def test_build_engines_writes_a_verified_bundle_and_a_timing_cache(qbundle, tmp_path, fake_gpu):
+    trt, _ = fake_gpu
+    src = tmp_path / "src"
+    shutil.copytree(qbundle[0], src)
+    before = json.loads((src / "manifest.json").read_text())
+    manifest = build_engines(src, tmp_path / "out", ["fp16", "int8"], TEXTS * 10, batch=(1, 1, 16))
+    out = Bundle.open(tmp_path / "out")  # every file, engines included, verified
+    assert set(out.manifest.engines) == {"fp16", "int8"} == set(manifest.engines)
+    e = out.manifest.engines["int8"]
+    assert e.fingerprint == HERE and e.source == "int8-static" and e.details["flags"] == ["INT8", "FP16"]
+    assert e.profile.batch == (1, 1, 16) and e.profile.seq[2] == 32 and "40 training texts" in e.details["profile_from"]
+    assert (tmp_path / "out" / "engines" / "model.int8.plan").read_bytes() == b"ENGINE:INT8,FP16"
+    assert json.loads((src / "manifest.json").read_text()) == before  # the source bundle is untouched
+    cache = timing_cache_path(tmp_path / "out")
+    assert cache.read_bytes() == b"+tuned+tuned"  # fp16 then int8, each adding to the cache
+    # a rebuild in place (a new GPU) starts from the cache beside the bundle
+    trt.calls.clear()
+    build_engines(tmp_path / "out", None, ["fp16"], None, seq=(1, 8, 16))
+    assert ("timing_cache_in", b"+tuned+tuned") in trt.calls
+    again = Bundle.open(tmp_path / "out").manifest.engines
+    assert again["fp16"].profile.seq == (1, 8, 16) and set(again) == {"fp16", "int8"}
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+
+def test_trt_without_tensorrt_is_one_line_and_exit_2(qbundle, tmp_path, tiny_run):
+    runner = CliRunner()
+    for args in (["export", "--trt", "--bundle", str(qbundle[0])], ["export", str(tiny_run[1].root / "merged"), "-o", str(tmp_path / "o"), "--trt"]):
+        out = runner.invoke(main, ["-q", *args])
+        assert out.exit_code == 2, out.output
+        assert out.output.strip() == "error: export --trt: the tensorrt package is not installed; pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"
+    assert not (tmp_path / "o").exists()  # refused before exporting anything
+    out = runner.invoke(main, ["-q", "export", "--bundle", str(qbundle[0])])
+    assert out.exit_code == 2 and "give --trt too" in out.output
+
+
+def test_recipe_tensorrt_section(recipe_file, tmp_path):
+    runner = CliRunner()
+    path = recipe_file(tensorrt__enabled=True, tensorrt__precisions=["int8"])
+    out = runner.invoke(main, ["-q", "run", str(path)])
+    assert out.exit_code == 2 and "add static to quantize.modes and set quantize.symmetric: true" in out.output
+    path = recipe_file(tensorrt__enabled=True, tensorrt__seq="1,64,32")
+    out = runner.invoke(main, ["-q", "run", str(path)])
+    assert out.exit_code == 2 and "recipe.tensorrt.seq" in out.output and "1 <= min <= opt <= max" in out.output
+    path = recipe_file(tensorrt__enabled=True)
+    out = runner.invoke(main, ["-q", "run", str(path)])
+    assert out.exit_code == 2 and "tensorrt package is not installed" in out.output
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("**/train"))  # refused before training
