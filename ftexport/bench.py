@@ -224,7 +224,7 @@ def engine_skip_reason(bundle: Bundle, name: str) -> str | None:
     if engine is None:
         return f"the bundle has no TensorRT engine {name!r} (it has: {', '.join(bundle.manifest.engines) or 'none'}; build them with ftexport export --trt --bundle B)"
     try:
-        problems = fingerprint_mismatch(engine.fingerprint, current_fingerprint())
+        problems = fingerprint_mismatch(engine.fingerprint, current_fingerprint(driver=False))
     except BackendUnavailable as e:
         return str(e)
     return f"engine built for another machine: {'; '.join(problems)}" if problems else None

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from ftexport_runtime.bundle import Bundle, Manifest, write_manifest
-from ftexport_runtime.trt_engine import EngineSpec, Profile, current_fingerprint, import_tensorrt
+from ftexport_runtime.predictor import load_tokenizer
+from ftexport_runtime.trt_engine import MUST_MATCH, EngineSpec, Profile, current_fingerprint, import_tensorrt
 
 from . import progress
 from .artifacts import link_tree, make_key, read_record, stage_dir, write_record
@@ -68,12 +69,9 @@ def profile_from_lengths(lengths: list[int] | np.ndarray, max_length: int, batch
 
 
 def token_lengths(bundle: Bundle, texts: list[str]) -> list[int]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(bundle.path_of(bundle.manifest.tokenizer["file"])))
-    tok.no_padding()
-    tok.enable_truncation(max_length=bundle.manifest.max_length)
-    return [len(e.ids) for e in tok.encode_batch(texts)]
+    """Tokens per text, as the runtime tokenizes them (padding excluded)."""
+    tok = load_tokenizer(bundle, bundle.manifest.max_length)
+    return [sum(e.attention_mask) for e in tok.encode_batch(texts)]
 
 
 def int8_problems(onnx_path: Path) -> list[str]:
@@ -180,13 +178,14 @@ def settings_of(precisions: list[str], batch: tuple[int, ...], seq: tuple[int, .
             "on_longer": on_longer, "workspace_gib": workspace_gib}
 
 
-def engines_key(bundle_dir: Path, settings: dict[str, Any]) -> str:
-    """Same upstream bundle, same settings, same machine: the engines are up to date."""
+def engines_key(bundle_dir: Path, settings: dict[str, Any], here: dict[str, str] | None = None) -> str:
+    """Same upstream bundle, same settings, same machine (the fingerprint fields an engine
+    must match; `here` when the caller has it): the engines are up to date."""
     try:
-        here = current_fingerprint()
+        here = here or current_fingerprint(driver=False)
     except BackendUnavailable as e:
-        here = {"unavailable": str(e)}
-    return make_key("tensorrt", (read_record(bundle_dir) or {}).get("key"), settings, here)
+        return make_key("tensorrt", (read_record(bundle_dir) or {}).get("key"), settings, str(e))
+    return make_key("tensorrt", (read_record(bundle_dir) or {}).get("key"), settings, {k: here[k] for k in MUST_MATCH})
 
 
 def training_texts(data: Any, n: int = 10000) -> list[str]:
@@ -251,7 +250,7 @@ def build_engines(
             progress.info(f"{rel}: {len(engine) / 2**20:.1f} MiB")
         write_manifest(tmp, manifest)
         settings = settings_of(precisions or ["fp16"], batch, seq, on_longer, workspace_gib)
-        write_record(tmp, "tensorrt", engines_key(bundle_dir, settings), {"bundle": (read_record(bundle_dir) or {}).get("key")},
+        write_record(tmp, "tensorrt", engines_key(bundle_dir, settings, fingerprint), {"bundle": (read_record(bundle_dir) or {}).get("key")},
                      {**settings, "profile": profile.to_json(), "profile_from": origin}, {"fingerprint": fingerprint})
     if cache:
         tmp_cache = cache_file.with_name(f".{cache_file.name}.tmp-{os.getpid()}")

@@ -28,7 +28,7 @@ from ftexport.quantize import quantize
 from ftexport.recipe import QuantizeSection, load_recipe
 from ftexport.tensorrt import build_engine, build_engines, int8_problems, plan_engines, profile_from_lengths, timing_cache_path, token_lengths
 from ftexport_runtime import Predictor
-from ftexport_runtime.bundle import Bundle
+from ftexport_runtime.bundle import Bundle, sha256_file
 from ftexport_runtime.errors import BackendUnavailable, PredictError
 
 HERE = {"tensorrt": FAKE_VERSION, "gpu": "Fake GPU", "compute_capability": "9.0", "driver": "unknown"}
@@ -131,15 +131,9 @@ def _with_engine(src: Path, dst: Path, fingerprint: dict, profile=None, **extra)
     m = json.loads((dst / "manifest.json").read_text())
     m["engines"] = {"fp16": {"file": "engines/model.fp16.plan", "precision": "fp16", "source": "fp32",
                              "profile": profile or {"batch": [1, 1, 4], "seq": [1, 16, 32]}, "fingerprint": fingerprint, **extra}}
-    m["files"]["engines/model.fp16.plan"] = te_sha(dst / "engines" / "model.fp16.plan")
+    m["files"]["engines/model.fp16.plan"] = sha256_file(dst / "engines" / "model.fp16.plan")
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst
-
-
-def te_sha(path: Path) -> str:
-    from ftexport_runtime.bundle import sha256_file
-
-    return sha256_file(path)
 
 
 def test_manifest_engines_are_checked_like_every_other_file(qbundle, tmp_path):

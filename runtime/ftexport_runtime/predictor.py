@@ -24,6 +24,20 @@ from .postprocess import AGGREGATIONS, Entities, Prediction, classify, token_ent
 _ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
+def load_tokenizer(bundle: Bundle, max_length: int) -> Tokenizer:
+    """The bundle's tokenizer.json, truncating at `max_length` and padding a batch to its longest text."""
+    info = bundle.manifest.tokenizer
+    path = bundle.path_of(info["file"])
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise BundleError(f"{path}: not a readable tokenizer.json ({str(e)[:200]})") from None
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_length)
+    tok.enable_padding(pad_id=int(info.get("pad_id", 0)), pad_token=str(info.get("pad_token", "[PAD]")))
+    return tok
+
+
 class Predictor:
     """Run a bundle's model on texts.
 
@@ -111,7 +125,7 @@ class Predictor:
             raise BundleError(f"{self.bundle.root}: no TensorRT engine {name!r} in this bundle (it has: {', '.join(engines)})")
         spec = engines[name]
         try:
-            problems = fingerprint_mismatch(spec.fingerprint, current_fingerprint())
+            problems = fingerprint_mismatch(spec.fingerprint, current_fingerprint(driver=False))
             if problems:
                 raise BackendUnavailable(refusal(spec, str(self.bundle.root), problems))
             data = self.bundle.path_of(spec.file).read_bytes()
@@ -182,16 +196,7 @@ class Predictor:
         return self.session.get_providers()
 
     def _load_tokenizer(self) -> Tokenizer:
-        info = self.manifest.tokenizer
-        path = self.bundle.path_of(info["file"])
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise BundleError(f"{path}: not a readable tokenizer.json ({str(e)[:200]})") from None
-        tok.no_padding()
-        tok.enable_truncation(max_length=self.max_length)
-        tok.enable_padding(pad_id=int(info.get("pad_id", 0)), pad_token=str(info.get("pad_token", "[PAD]")))
-        return tok
+        return load_tokenizer(self.bundle, self.max_length)
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -169,14 +169,15 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
-def current_fingerprint(device: int = 0) -> dict[str, str]:
-    """TensorRT version, GPU name, compute capability and driver of this machine."""
+def current_fingerprint(device: int = 0, driver: bool = True) -> dict[str, str]:
+    """TensorRT version, GPU name, compute capability and driver of this machine. driver=False
+    leaves out the driver (an nvidia-smi process), which no loading decision depends on."""
     trt = import_tensorrt()
     cudart = _cudart()
     props = _call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return {"tensorrt": trt.__version__, "gpu": name.rstrip("\x00").strip(),
-            "compute_capability": f"{props.major}.{props.minor}", "driver": driver_version() or "unknown"}
+            "compute_capability": f"{props.major}.{props.minor}", **({"driver": driver_version() or "unknown"} if driver else {})}
 
 
 class EngineRunner:
