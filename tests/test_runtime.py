@@ -102,6 +102,42 @@ def test_verify_used_hashes_only_the_files_it_loads(bundle, tmp_path):
         Predictor.from_bundle(b, verify="some")
 
 
+
+@pytest.mark.parametrize("verify", ["all", "used"])
+def test_the_bytes_checked_are_the_bytes_loaded(bundle, tmp_path, monkeypatch, verify):
+    """A file swapped on disk right after its hash was checked is not what gets loaded: the
+    Predictor runs the bytes it verified, not a second read of the path."""
+    b = copy(bundle, tmp_path)
+    texts = ["a good film", "a dull and tedious film", "fine"]
+    int8 = Predictor.from_bundle(b, variant="int8").logits(texts)
+    fp32 = Predictor.from_bundle(b, variant="fp32").logits(texts)
+    assert np.abs(int8 - fp32).max() > 1e-5  # the two models are told apart by their answers
+
+    checked = Bundle._check
+
+    def check_then_swap(self, rel, digest):
+        checked(self, rel, digest)
+        if rel == "model.int8.onnx":  # an attacker replaces the verified file with another valid model
+            shutil.copyfile(b / "model.onnx", b / "model.int8.onnx")
+
+    monkeypatch.setattr(Bundle, "_check", check_then_swap)
+    p = Predictor.from_bundle(b, variant="int8", verify=verify)
+    np.testing.assert_allclose(p.logits(texts), int8, atol=1e-6)
+
+
+def test_every_file_is_checked_while_the_session_builds(bundle, tmp_path):
+    """verify="all" hashes the files it does not load on a thread; from_bundle still returns
+    only after they matched, and a tampered one is reported even when loading also fails."""
+    b = copy(bundle, tmp_path)
+    with open(b / "model.onnx", "ab") as f:  # fp32, not loaded by the CPU default (int8)
+        f.write(b"x")
+    with pytest.raises(BundleError, match=r"'model\.onnx' was modified"):
+        Predictor.from_bundle(b)
+    with pytest.raises(BundleError, match=r"'model\.onnx' was modified"):
+        Predictor.from_bundle(b, variant="no-such-variant")
+    with pytest.raises(BundleError, match="no variant 'no-such-variant'"):
+        Predictor.from_bundle(b, variant="no-such-variant", verify="used")
+
 def test_truncated_onnx_is_refused(bundle, tmp_path):
     b = copy(bundle, tmp_path)
     data = (b / "model.int8.onnx").read_bytes()

@@ -15,6 +15,8 @@ import json
 import os
 import tarfile
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -292,17 +294,53 @@ class Bundle:
     def verify(self, names: list[str] | None = None) -> None:
         """Recompute sha256 of the listed files (all by default) and refuse on any mismatch."""
         for rel in names if names is not None else list(self.manifest.files):
-            expected = self.manifest.files.get(rel)
-            if expected is None:
-                raise BundleError(f"{self.root}: {rel!r} is not listed in the manifest")
-            path = self.path_of(rel)
-            if not path.is_file():
-                raise BundleError(f"{self.root}: {rel!r} is listed in the manifest but missing from the bundle")
-            if sha256_file(path) != expected:
-                raise BundleError(
-                    f"{self.root}: {rel!r} was modified after the bundle was packed (sha256 mismatch); "
-                    "refusing to load it. Re-export or re-pack the bundle"
-                )
+            self._check(rel, sha256_file(self._existing(rel)))
+
+    def read(self, rel: str, verify: bool = True) -> bytes:
+        """The bytes of one bundle file, checked against its sha256 when `verify`. Loading
+        these bytes, not the path, leaves no window between checking a file and reading it
+        again, in which it could be swapped."""
+        data = self._existing(rel).read_bytes()
+        if verify:
+            self._check(rel, hashlib.sha256(data).hexdigest())
+        return data
+
+    def verify_in_background(self, names: list[str]) -> Callable[[], None]:
+        """Start verifying `names` on a thread (hashlib releases the GIL, so this overlaps
+        with building the ONNX Runtime session); the returned function waits for it and
+        raises the first mismatch."""
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self.verify(names)
+            except BaseException as e:  # handed to the caller by finish()
+                errors.append(e)
+
+        thread = threading.Thread(target=work, name="ftexport-verify", daemon=True)
+        thread.start()
+
+        def finish() -> None:
+            thread.join()
+            if errors:
+                raise errors[0]
+
+        return finish
+
+    def _existing(self, rel: str) -> Path:
+        if rel not in self.manifest.files:
+            raise BundleError(f"{self.root}: {rel!r} is not listed in the manifest")
+        path = self.path_of(rel)
+        if not path.is_file():
+            raise BundleError(f"{self.root}: {rel!r} is listed in the manifest but missing from the bundle")
+        return path
+
+    def _check(self, rel: str, digest: str) -> None:
+        if digest != self.manifest.files[rel]:
+            raise BundleError(
+                f"{self.root}: {rel!r} was modified after the bundle was packed (sha256 mismatch); "
+                "refusing to load it. Re-export or re-pack the bundle"
+            )
 
     def variant(self, name: str | None = None, backend: str = "cpu") -> Variant:
         """The named variant, or the bundle's default for `backend` (e.g. int8 on CPU, fp16 on CUDA)."""

@@ -24,12 +24,14 @@ from .postprocess import AGGREGATIONS, Entities, Prediction, classify, token_ent
 _ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def load_tokenizer(bundle: Bundle, max_length: int) -> Tokenizer:
-    """The bundle's tokenizer.json, truncating at `max_length` and padding a batch to its longest text."""
+def load_tokenizer(bundle: Bundle, max_length: int, verify: bool = False) -> Tokenizer:
+    """The bundle's tokenizer.json (its sha256 checked as it is read, with `verify`),
+    truncating at `max_length` and padding a batch to its longest text."""
     info = bundle.manifest.tokenizer
     path = bundle.path_of(info["file"])
+    data = bundle.read(info["file"], verify)
     try:
-        tok = Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_str(data.decode("utf-8"))
     except Exception as e:
         raise BundleError(f"{path}: not a readable tokenizer.json ({str(e)[:200]})") from None
     tok.no_padding()
@@ -60,7 +62,10 @@ class Predictor:
         max_batch: int = 64,
         session_options: ort.SessionOptions | None = None,
         fallback: str | None = None,
+        verify_loaded: bool = False,
     ):
+        """Load `variant` of an opened bundle. `verify_loaded` checks the sha256 of each file
+        as it is read and loads those very bytes (from_bundle turns it on)."""
         if max_batch < 1:
             raise PredictError(f"max_batch must be at least 1, got {max_batch}")
         if fallback not in (None, "cuda"):
@@ -73,6 +78,7 @@ class Predictor:
         self.max_length = self.manifest.max_length
         self.engine = None  # an EngineRunner when a TensorRT engine of the bundle runs
         self.fallback_reason: str | None = None  # why a TensorRT engine was replaced by ORT CUDA
+        self._verify_loaded = verify_loaded
         if self.backend.name == "tensorrt" and self.manifest.engines:
             variant = self._load_engine(variant, fallback)
             if self.engine is not None:
@@ -86,8 +92,14 @@ class Predictor:
             opts.inter_op_num_threads = 1
         self.threads = threads
         model_path = bundle.path_of(self.variant.file)
+        if self.variant.extra_files:  # ONNX external data: ORT opens the files beside the model by path
+            if verify_loaded:
+                bundle.verify([self.variant.file, *self.variant.extra_files])
+            model: str | bytes = str(model_path)
+        else:
+            model = bundle.read(self.variant.file, verify_loaded)
         try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=self.backend.providers())
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.backend.providers())
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]})") from None
@@ -128,7 +140,7 @@ class Predictor:
             problems = fingerprint_mismatch(spec.fingerprint, current_fingerprint(driver=False))
             if problems:
                 raise BackendUnavailable(refusal(spec, str(self.bundle.root), problems))
-            data = self.bundle.path_of(spec.file).read_bytes()
+            data = self.bundle.read(spec.file, self._verify_loaded)
             output = self.manifest.outputs[0] if self.manifest.outputs else "logits"
             self.engine = EngineRunner(data, spec, output)
         except BackendUnavailable as e:
@@ -168,10 +180,12 @@ class Predictor:
         backend: "cpu", "cuda" or "tensorrt"; a GPU backend that would fall back to CPU raises.
         threads: ONNX Runtime intra-op threads (default: onnxruntime's choice, one per core).
         max_batch: larger inputs are split into batches of this size.
-        verify: "all" checks the sha256 of every file of the bundle before loading anything;
-            "used" only the files this Predictor loads (the variant's model and the tokenizer),
-            for a faster start from a bundle that carries variants it does not load (or ship
-            only what you load: `ftexport pack --variants int8`); "none" trusts the files.
+        verify: "all" checks the sha256 of every file of the bundle: each file that is loaded
+            as it is read (the checked bytes are the ones loaded), the others on a thread while
+            the session is built; from_bundle returns only once all of them matched.
+            "used" checks only the files this Predictor loads (the variant's model and the
+            tokenizer), for a faster start from a bundle that carries variants it does not load
+            (or ship only what you load: `ftexport pack --variants int8`); "none" trusts the files.
         fallback: backend "tensorrt" runs the bundle's TensorRT engine (`variant` names the
             engine, e.g. "fp16" or "int8"); an engine built on another GPU or TensorRT version
             is refused, unless fallback="cuda", which runs the engine's ONNX model on ONNX
@@ -180,14 +194,41 @@ class Predictor:
         """
         if verify not in ("used", "all", "none"):
             raise PredictError(f"verify must be 'used', 'all' or 'none', got {verify!r}")
-        bundle = Bundle.open(path, verify="all" if verify == "all" else "none")
-        if verify == "used":
-            engines = bundle.manifest.engines if get_backend(backend).name == "tensorrt" else {}
-            chosen = bundle.variant(variant, get_backend(backend).name) if not engines else None
-            files = [chosen.file, *chosen.extra_files] if chosen else [e.file for e in engines.values()] + [
-                bundle.manifest.variants[e.source].file for e in engines.values()]
-            bundle.verify([*dict.fromkeys(files), bundle.manifest.tokenizer["file"]])
-        return cls(bundle, variant, backend, threads, max_batch, session_options, fallback)
+        bundle = Bundle.open(path, verify="none")
+        finish = None
+        if verify == "all":  # what __init__ loads it checks as it reads; the rest is hashed meanwhile
+            loaded = cls._loaded_files(bundle, variant, backend)
+            finish = bundle.verify_in_background([f for f in bundle.manifest.files if f not in loaded])
+        try:
+            predictor = cls(bundle, variant, backend, threads, max_batch, session_options, fallback, verify_loaded=verify != "none")
+        except BaseException:
+            if finish is not None:
+                try:
+                    finish()
+                except BundleError as tampered:  # as when every file was hashed first: tampering is reported ahead of a load error
+                    raise tampered from None
+            raise
+        if finish is not None:
+            finish()
+        return predictor
+
+    @staticmethod
+    def _loaded_files(bundle: Bundle, variant: str | None, backend: str) -> set[str]:
+        """The files a Predictor for (variant, backend) reads: its model (with external data),
+        or its TensorRT engine, and the tokenizer. A wrong guess costs time, not safety: every
+        file is checked either here or as it is read."""
+        m = bundle.manifest
+        files = {m.tokenizer["file"]}
+        try:
+            name = get_backend(backend).name
+            if name == "tensorrt" and m.engines:
+                files |= {e.file for e in m.engines.values() if e.name == (variant or e.name)}
+            else:
+                chosen = bundle.variant(variant, name)
+                files |= {chosen.file, *chosen.extra_files}
+        except (BundleError, BackendUnavailable):
+            pass  # __init__ raises the same error with its own message
+        return files
 
     @property
     def providers(self) -> list[str]:
@@ -196,7 +237,7 @@ class Predictor:
         return self.session.get_providers()
 
     def _load_tokenizer(self) -> Tokenizer:
-        return load_tokenizer(self.bundle, self.max_length)
+        return load_tokenizer(self.bundle, self.max_length, self._verify_loaded)
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> list[str]:
