@@ -26,3 +26,8 @@ def test_cold_start_child_loads_the_bundle_without_torch(bundle):
     assert "error" not in c, c
     assert c["torch_loaded"] is False and 0 < c["seconds"] < c["process_wall_s"] and len(c["all_seconds"]) == 2
     assert c["label"] == Predictor.from_bundle(bundle).predict([footprint.TEXT])[0].label
+
+
+def test_closure_of_another_environment_is_read_by_its_own_python():
+    # the same interpreter seen from outside gives the same closure as from inside
+    assert footprint.closure_in(sys.executable, ["ftexport-runtime"]) == footprint.closure(["ftexport-runtime"])

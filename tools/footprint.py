@@ -8,6 +8,9 @@ RECORD files in this environment (what `pip install` put on disk).
   - ftexport-runtime: onnxruntime + tokenizers + numpy and what they pull in
   - transformers pipeline on PyTorch: torch + transformers and what they pull in
   - Optimum ORTModel: optimum-onnx[onnxruntime] and what it pulls in
+  - with --torch-python PY: torch + transformers as installed in another environment, e.g.
+    one made by a plain `pip install torch transformers` (on Linux x86-64 that is the CUDA
+    build of torch, with its nvidia-* libraries: what a user gets by default)
 
 Cold start: import + load + first prediction of one text, timed inside a fresh Python
 process (so the interpreter's own start is left out, as an embedding app already runs),
@@ -90,12 +93,26 @@ def closure(roots: list[str]) -> dict[str, int]:
     return seen
 
 
-def installed_sizes() -> dict[str, Any]:
-    out = {}
-    for stack, roots in STACKS.items():
-        dists = closure(roots)
-        out[stack] = {"bytes": sum(dists.values()), "distributions": len(dists),
-                      "largest": sorted(dists.items(), key=lambda kv: -kv[1])[:5]}
+def closure_in(python: str, roots: list[str]) -> dict[str, int]:
+    """closure(roots) as seen by another interpreter (another virtual environment)."""
+    code = f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import footprint; print(json.dumps(footprint.closure(sys.argv[1:])))"
+    proc = subprocess.run([python, "-c", code, *roots], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"--torch-python {python}: cannot read its installed packages ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})")
+    return json.loads(proc.stdout)
+
+
+def _size(dists: dict[str, int]) -> dict[str, Any]:
+    return {"bytes": sum(dists.values()), "distributions": len(dists), "largest": sorted(dists.items(), key=lambda kv: -kv[1])[:5]}
+
+
+def installed_sizes(torch_python: str | None = None) -> dict[str, Any]:
+    out = {stack: _size(closure(roots)) for stack, roots in STACKS.items()}
+    if torch_python:
+        dists = closure_in(torch_python, ["torch", "transformers"])
+        if "torch" not in dists:
+            sys.exit(f"--torch-python {torch_python}: torch is not installed there")
+        out["transformers pipeline (PyTorch, default pip install)"] = {**_size(dists), "python": torch_python}
     return out
 
 
@@ -120,10 +137,11 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="the PyTorch model directory the bundle was exported from")
     ap.add_argument("--onnx-file", default="model.int8.onnx", help="file in --bundle that Optimum's ORTModel loads")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-python", help="python of another environment holding a default `pip install torch transformers`, sized too")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
 
-    sizes = installed_sizes()
+    sizes = installed_sizes(a.torch_python)
     runtime_bytes = sizes["ftexport-runtime"]["bytes"]
     starts = {"ftexport-runtime": cold_start("ftexport-runtime", [a.bundle, TEXT], a.repeats)}
     if a.slim_bundle:
