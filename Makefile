@@ -1,5 +1,5 @@
 # Two entry points, each installs what it needs into .venv first:
-#   make quickstart   the quickstart pipeline on the real MiniLM and SST-2 (CPU, ~8 min)
+#   make quickstart   the quickstart pipeline on the real MiniLM and SST-2 (CPU, 3-8 min)
 #   make test         the whole test suite (what CI runs)
 # FTEXPORT_DATA is the folder holding sst2/ and conll2003/ (see README, "Data").
 
