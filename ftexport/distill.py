@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,18 @@ LATENCY_BATCHES = (1, 8)
 
 # ---- the loss -----------------------------------------------------------------------------
 
+UNLABELED = -100  # the label of a transfer-set text: the Trainer's and torch's "ignore" index
+
+
 def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alpha: float, temperature: float) -> Any:
     """alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T), averaged over the batch.
-    T^2 keeps the soft term's gradients on the same scale whatever T is (Hinton et al. 2015)."""
+    T^2 keeps the soft term's gradients on the same scale whatever T is (Hinton et al. 2015).
+    Rows labelled UNLABELED (transfer-set texts) count in the KL term only; the CE term is the
+    mean over the labelled rows (0 in a batch without any)."""
     import torch.nn.functional as F
 
-    ce = F.cross_entropy(student_logits, labels)
+    labelled = labels != UNLABELED
+    ce = F.cross_entropy(student_logits[labelled], labels[labelled]) if bool(labelled.any()) else student_logits.sum() * 0.0
     log_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits.to(student_logits.dtype) / temperature, dim=-1)
     kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
@@ -53,18 +60,25 @@ def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alp
 
 
 class WithTeacher:
-    """The tokenized training split plus, per row, the teacher's cached outputs."""
+    """The tokenized training split (then the transfer set, if any) plus, per row, the
+    teacher's cached outputs."""
 
-    def __init__(self, dataset: Any, logits: np.ndarray, hidden: np.ndarray | None):
-        if len(dataset) != len(logits):
-            raise ModelError(f"distill: {len(logits)} cached teacher outputs for {len(dataset)} training rows; delete the .work folder and re-run")
-        self.dataset, self.logits, self.hidden = dataset, logits, hidden
+    def __init__(self, parts: list[Any], logits: np.ndarray, hidden: np.ndarray | None):
+        self.parts = [p for p in parts if len(p)]
+        rows = sum(len(p) for p in self.parts)
+        if rows != len(logits):
+            raise ModelError(f"distill: {len(logits)} cached teacher outputs for {rows} training rows; delete the .work folder and re-run")
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.logits, self.hidden = logits, hidden
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return int(self.starts[-1])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = dict(self.dataset[i])
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        item = dict(self.parts[part][i - int(self.starts[part])])
         item["teacher_logits"] = self.logits[i]
         if self.hidden is not None:
             item["teacher_hidden"] = self.hidden[i]
@@ -88,14 +102,21 @@ class TeacherCollator:
         return batch
 
 
-def distill_trainer_class(settings: DistillSection, logits: np.ndarray, hidden: np.ndarray | None) -> Any:
-    """A Trainer whose loss is the distillation loss; evaluation (no teacher columns) is plain CE."""
+def distill_trainer_class(settings: DistillSection, logits: np.ndarray, hidden: np.ndarray | None,
+                          unlabeled: tuple[Any, list[str], int] | None = None) -> Any:
+    """A Trainer whose loss is the distillation loss; evaluation (no teacher columns) is plain CE.
+    `unlabeled` = (task, texts, max_length): transfer-set texts appended to the training
+    split, labelled UNLABELED; `logits` (and `hidden`) cover the training rows, then these."""
     from torch import nn
     from transformers import Trainer
 
     class DistillTrainer(Trainer):
         def __init__(self, *args: Any, **kwargs: Any):
-            kwargs["train_dataset"] = WithTeacher(kwargs["train_dataset"], logits, hidden)
+            parts = [kwargs["train_dataset"]]
+            if unlabeled is not None:
+                task, texts, max_length = unlabeled
+                parts.append(task.dataset(kwargs["processing_class"], texts, [UNLABELED] * len(texts), max_length))
+            kwargs["train_dataset"] = WithTeacher(parts, logits, hidden)
             kwargs["data_collator"] = TeacherCollator(kwargs["data_collator"])
             kwargs["args"].remove_unused_columns = False  # else the Trainer drops the teacher columns
             model = kwargs["model"]
@@ -114,7 +135,7 @@ def distill_trainer_class(settings: DistillSection, logits: np.ndarray, hidden: 
             if teacher is None:
                 import torch.nn.functional as F
 
-                loss = F.cross_entropy(out.logits, labels)
+                loss = F.cross_entropy(out.logits, labels)  # evaluation: the dev split is labelled
             else:
                 loss = distillation_loss(out.logits, teacher, labels, settings.alpha, settings.temperature)
             if teacher_hidden is not None:
@@ -243,6 +264,51 @@ def teacher_outputs(teacher_dir: Path, texts: list[str], max_length: int, with_h
     return logits, hidden
 
 
+# ---- the transfer set ---------------------------------------------------------------------
+
+def load_unlabeled(recipe: Recipe, train_texts: list[str]) -> list[str]:
+    """The texts of distill.unlabeled: read from its file (the text column only), empty and
+    duplicate texts dropped, and (skip_training_texts) those already in the labelled
+    training split; then a seeded sample of max_samples."""
+    from .data import read_table
+    from .recipe import unlabeled_path
+
+    u = recipe.distill.unlabeled  # type: ignore[union-attr]
+    assert u is not None
+    path, column = unlabeled_path(recipe), u.text_column or recipe.data.text_column
+    where = "distill.unlabeled"
+    df = read_table(path, u.format, where, (column, "label"))
+    if column not in df.columns:
+        raise RecipeError(f"recipe.{where}: {path} has no column {column!r} (it has: {', '.join(map(str, df.columns[:10]))}); set {where}.text_column")
+    seen = set(train_texts) if u.skip_training_texts else set()
+    texts = []
+    for t in df[column].tolist():
+        if isinstance(t, str) and t.strip() and t not in seen:
+            seen.add(t)
+            texts.append(t)
+    if not texts:
+        raise RecipeError(f"recipe.{where}: {path} has no texts left in column {column!r}"
+                          + (" once those of the training split are left out (skip_training_texts)" if u.skip_training_texts else ""))
+    if u.max_samples is not None and u.max_samples < len(texts):
+        rng = np.random.default_rng(recipe.data.sample_seed)
+        texts = [texts[i] for i in sorted(rng.choice(len(texts), u.max_samples, replace=False))]
+    return texts
+
+
+def unlabeled_fingerprint(recipe: Recipe) -> str:
+    """The transfer set's identity in cache keys: its settings and its file's bytes."""
+    from .recipe import unlabeled_path
+
+    u = recipe.distill.unlabeled if recipe.distill else None
+    if u is None:
+        return "none"
+    h = hashlib.sha256(u.model_dump_json().encode())
+    with open(unlabeled_path(recipe), "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 # ---- the stage ----------------------------------------------------------------------------
 
 def _paths(recipe: Recipe) -> tuple[Path, Path | None]:
@@ -255,7 +321,8 @@ def _paths(recipe: Recipe) -> tuple[Path, Path | None]:
 
 def distill_key(recipe: Recipe) -> str:
     teacher, _ = _paths(recipe)
-    return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), fingerprint(recipe.data), model_hash(teacher))
+    return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), fingerprint(recipe.data),
+                    model_hash(teacher), unlabeled_fingerprint(recipe))
 
 
 def work_dir(output: Path) -> Path:
@@ -292,21 +359,26 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
     # 2. The teacher's outputs on the training split, once.
     data = load_data(recipe.data, ("train", "test"))
     train_texts = data["train"].texts
+    extra = load_unlabeled(recipe, train_texts) if d.unlabeled is not None else []
+    if extra:
+        progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
     with_hidden = d.hidden_mse > 0
-    cache = work / f"teacher-{make_key(t_hash, fingerprint(recipe.data), max_len, with_hidden)}.npz"
+    cache = work / f"teacher-{make_key(t_hash, fingerprint(recipe.data), max_len, with_hidden, unlabeled_fingerprint(recipe))}.npz"
     cached = cache.is_file()
     if cached:
         progress.step(f"distill: teacher outputs from the cache ({cache.name})")
         z = np.load(cache)
         logits, hidden = z["logits"], (z["hidden"] if with_hidden else None)
     else:
-        progress.step(f"distill: teacher {teacher_dir.name} reads {len(train_texts)} training texts (once)")
-        logits, hidden = teacher_outputs(teacher_dir, train_texts, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code)
+        progress.step(f"distill: teacher {teacher_dir.name} reads {len(train_texts)} training texts" + (f" and {len(extra)} unlabeled ones" if extra else "") + " (once)")
+        logits, hidden = teacher_outputs(teacher_dir, train_texts + extra, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code)
         work.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
         tmp.replace(cache)
-    teacher_train_acc = float((logits.argmax(-1) == np.asarray(data["train"].labels)).mean())
+    if len(logits) != len(train_texts) + len(extra):
+        raise ModelError(f"distill: the teacher cache {cache} holds {len(logits)} rows, not {len(train_texts) + len(extra)}; delete it and re-run")
+    teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
     progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
 
     # 3. The student with the teacher, and (for the report) without.
@@ -316,8 +388,10 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
         progress.step("distill: student (with the teacher) up to date, reused")
     else:
         progress.step(f"distill: training the student with the teacher (alpha {d.alpha}, T {d.temperature}"
-                      + (f", hidden MSE {d.hidden_mse}" if with_hidden else "") + ")")
-        train(student_recipe, kd_dir, quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden), key=kd_key)
+                      + (f", hidden MSE {d.hidden_mse}" if with_hidden else "")
+                      + (f"; {len(train_texts)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "") + ")")
+        transfer = (get_task(recipe.task), extra, max_len) if extra else None
+        train(student_recipe, kd_dir, quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
     baseline_key = make_key("distill-baseline", student_recipe.section_hash("task", "data", "method", "training"),
                             fingerprint(recipe.data), model_hash(student_dir), max_len)
     if d.baseline:
@@ -335,6 +409,7 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
         "settings": d.model_dump(mode="json"),
         "student_layers_from_teacher": layers,
         "train_rows": len(train_texts),
+        "unlabeled_rows": len(extra),
         "teacher_logits": {"cache": str(cache), "reused": cached, "teacher_train_accuracy": teacher_train_acc},
         "test_rows": len(data["test"]),
     })
@@ -350,7 +425,7 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
         (tmp / "distill.md").write_text(distill_markdown(report) + "\n")
         write_record(
             tmp, "distill", key,
-            inputs={"teacher": str(teacher_dir), "teacher_hash": t_hash, "student": str(student_dir), "data": fingerprint(recipe.data)},
+            inputs={"teacher": str(teacher_dir), "teacher_hash": t_hash, "student": str(student_dir), "data": fingerprint(recipe.data), "unlabeled": unlabeled_fingerprint(recipe)},
             settings={"distill": d.model_dump(mode="json"), "training": recipe.training.model_dump(), "max_length": max_len},
             metrics={**kd_record.get("metrics", {}), "test": {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in report["models"].items()}},
             method="full", base_model=str(student_dir), labels=data.label_names, task=recipe.task,
@@ -372,11 +447,14 @@ def compare_models(models: dict[str, Path], texts: list[str], labels: list[int],
 
     task = get_task(task_name)
     loaded = {}
+    correct: dict[str, np.ndarray] = {}
     out: dict[str, Any] = {"models": {}}
     for name, path in models.items():
         model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
         tok = load_tokenizer(path, name)
-        scores = task.metrics(predict_logits(model, tok, texts, max_length), labels, num_labels)
+        logits = predict_logits(model, tok, texts, max_length)
+        scores = task.metrics(logits, labels, num_labels)
+        correct[name] = logits.argmax(-1) == np.asarray(labels)
         out["models"][name] = {
             "path": str(path), **scores, "parameters": sum(p.numel() for p in model.parameters()),
             "layers": getattr(model.config, "num_hidden_layers", None),
@@ -395,8 +473,20 @@ def compare_models(models: dict[str, Path], texts: list[str], labels: list[int],
         m = out["models"][name]
         m["speedup_vs_teacher"] = {b: t[b] / m["latency_ms"][b] for b in m["latency_ms"]}
         m["size_vs_teacher"] = m["parameters"] / out["models"]["teacher"]["parameters"]
+    if "baseline" in correct:
+        out["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
     out["latency"] = {"backend": "pytorch fp32, CPU", "threads": torch.get_num_threads(), "p50_of": iterations, "texts": "held-out split, as they come"}
     return out
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Exact McNemar test of two models' right/wrong answers on the same texts: only the texts
+    where they disagree carry evidence; p is the two-sided binomial probability of a split at
+    least this uneven if neither model were better."""
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = a_only + b_only, min(a_only, b_only)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"student_only_right": a_only, "baseline_only_right": b_only, "mcnemar_p": p}
 
 
 TITLES = {"teacher": "teacher", "student": "student (distilled)", "baseline": "student without KD"}
@@ -414,7 +504,9 @@ def distill_markdown(report: dict[str, Any]) -> str:
         "# Distillation",
         "",
         f"{report['test_rows']} held-out texts; teacher {report['models']['teacher']['path']}; "
-        f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} training rows.",
+        f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled training rows"
+        + (f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student (the baseline sees only the labelled rows)."
+           if report.get("unlabeled_rows") else "."),
         "",
         markdown_table(["model", "layers", "params", "accuracy", "macro-F1", "p50 ms b1", "p50 ms b8", "speed-up vs teacher (b1 / b8)"], rows),
         "",
@@ -422,5 +514,9 @@ def distill_markdown(report: dict[str, Any]) -> str:
     ]
     if "student_minus_baseline" in report:
         lines.append(f"student - student without KD: {100 * report['student_minus_baseline']:+.2f} points accuracy (what distillation bought)")
+        if "student_vs_baseline" in report:
+            t = report["student_vs_baseline"]
+            lines.append(f"texts only the student gets right: {t['student_only_right']}, only the baseline: {t['baseline_only_right']} "
+                         f"(exact McNemar p = {t['mcnemar_p']:.3f}; below 0.05, the difference is unlikely to be chance)")
     lines.append(f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls per cell, models interleaved in one run.")
     return "\n".join(lines)

@@ -266,6 +266,18 @@ class StudentSection(Section):
         None, description="cut the student from the teacher; without it the student is model.path (a smaller pretrained model)")
 
 
+class UnlabeledSection(Section):
+    """A transfer set: texts without labels that the teacher labels for the student. Where
+    labels are few and texts many, this is what distillation can use and plain fine-tuning
+    cannot."""
+
+    path: str = Field(description="a file of texts (csv, tsv, jsonl, parquet...), relative to data.root; its labels, if any, are never read")
+    text_column: str | None = Field(None, description="column holding the texts (default: data.text_column)")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk"] = "auto"
+    max_samples: int | None = Field(None, gt=0, description="a random sample of this many texts (data.sample_seed)")
+    skip_training_texts: bool = Field(True, description="leave out texts that are also in the labelled training split (and duplicates)")
+
+
 class DistillSection(Section):
     """Knowledge distillation: train the recipe's model (the student) to match a teacher."""
 
@@ -278,11 +290,15 @@ class DistillSection(Section):
     level: Literal["token", "text"] = Field(
         "token", description="token: teacher and student share a tokenizer (checked); text: the teacher reads each text with its own tokenizer")
     baseline: bool = Field(True, description="also fine-tune the same student without the teacher (same settings, seed), for the report")
+    unlabeled: UnlabeledSection | None = Field(
+        None, description="extra texts the teacher labels: the student learns from its soft targets there (no cross-entropy); the baseline never sees them")
 
     @model_validator(mode="after")
     def _hidden_needs_tokens(self) -> DistillSection:
         if self.hidden_mse > 0 and self.level == "text":
             raise ValueError("hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: token")
+        if self.unlabeled is not None and self.alpha == 1:
+            raise ValueError("distill.unlabeled needs alpha < 1: with alpha 1 the teacher's soft targets, the only signal on unlabeled texts, weigh nothing")
         return self
 
 
@@ -544,6 +560,20 @@ def check_files(recipe: Recipe) -> None:
                 raise RecipeError(f"recipe.data.{split}: {path} does not exist")
 
 
+def _teacher_hint(teacher: Path) -> str:
+    """How to make a missing teacher: runs/NAME/<stage> is made by `ftexport run recipes/NAME.yaml`."""
+    parts = teacher.parts
+    if len(parts) >= 3 and parts[-3] == "runs":
+        return f"runs/{parts[-2]}/ is made by the recipe named {parts[-2]!r}, e.g. ftexport run recipes/{parts[-2]}.yaml"
+    return "ftexport run on the teacher's recipe, or point distill.teacher at a saved model folder"
+
+
+def unlabeled_path(recipe: Recipe) -> Path:
+    u = recipe.distill.unlabeled if recipe.distill else None
+    assert u is not None
+    return Path(recipe.data.root) / u.path if recipe.data.root else Path(u.path)
+
+
 def check_distill_files(recipe: Recipe) -> None:
     """The teacher must exist; a student cut from it starts from the teacher's weights, so
     model.path must name the teacher too (one place says where the trained weights start)."""
@@ -551,7 +581,11 @@ def check_distill_files(recipe: Recipe) -> None:
     assert d is not None
     teacher = resolve_model_path(d.teacher, "recipe.distill.teacher")
     if not teacher.exists():
-        raise RecipeError(f"recipe.distill.teacher: {teacher} does not exist; train the teacher first (for recipes/distill.yaml: ftexport run recipes/quickstart.yaml)")
+        raise RecipeError(f"recipe.distill.teacher: {teacher} does not exist; train the teacher first ({_teacher_hint(teacher)})")
+    if d.unlabeled is not None:
+        path = unlabeled_path(recipe)
+        if not path.exists():
+            raise RecipeError(f"recipe.distill.unlabeled.path: {path} does not exist")
     if d.student.from_teacher is not None and resolve_model_path(recipe.model.path).resolve() != teacher.resolve():
         raise RecipeError(
             f"recipe.model.path: the student is cut from the teacher (distill.student.from_teacher), so model.path must be the teacher "

@@ -56,6 +56,43 @@ def test_loss_matches_a_hand_computed_value():
     assert abs(float(same) - 0.5 * ce) < 1e-6
 
 
+def test_unlabeled_rows_count_in_the_soft_term_only():
+    import torch
+
+    from ftexport.distill import UNLABELED, distillation_loss
+
+    s = np.array([[1.0, 2.0, 0.5], [0.2, -1.0, 3.0], [0.0, 0.1, -0.3]])
+    t = np.array([[0.3, 2.5, -1.0], [1.0, 0.0, 2.0], [-2.0, 4.0, 0.0]])
+    y = np.array([1, UNLABELED, 0])  # the middle row is a transfer-set text
+    alpha, temp = 0.4, 2.0
+    ce = -_log_softmax(s)[[0, 2], [1, 0]].mean()  # over the two labelled rows
+    log_pt, log_ps = _log_softmax(t / temp), _log_softmax(s / temp)
+    kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=1).mean()  # over all three
+    got = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha, temp)
+    assert abs(float(got) - (alpha * ce + (1 - alpha) * temp**2 * kl)) < 1e-6
+    # a batch of transfer-set texts only: the soft term alone, still differentiable
+    student = torch.tensor(s, requires_grad=True)
+    only = distillation_loss(student, torch.tensor(t), torch.full((3,), UNLABELED), alpha, temp)
+    assert abs(float(only) - (1 - alpha) * temp**2 * kl) < 1e-6
+    only.backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+
+
+def test_paired_test_counts_disagreements_and_matches_scipy():
+    from scipy.stats import binomtest
+
+    from ftexport.distill import paired_test
+
+    a = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0], bool)
+    b = np.array([0, 0, 1, 1, 0, 0, 0, 1, 0], bool)
+    t = paired_test(a, b)  # student alone right on 5 texts, baseline alone on 1
+    assert (t["student_only_right"], t["baseline_only_right"]) == (5, 1)
+    assert t["mcnemar_p"] == pytest.approx(2 * (1 + 6) / 64) == pytest.approx(binomtest(1, 6, 0.5).pvalue)
+    assert paired_test(a, a)["mcnemar_p"] == 1.0  # no disagreement, no evidence
+    six_nil = paired_test(np.ones(6, bool), np.zeros(6, bool))
+    assert six_nil["mcnemar_p"] == pytest.approx(2 / 64)
+
+
 # ---- fixtures: a trained tiny teacher --------------------------------------------------------
 
 
@@ -217,6 +254,87 @@ def test_teacher_logits_are_computed_once_and_cached(tmp_path, teacher, monkeypa
     assert np.abs(fresh - cached).max() < 1e-4
 
 
+# ---- a transfer set of unlabeled texts -----------------------------------------------------
+
+
+def _unlabeled_file(tmp: Path, r: dict, extra: list[str]) -> str:
+    """A TSV of texts: some copied from the training split, duplicates, a blank, new ones."""
+    import pandas as pd
+
+    train = pd.read_csv(Path(r["data"]["root"]) / r["data"]["train"])["sentence"].tolist()
+    rows = train[:5] + extra + extra[:2] + ["   "]
+    (tmp / "unlabeled.tsv").write_text("text\tscore\n" + "".join(f"{t}\t0.5\n" for t in rows))
+    return str(tmp / "unlabeled.tsv")
+
+
+def test_the_teacher_labels_a_transfer_set_the_baseline_never_sees(tmp_path, teacher, monkeypatch):
+    import ftexport.distill as d
+
+    base = distill_recipe(tmp_path, teacher, rows=None, baseline=True)
+    r0 = parse_recipe(base)
+    without = d.distill(r0, tmp_path / "out", quiet=True)
+    assert without["unlabeled_rows"] == 0
+
+    extra = [f"an unlabeled sentence number {i} about a film" for i in range(40)]
+    path = _unlabeled_file(tmp_path, base, extra)
+    r = parse_recipe({**base, "distill": {**base["distill"], "unlabeled": {"path": path, "text_column": "text"}}})
+    texts = d.load_unlabeled(r, d.load_data(r.data, ("train",))["train"].texts)
+    assert texts == extra  # training texts, duplicates and blanks left out, order kept
+
+    seen = []
+    real_train, real_outputs = d.train, d.teacher_outputs
+    monkeypatch.setattr(d, "teacher_outputs", lambda *a, **k: seen.append(list(a[1])) or real_outputs(*a, **k))
+
+    def spy_train(recipe, output, quiet=False, trainer_class=None, key=None):
+        seen.append(("train", Path(output).name))
+        return real_train(recipe, output, quiet=quiet, trainer_class=trainer_class, key=key)
+
+    monkeypatch.setattr(d, "train", spy_train)
+    report = d.distill(r, tmp_path / "out", quiet=True)
+    assert report["unlabeled_rows"] == 40 and report["train_rows"] == 192
+    assert seen[0][-40:] == extra and len(seen[0]) == 232  # the teacher read both, once
+    assert seen[1:] == [("train", "kd")]  # the baseline (labelled rows only) was reused, not retrained
+    assert np.load(report["teacher_logits"]["cache"])["logits"].shape == (232, 2)
+    kd = json.loads((tmp_path / ".out.work" / "kd" / "ftexport.json").read_text())
+    assert kd["metrics"]["steps"] == 2 * -(-232 // 16)  # 2 epochs over labelled + unlabeled rows
+    assert "and 40 unlabeled texts the teacher labelled" in (tmp_path / "out" / "distill.md").read_text()
+
+
+def test_transfer_set_dataset_appends_unlabeled_rows_with_their_teacher_outputs():
+    from ftexport.distill import UNLABELED, WithTeacher
+
+    labelled = [{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}]
+    unlabeled = [{"input_ids": [4, 5, 6], "labels": UNLABELED}]
+    logits = np.arange(6, dtype=np.float32).reshape(3, 2)
+    ds = WithTeacher([labelled, unlabeled], logits, None)
+    assert len(ds) == 3
+    assert ds[2]["labels"] == UNLABELED and ds[2]["input_ids"] == [4, 5, 6] and list(ds[2]["teacher_logits"]) == [4.0, 5.0]
+    assert ds[1]["labels"] == 0 and list(ds[1]["teacher_logits"]) == [2.0, 3.0]
+    with pytest.raises(IndexError):
+        ds[3]
+    with pytest.raises(ModelError, match="2 cached teacher outputs for 3 training rows"):
+        WithTeacher([labelled, unlabeled], logits[:2], None)
+
+
+def test_transfer_set_errors_name_the_field(tmp_path, teacher):
+    import ftexport.distill as d
+
+    base = distill_recipe(tmp_path, teacher, rows=None)
+    with_u = lambda **u: {**base, "distill": {**base["distill"], "unlabeled": u}}  # noqa: E731
+    with pytest.raises(RecipeError, match=r"recipe.distill: distill.unlabeled needs alpha < 1"):
+        parse_recipe({**with_u(path="x.tsv"), "distill": {**with_u(path="x.tsv")["distill"], "alpha": 1.0}})
+    with pytest.raises(RecipeError, match=r"recipe.distill.unlabeled.path: .*nope.tsv does not exist"):
+        load_recipe(write_recipe(tmp_path / "u.yaml", with_u(path=str(tmp_path / "nope.tsv"))))
+    path = _unlabeled_file(tmp_path, base, ["a new text"])
+    r = parse_recipe(with_u(path=path, text_column="sentence"))
+    with pytest.raises(RecipeError, match=r"recipe.distill.unlabeled: .*has no column 'sentence' \(it has: text, score\); set distill.unlabeled.text_column"):
+        d.load_unlabeled(r, [])
+    only_train = parse_recipe(with_u(path=path, text_column="text"))
+    train = d.load_data(only_train.data, ("train",))["train"].texts
+    with pytest.raises(RecipeError, match=r"no texts left .*once those of the training split are left out"):
+        d.load_unlabeled(only_train, train + ["a new text"])
+
+
 # ---- hidden-state MSE through a projection ----------------------------------------------------
 
 
@@ -271,6 +389,10 @@ def test_distill_cli_then_run_to_a_bundle(tmp_path, teacher):
     for m in report["models"].values():
         assert 0 <= m["accuracy"] <= 1 and set(m["latency_ms"]) == {"1", "8"} and m["latency_ms"]["1"] > 0
     assert report["models"]["teacher"]["accuracy"] >= 0.8  # the fixture's teacher learned the task
+    paired = report["student_vs_baseline"]  # the accuracy gap is exactly the texts where they disagree
+    gap = (paired["student_only_right"] - paired["baseline_only_right"]) / report["test_rows"]
+    assert gap == pytest.approx(report["student_minus_baseline"]) and 0 < paired["mcnemar_p"] <= 1
+    assert "exact McNemar p =" in (out / "distill.md").read_text()
 
     # `ftexport run` reuses the distilled student, then runs the rest of the chain on it.
     run = CliRunner().invoke(main, ["-q", "run", str(path), "--json"])
