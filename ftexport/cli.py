@@ -161,9 +161,11 @@ def distill(recipe: str, output: str | None, as_json: bool) -> None:
     loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
            [+ hidden_mse * MSE(projected student [CLS], teacher [CLS])]
     The teacher reads the training texts once; its logits are cached beside the output.
-    With distill.baseline the same student is also trained without the teacher, and
-    distill.md compares teacher, student and baseline on the test split (accuracy,
-    macro-F1, PyTorch p50 latency at batch 1 and 8). The output is a full model folder:
+    distill.unlabeled adds a transfer set: texts without labels that the teacher labels
+    for the student (KL term only). With distill.baseline the same student is also trained
+    without the teacher (labelled rows only), and distill.md compares teacher, student and
+    baseline on the test split (accuracy, macro-F1, PyTorch p50 latency at batch 1 and 8,
+    and a McNemar test of student vs baseline). The output is a full model folder:
     `ftexport merge` passes it through, and `ftexport run` on the same recipe distils
     instead of training, then exports, quantizes, validates, benches and packs the student.
     Example: ftexport distill recipes/distill.yaml

@@ -517,6 +517,7 @@ def distill_markdown(report: dict[str, Any]) -> str:
         if "student_vs_baseline" in report:
             t = report["student_vs_baseline"]
             lines.append(f"texts only the student gets right: {t['student_only_right']}, only the baseline: {t['baseline_only_right']} "
-                         f"(exact McNemar p = {t['mcnemar_p']:.3f}; below 0.05, the difference is unlikely to be chance)")
+                         f"(exact McNemar p = {t['mcnemar_p']:.3f}: " + ("a difference this uneven is unlikely to be chance)" if t["mcnemar_p"] < 0.05
+                                                                        else "a split this even could well be chance; more test texts would tell)"))
     lines.append(f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls per cell, models interleaved in one run.")
     return "\n".join(lines)

@@ -432,6 +432,9 @@ class Recipe(Section):
     def _distill_trains_everything(self) -> Recipe:
         if self.distill is not None and self.method.name != "full":
             raise ValueError("distillation trains the whole student; set method: {name: full} (LoRA students are not supported)")
+        if self.distill is not None and self.task != "text-classification":
+            raise ValueError(f"distillation distils one label per text (task: text-classification); task {self.task} is not supported, "
+                             "train it with `ftexport train` instead")
         return self
 
     def output_dir(self) -> Path:

@@ -201,6 +201,8 @@ def test_recipe_errors_name_the_field(tmp_path, teacher):
         parse_recipe({**base, "distill": {**base["distill"], "hidden_mse": 1.0, "level": "text"}})
     with pytest.raises(RecipeError, match=r"set method: \{name: full\}"):
         parse_recipe({**base, "method": {"name": "lora"}})
+    with pytest.raises(RecipeError, match=r"task token-classification is not supported"):
+        parse_recipe({**base, "task": "token-classification"})
     missing = write_recipe(tmp_path / "m.yaml", {**base, "distill": {**base["distill"], "teacher": str(tmp_path / "nope")}})
     with pytest.raises(RecipeError, match=r"recipe.distill.teacher: .*nope does not exist; train the teacher first"):
         load_recipe(missing)
