@@ -59,23 +59,26 @@ class Data:
         return self.splits.get(name)
 
 
-def detect_format(path: Path, fmt: str) -> str:
+def detect_format(path: Path, fmt: str, section: str = "data") -> str:
     if fmt != "auto":
         return fmt
     if path.is_dir():
         return "disk"
     kind = _SUFFIX.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: cannot tell the file format from its suffix; set data.format (csv, tsv, jsonl, parquet, conll, disk)")
+        raise DataError(f"{path}: cannot tell the file format from its suffix; set {section}.format (csv, tsv, jsonl, parquet, conll, disk)")
     return kind
 
 
-def read_table(path: Path, fmt: str = "auto", split: str = "train", columns: tuple[str, str] = ("text", "label")) -> pd.DataFrame:
+def read_table(path: Path, fmt: str = "auto", split: str = "train", columns: tuple[str, str] = ("text", "label"),
+               section: str | None = None) -> pd.DataFrame:
     """Read one split into a DataFrame; every failure names the file and what to do.
-    `columns` names the word and tag columns a CoNLL file (which has no header) is read into."""
+    `columns` names the word and tag columns a CoNLL file (which has no header) is read into;
+    `section` is the recipe section that names the file (default: data.SPLIT)."""
+    field = f"recipe.{section}" if section else f"recipe.data.{split}"
     if not path.exists():
-        raise DataError(f"recipe.data.{split}: {path} does not exist")
-    kind = detect_format(path, fmt)
+        raise DataError(f"{field}: {path} does not exist")
+    kind = detect_format(path, fmt, section or "data")
     try:
         if kind == "conll":
             from .tokens import read_conll
@@ -95,7 +98,7 @@ def read_table(path: Path, fmt: str = "auto", split: str = "train", columns: tup
     except DataError:
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise DataError(f"recipe.data.{split}: cannot read {path} as {kind} ({first_line(e)})") from None
+        raise DataError(f"{field}: cannot read {path} as {kind} ({first_line(e)})") from None
     raise DataError(f"recipe.data.format: unknown format {kind!r}")
 
 

@@ -51,8 +51,9 @@ def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alp
     mean over the labelled rows (0 in a batch without any)."""
     import torch.nn.functional as F
 
-    labelled = labels != UNLABELED
-    ce = F.cross_entropy(student_logits[labelled], labels[labelled]) if bool(labelled.any()) else student_logits.sum() * 0.0
+    # the mean over labelled rows, without a device sync: 0 (not NaN) for a batch without any
+    labelled = (labels != UNLABELED).sum()
+    ce = F.cross_entropy(student_logits, labels, ignore_index=UNLABELED, reduction="sum") / labelled.clamp(min=1)
     log_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits.to(student_logits.dtype) / temperature, dim=-1)
     kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
@@ -126,6 +127,8 @@ def distill_trainer_class(settings: DistillSection, logits: np.ndarray, hidden: 
                 width = model.config.hidden_size
                 model.distill_projection = nn.Linear(width, hidden.shape[1]) if width != hidden.shape[1] else nn.Identity()
             super().__init__(*args, **kwargs)
+            # compute_loss returns a batch mean: let the Trainer scale it for gradient accumulation
+            self.model_accepts_loss_kwargs = False
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
             teacher = inputs.pop("teacher_logits", None)
@@ -277,7 +280,7 @@ def load_unlabeled(recipe: Recipe, train_texts: list[str]) -> list[str]:
     assert u is not None
     path, column = unlabeled_path(recipe), u.text_column or recipe.data.text_column
     where = "distill.unlabeled"
-    df = read_table(path, u.format, where, (column, "label"))
+    df = read_table(path, u.format, columns=(column, "label"), section=where)
     if column not in df.columns:
         raise RecipeError(f"recipe.{where}: {path} has no column {column!r} (it has: {', '.join(map(str, df.columns[:10]))}); set {where}.text_column")
     seen = set(train_texts) if u.skip_training_texts else set()

@@ -273,7 +273,7 @@ class UnlabeledSection(Section):
 
     path: str = Field(description="a file of texts (csv, tsv, jsonl, parquet...), relative to data.root; its labels, if any, are never read")
     text_column: str | None = Field(None, description="column holding the texts (default: data.text_column)")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
     max_samples: int | None = Field(None, gt=0, description="a random sample of this many texts (data.sample_seed)")
     skip_training_texts: bool = Field(True, description="leave out texts that are also in the labelled training split (and duplicates)")
 
@@ -297,8 +297,9 @@ class DistillSection(Section):
     def _hidden_needs_tokens(self) -> DistillSection:
         if self.hidden_mse > 0 and self.level == "text":
             raise ValueError("hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: token")
-        if self.unlabeled is not None and self.alpha == 1:
-            raise ValueError("distill.unlabeled needs alpha < 1: with alpha 1 the teacher's soft targets, the only signal on unlabeled texts, weigh nothing")
+        if self.unlabeled is not None and self.alpha == 1 and self.hidden_mse == 0:
+            raise ValueError("distill.unlabeled needs alpha < 1 or hidden_mse > 0: with alpha 1 the teacher's soft targets weigh nothing, "
+                             "and unlabeled texts have nothing else to learn from")
         return self
 
 
@@ -587,8 +588,8 @@ def check_distill_files(recipe: Recipe) -> None:
         raise RecipeError(f"recipe.distill.teacher: {teacher} does not exist; train the teacher first ({_teacher_hint(teacher)})")
     if d.unlabeled is not None:
         path = unlabeled_path(recipe)
-        if not path.exists():
-            raise RecipeError(f"recipe.distill.unlabeled.path: {path} does not exist")
+        if not path.is_file():
+            raise RecipeError(f"recipe.distill.unlabeled.path: {path} " + ("is a folder; give one file of texts (csv, tsv, jsonl, parquet)" if path.is_dir() else "does not exist"))
     if d.student.from_teacher is not None and resolve_model_path(recipe.model.path).resolve() != teacher.resolve():
         raise RecipeError(
             f"recipe.model.path: the student is cut from the teacher (distill.student.from_teacher), so model.path must be the teacher "

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_tiny_model, make_tokenizer, tiny_recipe, write_recipe
 
-from ftexport.errors import ModelError, RecipeError
+from ftexport.errors import DataError, ModelError, RecipeError
 from ftexport.recipe import load_recipe, parse_recipe
 
 # ---- the loss ------------------------------------------------------------------------------
@@ -327,6 +327,11 @@ def test_transfer_set_errors_name_the_field(tmp_path, teacher):
         parse_recipe({**with_u(path="x.tsv"), "distill": {**with_u(path="x.tsv")["distill"], "alpha": 1.0}})
     with pytest.raises(RecipeError, match=r"recipe.distill.unlabeled.path: .*nope.tsv does not exist"):
         load_recipe(write_recipe(tmp_path / "u.yaml", with_u(path=str(tmp_path / "nope.tsv"))))
+    with pytest.raises(RecipeError, match=r"recipe.distill.unlabeled.path: .* is a folder; give one file of texts"):
+        load_recipe(write_recipe(tmp_path / "u.yaml", with_u(path=str(tmp_path))))
+    (tmp_path / "texts.dat").write_text("a new text\n")
+    with pytest.raises(DataError, match=r"cannot tell the file format from its suffix; set distill.unlabeled.format"):
+        d.load_unlabeled(parse_recipe(with_u(path=str(tmp_path / "texts.dat"))), [])
     path = _unlabeled_file(tmp_path, base, ["a new text"])
     r = parse_recipe(with_u(path=path, text_column="sentence"))
     with pytest.raises(RecipeError, match=r"recipe.distill.unlabeled: .*has no column 'sentence' \(it has: text, score\); set distill.unlabeled.text_column"):

@@ -138,6 +138,25 @@ def test_every_file_is_checked_while_the_session_builds(bundle, tmp_path):
     with pytest.raises(BundleError, match="no variant 'no-such-variant'"):
         Predictor.from_bundle(b, variant="no-such-variant", verify="used")
 
+
+def test_a_file_expected_to_load_but_not_read_is_still_checked(bundle, tmp_path, monkeypatch):
+    """The split between "checked as it is read" and "checked on the thread" is a guess; when it
+    names a file that is not read after all (another engine, a fallback), from_bundle checks it
+    before returning."""
+    b = copy(bundle, tmp_path)
+    with open(b / "model.onnx", "ab") as f:  # fp32: not read by the CPU default (int8)
+        f.write(b"x")
+    every = staticmethod(lambda bundle, variant, backend: set(bundle.manifest.files))
+    monkeypatch.setattr(Predictor, "_loaded_files", every)  # "all of them will be read": none go to the thread
+    with pytest.raises(BundleError, match=r"'model\.onnx' was modified"):
+        Predictor.from_bundle(b)
+
+
+def test_the_session_does_not_keep_a_copy_of_the_model(bundle):
+    p = Predictor.from_bundle(bundle)  # loaded from the verified bytes
+    assert getattr(p.session, "_model_bytes", None) is None  # ORT would hold them for the session's life
+    assert p.predict(["a good film"])[0].label in ("positive", "negative")
+
 def test_truncated_onnx_is_refused(bundle, tmp_path):
     b = copy(bundle, tmp_path)
     data = (b / "model.int8.onnx").read_bytes()

@@ -261,6 +261,7 @@ class Bundle:
         self.root = root
         self.manifest = manifest
         self._tmpdir = tmpdir  # keeps an extracted .tar.gz alive as long as the bundle
+        self._checked: set[str] = set()  # files whose sha256 matched (set.add is atomic: threads may add)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], verify: str = "all") -> Bundle:
@@ -295,6 +296,10 @@ class Bundle:
         """Recompute sha256 of the listed files (all by default) and refuse on any mismatch."""
         for rel in names if names is not None else list(self.manifest.files):
             self._check(rel, sha256_file(self._existing(rel)))
+
+    def unchecked(self) -> list[str]:
+        """The manifest's files whose sha256 this Bundle has not matched yet."""
+        return [rel for rel in self.manifest.files if rel not in self._checked]
 
     def read(self, rel: str, verify: bool = True) -> bytes:
         """The bytes of one bundle file, checked against its sha256 when `verify`. Loading
@@ -341,6 +346,7 @@ class Bundle:
                 f"{self.root}: {rel!r} was modified after the bundle was packed (sha256 mismatch); "
                 "refusing to load it. Re-export or re-pack the bundle"
             )
+        self._checked.add(rel)
 
     def variant(self, name: str | None = None, backend: str = "cpu") -> Variant:
         """The named variant, or the bundle's default for `backend` (e.g. int8 on CPU, fp16 on CUDA)."""

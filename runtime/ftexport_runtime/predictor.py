@@ -92,18 +92,24 @@ class Predictor:
             opts.inter_op_num_threads = 1
         self.threads = threads
         model_path = bundle.path_of(self.variant.file)
+        model: str | bytes = str(model_path)
         if self.variant.extra_files:  # ONNX external data: ORT opens the files beside the model by path
             if verify_loaded:
                 bundle.verify([self.variant.file, *self.variant.extra_files])
-            model: str | bytes = str(model_path)
-        else:
-            model = bundle.read(self.variant.file, verify_loaded)
+        elif verify_loaded:  # the checked bytes are what ORT parses: nothing can be swapped in between
+            model = bundle.read(self.variant.file)
         try:
             self.session = ort.InferenceSession(model, sess_options=opts, providers=self.backend.providers())
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]})") from None
         check_session(self.session, self.backend)
+        # ORT would keep the model bytes for the session's life (only to rebuild it on a provider
+        # fallback, which ftexport refuses anyway): drop them, and never fall back silently at run time.
+        self.session.disable_fallback()
+        if isinstance(model, bytes) and hasattr(self.session, "_model_bytes"):
+            self.session._model_bytes = None
+        del model
         self._inputs = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
         self.generator = None
         if self.manifest.task == "text-generation":  # a decoder with its KV cache: generate(), not predict()
@@ -181,8 +187,10 @@ class Predictor:
         threads: ONNX Runtime intra-op threads (default: onnxruntime's choice, one per core).
         max_batch: larger inputs are split into batches of this size.
         verify: "all" checks the sha256 of every file of the bundle: each file that is loaded
-            as it is read (the checked bytes are the ones loaded), the others on a thread while
-            the session is built; from_bundle returns only once all of them matched.
+            as it is read (the checked bytes are the ones loaded; a model with external data is
+            checked, then read by path), the others on a thread while the session is built;
+            from_bundle returns only once all of them matched. Loading from bytes raises the
+            peak memory at load by about the model file's size; the bytes are freed after.
             "used" checks only the files this Predictor loads (the variant's model and the
             tokenizer), for a faster start from a bundle that carries variants it does not load
             (or ship only what you load: `ftexport pack --variants int8`); "none" trusts the files.
@@ -199,24 +207,31 @@ class Predictor:
         if verify == "all":  # what __init__ loads it checks as it reads; the rest is hashed meanwhile
             loaded = cls._loaded_files(bundle, variant, backend)
             finish = bundle.verify_in_background([f for f in bundle.manifest.files if f not in loaded])
+
+        def every_file_checked() -> None:  # and any file the guess above named but __init__ did not read
+            if finish is not None:
+                finish()
+                bundle.verify(bundle.unchecked())
+
         try:
             predictor = cls(bundle, variant, backend, threads, max_batch, session_options, fallback, verify_loaded=verify != "none")
-        except BaseException:
-            if finish is not None:
-                try:
-                    finish()
-                except BundleError as tampered:  # as when every file was hashed first: tampering is reported ahead of a load error
-                    raise tampered from None
+        except Exception:
+            try:
+                every_file_checked()
+            except BundleError as tampered:  # as when every file was hashed first: tampering is reported ahead of a load error
+                raise tampered from None
+            except Exception:
+                pass  # a file that cannot be read says less than the load error
             raise
-        if finish is not None:
-            finish()
+        every_file_checked()
         return predictor
 
     @staticmethod
     def _loaded_files(bundle: Bundle, variant: str | None, backend: str) -> set[str]:
-        """The files a Predictor for (variant, backend) reads: its model (with external data),
-        or its TensorRT engine, and the tokenizer. A wrong guess costs time, not safety: every
-        file is checked either here or as it is read."""
+        """The files a Predictor for (variant, backend) will most likely read: its model (with
+        external data), or its TensorRT engines, and the tokenizer. A wrong guess costs time,
+        not safety: a file read is checked as it is read, and from_bundle checks whatever else
+        is left unchecked before it returns."""
         m = bundle.manifest
         files = {m.tokenizer["file"]}
         try:
