@@ -298,6 +298,12 @@ def load_unlabeled(recipe: Recipe, train_texts: list[str]) -> list[str]:
     return texts
 
 
+def _transfer_key(recipe: Recipe) -> tuple[str, ...]:
+    """The transfer set's part of a cache key: nothing without one, so keys made before
+    distill.unlabeled existed still match."""
+    return (unlabeled_fingerprint(recipe),) if recipe.distill and recipe.distill.unlabeled else ()
+
+
 def unlabeled_fingerprint(recipe: Recipe) -> str:
     """The transfer set's identity in cache keys: its settings and its file's bytes."""
     from .recipe import unlabeled_path
@@ -325,7 +331,7 @@ def _paths(recipe: Recipe) -> tuple[Path, Path | None]:
 def distill_key(recipe: Recipe) -> str:
     teacher, _ = _paths(recipe)
     return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), fingerprint(recipe.data),
-                    model_hash(teacher), unlabeled_fingerprint(recipe))
+                    model_hash(teacher), *_transfer_key(recipe))
 
 
 def work_dir(output: Path) -> Path:
@@ -366,7 +372,7 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
     if extra:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
     with_hidden = d.hidden_mse > 0
-    cache = work / f"teacher-{make_key(t_hash, fingerprint(recipe.data), max_len, with_hidden, unlabeled_fingerprint(recipe))}.npz"
+    cache = work / f"teacher-{make_key(t_hash, fingerprint(recipe.data), max_len, with_hidden, *_transfer_key(recipe))}.npz"
     cached = cache.is_file()
     if cached:
         progress.step(f"distill: teacher outputs from the cache ({cache.name})")

@@ -266,6 +266,11 @@ class StudentSection(Section):
         None, description="cut the student from the teacher; without it the student is model.path (a smaller pretrained model)")
 
 
+# Optional fields added after recipes were already being run: left unset, they leave a stage's
+# settings hash as it was, so upgrading ftexport does not retrain finished stages.
+ADDED_UNSET = (("distill", "unlabeled"),)
+
+
 class UnlabeledSection(Section):
     """A transfer set: texts without labels that the teacher labels for the student. Where
     labels are few and texts many, this is what distillation can use and plain fine-tuning
@@ -444,6 +449,9 @@ class Recipe(Section):
     def section_hash(self, *names: str) -> str:
         """Stable hash of some sections: a stage's settings, for resuming `ftexport run`."""
         dump = self.model_dump(mode="json", by_alias=True)
+        for section, key in ADDED_UNSET:  # a field added later hashes like its absence until it is set
+            if isinstance(dump.get(section), dict) and dump[section].get(key) is None:
+                dump[section].pop(key, None)
         blob = json.dumps({n: dump[n] for n in names}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

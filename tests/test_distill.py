@@ -425,3 +425,18 @@ def test_shipped_recipe_parses_and_names_the_quickstart_when_the_teacher_is_miss
     monkeypatch.chdir(tmp_path)  # no runs/quickstart here
     with pytest.raises(RecipeError, match=r"^recipe.distill.teacher: runs/quickstart/merged does not exist; .*ftexport run recipes/quickstart.yaml"):
         load_recipe(shipped)
+
+
+def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher):
+    """Recipes distilled before distill.unlabeled existed keep their keys: no retraining on upgrade."""
+    import hashlib
+
+    base = distill_recipe(tmp_path, teacher)
+    r = parse_recipe(base)
+    dump = r.model_dump(mode="json", by_alias=True)
+    del dump["distill"]["unlabeled"]  # what the distill section looked like before the field
+    before = hashlib.sha256(json.dumps({"distill": dump["distill"]}, sort_keys=True).encode()).hexdigest()[:16]
+    assert r.section_hash("distill") == before
+    path = _unlabeled_file(tmp_path, base, ["a new text"])
+    with_set = parse_recipe({**base, "distill": {**base["distill"], "unlabeled": {"path": path, "text_column": "text"}}})
+    assert with_set.section_hash("distill") != before  # a transfer set is a new setting
