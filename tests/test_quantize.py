@@ -88,6 +88,48 @@ def test_quantizing_a_fused_graph(tiny_run, tmp_path):
         assert fp32_agreement(tmp_path / "q", variant) >= 0.75
 
 
+def _node_count_after_ort(path: Path, out: Path) -> int:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return len(onnx.load(str(out)).graph.node)
+
+
+@pytest.mark.parametrize("optimize", [None, "O2"])
+def test_dynamic_int8_ships_ort_cpu_rewrite_with_identical_outputs(tiny_run, tmp_path, optimize):
+    """The dynamic int8 file is ONNX Runtime's own EXTENDED rewrite for the CPU, done once at
+    quantize time instead of at every session start: a fixed point of that rewrite (nothing
+    left to fuse at load), with outputs bit-identical to the file as quantized."""
+    from ftexport.quantize import int8_onnx
+
+    manifest = quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["dynamic"], optimize=optimize))
+    shipped = tmp_path / "q" / "model.int8.onnx"
+    import onnxruntime as ort
+
+    assert manifest.variants["int8"].details["ort_graph"] == {"level": "extended", "execution_provider": "CPUExecutionProvider",
+                                                            "onnxruntime": ort.__version__}
+    source = tmp_path / "q" / ("model.opt.onnx" if optimize else "model.onnx")
+    if optimize:  # the quantizer reads the fused graph through symbolic shape inference
+        from ftexport.quantize import _typed
+
+        source = _typed(source, tmp_path / "typed.onnx")
+    plain = tmp_path / "plain.int8.onnx"
+    int8_onnx(source, plain, False, QuantizeSection(modes=["dynamic"]))
+    nodes = len(onnx.load(str(shipped)).graph.node)
+    assert nodes < len(onnx.load(str(plain)).graph.node)  # fused: fewer nodes than the quantizer wrote
+    assert _node_count_after_ort(shipped, tmp_path / "again.onnx") == nodes  # nothing left for a session to do
+    assert "MatMulInteger" not in op_types(shipped)  # folded into DynamicQuantizeMatMul / MatMulIntegerToFloat
+
+    enc = Predictor.from_bundle(tmp_path / "q", variant="int8").encode(TEXTS * 3)
+    a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
+    feeds = {i.name: enc[i.name] for i in a.get_inputs()}
+    assert np.array_equal(a.run(None, feeds)[0], b.run(None, feeds)[0])
+
+
 def test_fp16_variant_is_the_gpu_default(tiny_run, tmp_path):
     manifest = quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["fp16"]))
     assert manifest.backend_defaults["cuda"] == "fp16" and manifest.variants["fp16"].details["optimization_level"] == "O4"
