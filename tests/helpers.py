@@ -16,15 +16,16 @@ NEUTRAL = ["the", "film", "movie", "story", "acting", "is", "was", "a", "and", "
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tokenizer(directory: Path) -> Any:
+def make_tokenizer(directory: Path, reverse_words: bool = False) -> Any:
     """A lower-casing WordPiece tokenizer over the words below, built with `tokenizers` so it
-    is the same under transformers 4 and 5."""
+    is the same under transformers 4 and 5. reverse_words: the same words with other ids (a
+    tokenizer a model of the first kind cannot read)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from transformers import PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
-    words = sorted(set(POSITIVE + NEGATIVE + NEUTRAL) | set("abcdefghijklmnopqrstuvwxyz"))
+    words = sorted(set(POSITIVE + NEGATIVE + NEUTRAL) | set("abcdefghijklmnopqrstuvwxyz"), reverse=reverse_words)
     vocab = SPECIALS + words + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
     ids = {w: i for i, w in enumerate(vocab)}
     tok = Tokenizer(WordPiece(ids, unk_token="[UNK]"))
@@ -41,13 +42,13 @@ def make_tokenizer(directory: Path) -> Any:
     return fast
 
 
-def make_tiny_model(directory: Path, labels: list[str] | None = None, seed: int = 0) -> Path:
+def make_tiny_model(directory: Path, labels: list[str] | None = None, seed: int = 0, reverse_words: bool = False) -> Path:
     """A 2-layer, 32-wide BERT (random init) with a WordPiece tokenizer, saved like a hub model."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    tok = make_tokenizer(directory)
+    tok = make_tokenizer(directory, reverse_words)
     config = BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,

@@ -195,6 +195,42 @@ def test_different_tokenizers_are_refused_unless_text_level(tmp_path, teacher):
     check_compatible(r_text, teacher, other)  # text level: each model reads with its own tokenizer
 
 
+def test_text_level_distillation_into_a_student_with_another_tokenizer(tmp_path, teacher):
+    """level: text end to end: the teacher reads every text with its own tokenizer, the student
+    (same words, other ids: the teacher's ids mean nothing to it) learns from those logits with
+    its own, and the bundle tokenizes as the student does."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ftexport.cli import main
+    from ftexport.data import load_data
+    from ftexport.train import load_tokenizer, predict_logits
+    from ftexport_runtime import Predictor
+
+    student = make_tiny_model(tmp_path / "student", reverse_words=True)
+    t_tok, s_tok = AutoTokenizer.from_pretrained(str(teacher)), AutoTokenizer.from_pretrained(str(student))
+    assert t_tok("a good film")["input_ids"] != s_tok("a good film")["input_ids"]
+    rec = distill_recipe(tmp_path, teacher, student=student, rows=None, level="text", baseline=True)
+    rec["training"].update(lr=3e-3, epochs=4)
+    path = write_recipe(tmp_path / "recipe.yaml", rec)
+    result = CliRunner().invoke(main, ["-q", "distill", str(path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "tiny" / "distill" / "distill.json").read_text())
+
+    # the cached logits are the teacher reading with its own tokenizer, not the student's ids
+    texts = load_data(parse_recipe(rec).data, ("train",))["train"].texts
+    cached = np.load(report["teacher_logits"]["cache"])["logits"]
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher))
+    assert np.abs(predict_logits(model, load_tokenizer(teacher), texts, 32) - cached).max() < 1e-4
+    assert np.abs(predict_logits(model, load_tokenizer(student), texts, 32) - cached).max() > 1e-2
+    assert report["models"]["teacher"]["accuracy"] >= 0.8 and report["models"]["student"]["accuracy"] >= 0.75  # it learned
+
+    run = CliRunner().invoke(main, ["-q", "run", str(path), "--json"])
+    assert run.exit_code == 0, run.output
+    p = Predictor.from_bundle(json.loads(run.output)["bundle"], variant="fp32")
+    assert p.encode(["a good film"])["input_ids"][0].tolist() == s_tok("a good film")["input_ids"]
+    shutil.rmtree(tmp_path / "runs")
+
+
 def test_recipe_errors_name_the_field(tmp_path, teacher):
     base = distill_recipe(tmp_path, teacher)
     with pytest.raises(RecipeError, match=r"recipe.distill: hidden_mse needs level: token"):
