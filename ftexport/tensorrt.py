@@ -43,7 +43,7 @@ INSTALL = "pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com
 ENGINE_DIR = "engines"
 # int8 ops TensorRT cannot take: dynamic quantization and ORT's QOperator format
 _NOT_QDQ = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QLinearAdd",
-            "QAttention", "DynamicQuantizeMatMul", "QGemm"}
+            "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"}
 
 
 def round_up(n: float, multiple: int) -> int:
