@@ -359,6 +359,12 @@ def quantize(
         if "fp16" in manifest.variants:
             manifest.backend_defaults["cuda"] = "fp16"
             manifest.backend_defaults["tensorrt"] = "fp16"
+        elif manifest.variants[manifest.default_variant].precision == "int8":
+            # The CPU default is an int8 graph for the CPU provider (dynamic int8 stored as ORT's
+            # CPU rewrite, or QOperator/QDQ tuned for the CPU); on a GPU its operators would run
+            # node by node on the CPU, copying between devices. Without fp16, GPUs take fp32.
+            for gpu in ("cuda", "tensorrt"):
+                manifest.backend_defaults.setdefault(gpu, "fp32")
         write_manifest(tmp, manifest)
         write_record(
             tmp, "quantize", quantize_key(bundle_dir, section, data, gate),

@@ -109,6 +109,7 @@ def test_dynamic_int8_ships_ort_cpu_rewrite_with_identical_outputs(tiny_run, tmp
     shipped = tmp_path / "q" / "model.int8.onnx"
     import onnxruntime as ort
 
+    assert manifest.default_variant == "int8" and manifest.backend_defaults == {"cuda": "fp32", "tensorrt": "fp32"}  # GPUs: not the CPU graph
     assert manifest.variants["int8"].details["ort_graph"] == {"level": "extended", "execution_provider": "CPUExecutionProvider",
                                                             "onnxruntime": ort.__version__}
     source = tmp_path / "q" / ("model.opt.onnx" if optimize else "model.onnx")
