@@ -360,11 +360,14 @@ def quantize(
             manifest.backend_defaults["cuda"] = "fp16"
             manifest.backend_defaults["tensorrt"] = "fp16"
         elif manifest.variants[manifest.default_variant].precision == "int8":
-            # The CPU default is an int8 graph for the CPU provider (dynamic int8 stored as ORT's
-            # CPU rewrite, or QOperator/QDQ tuned for the CPU); on a GPU its operators would run
-            # node by node on the CPU, copying between devices. Without fp16, GPUs take fp32.
-            for gpu in ("cuda", "tensorrt"):
-                manifest.backend_defaults.setdefault(gpu, "fp32")
+            # Without fp16, GPUs take fp32 rather than the CPU's int8 default: dynamic int8
+            # (stored as ORT's CPU rewrite) and QOperator int8 are CPU-provider operators that a
+            # GPU session would run node by node on the CPU, with copies between devices; CUDA
+            # runs a QDQ graph as fp32 with extra work. TensorRT is the one that reads QDQ int8.
+            default = manifest.variants[manifest.default_variant]
+            manifest.backend_defaults.setdefault("cuda", "fp32")
+            qdq = default.details.get("mode") == "static" and default.details.get("format") == "qdq"
+            manifest.backend_defaults.setdefault("tensorrt", default.name if qdq else "fp32")
         write_manifest(tmp, manifest)
         write_record(
             tmp, "quantize", quantize_key(bundle_dir, section, data, gate),
