@@ -52,11 +52,19 @@ DYNAMIC_OPS = ["MatMul", "Gather", "Attention"]
 STATIC_OPS = ["MatMul", "Gather"]
 
 
+# What a quantize stage writes beyond its settings, part of its key so that stages written
+# before a change are redone: 2 = the dynamic int8 file is ORT's CPU rewrite (cpu_preoptimize)
+# and GPU backends default to fp32. The ORT version is in the key too: the file is its output.
+OUTPUT_FORMAT = 2
+
+
 def quantize_key(bundle_dir: Path, section: QuantizeSection, data: DataSection | None = None, gate: Gate | None = None) -> str:
+    import onnxruntime as ort
+
     rec = read_record(bundle_dir) or {}
     needs_data = "static" in section.modes or section.accuracy_aware.enabled
     return make_key(
-        "quantize", rec.get("key") or str(bundle_dir.resolve()), section.model_dump(),
+        "quantize", rec.get("key") or str(bundle_dir.resolve()), section.model_dump(), OUTPUT_FORMAT, ort.__version__,
         fingerprint(data) if needs_data and data is not None else None,
         gate.model_dump() if gate is not None and section.accuracy_aware.enabled else None,
     )
@@ -351,29 +359,38 @@ def quantize(
 
         (tmp / "_typed.onnx").unlink(missing_ok=True)
         # CPU default: the int8 model (dynamic first: it needs no calibration to stay valid),
-        # else the optimized graph; GPU default: fp16.
+        # else the optimized graph; GPU defaults: see _gpu_defaults.
         for candidate in ("int8", "int8-static", OPT_VARIANT):
             if candidate in manifest.variants:
                 manifest.default_variant = candidate
                 break
-        if "fp16" in manifest.variants:
-            manifest.backend_defaults["cuda"] = "fp16"
-            manifest.backend_defaults["tensorrt"] = "fp16"
-        elif manifest.variants[manifest.default_variant].precision == "int8":
-            # Without fp16, GPUs take fp32 rather than the CPU's int8 default: dynamic int8
-            # (stored as ORT's CPU rewrite) and QOperator int8 are CPU-provider operators that a
-            # GPU session would run node by node on the CPU, with copies between devices; CUDA
-            # runs a QDQ graph as fp32 with extra work. TensorRT is the one that reads QDQ int8.
-            default = manifest.variants[manifest.default_variant]
-            manifest.backend_defaults.setdefault("cuda", "fp32")
-            qdq = default.details.get("mode") == "static" and default.details.get("format") == "qdq"
-            manifest.backend_defaults.setdefault("tensorrt", default.name if qdq else "fp32")
+        _gpu_defaults(manifest, tmp)
         write_manifest(tmp, manifest)
         write_record(
             tmp, "quantize", quantize_key(bundle_dir, section, data, gate),
             {"bundle": (read_record(bundle_dir) or {}).get("key")}, section.model_dump(), {},
         )
     return manifest
+
+
+def _gpu_defaults(manifest: Manifest, tmp: Path) -> None:
+    """fp16 when there is one. Otherwise, when the CPU default is int8, fp32 rather than that
+    graph: dynamic int8 (stored as ORT's CPU rewrite) and QOperator int8 are CPU-provider
+    operators that a GPU session would run node by node on the CPU, with copies between
+    devices, and CUDA runs a QDQ graph as fp32 with extra work. TensorRT does read a QDQ int8
+    graph when it is symmetric and free of ORT contrib ops (tensorrt.int8_problems); such a
+    variant is its default then."""
+    if "fp16" in manifest.variants:
+        manifest.backend_defaults["cuda"] = "fp16"
+        manifest.backend_defaults["tensorrt"] = "fp16"
+        return
+    if manifest.variants[manifest.default_variant].precision != "int8":
+        return
+    from .tensorrt import int8_problems
+
+    manifest.backend_defaults.setdefault("cuda", "fp32")
+    readable = [v.name for v in manifest.variants.values() if v.precision == "int8" and not int8_problems(tmp / v.file)]
+    manifest.backend_defaults.setdefault("tensorrt", readable[0] if readable else "fp32")
 
 
 def cpu_preoptimize(path: Path) -> dict[str, Any]:

@@ -169,8 +169,17 @@ def test_truncated_onnx_is_refused(bundle, tmp_path):
 
     manifest["files"]["model.int8.onnx"] = sha256_file(b / "model.int8.onnx")
     (b / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"model\.int8\.onnx: ONNX Runtime cannot load this model"):
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx: ONNX Runtime cannot load this model") as e:
         Predictor.from_bundle(b)
+    assert "written by onnxruntime" not in str(e.value)  # this runtime's version wrote the graph
+    # A graph that a newer onnxruntime wrote (quantize stores ORT's rewrite) fails with the way out.
+    assert manifest["variants"]["int8"]["details"]["ort_graph"]["onnxruntime"]
+    manifest["variants"]["int8"]["details"]["ort_graph"]["onnxruntime"] = "99.1.0"
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"cannot load this model \(.*\); this graph was written by onnxruntime 99\.1\.0 and this is "
+                                          r"[\d.]+: pip install 'onnxruntime>=99\.1\.0', or re-quantize") as e:
+        Predictor.from_bundle(b)
+    assert "\n" not in str(e.value)
 
 
 def test_missing_file_and_unlisted_reference(bundle, tmp_path):

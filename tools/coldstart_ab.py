@@ -28,7 +28,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
-    pairs = dict(b.split("=", 1) for b in a.bundles)
+    pairs: dict[str, str] = {}
+    for arg in a.bundles:
+        name, sep, path = arg.partition("=")
+        if not sep or not name or not path:
+            ap.error(f"{arg!r}: give each bundle as NAME=PATH")
+        if name in pairs:
+            ap.error(f"{name!r} is given twice; name each bundle once")
+        pairs[name] = path
     seconds: dict[str, list[float]] = {name: [] for name in pairs}
     for _ in range(a.repeats):
         for name, path in pairs.items():

@@ -29,7 +29,8 @@ CHUNK = 32  # texts per request; the server's default max_batch, so one request 
 def docker(*args: str, timeout: float = 1500) -> str:
     proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
-        sys.exit(f"error: docker {' '.join(args[:2])} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        sys.exit(f"error: docker {' '.join(args[:2])} failed: {last}")
     return proc.stdout.strip()
 
 
@@ -58,6 +59,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     bundle = a.bundle.resolve()
+    if not bundle.is_relative_to(REPO) or not (bundle / "manifest.json").is_file():
+        sys.exit(f"error: --bundle {a.bundle}: not a bundle inside the repository ({REPO}); the build context is the repository, "
+                 "so copy or pack the bundle under runs/NAME/")
     rel = bundle.relative_to(REPO)
     with a.texts.open(newline="") as f:
         texts = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
@@ -78,8 +82,11 @@ def main() -> None:
     info = json.loads(docker("image", "inspect", tag))[0]
     container = None
     try:
-        torch = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", "import torch"],
-                               capture_output=True, timeout=120).returncode == 0
+        probe = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", "import torch"],
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode and "No module named 'torch'" not in probe.stderr:
+            sys.exit(f"error: could not run python in the image: {(probe.stderr.strip().splitlines() or ['no output'])[-1]}")
+        torch = probe.returncode == 0
         container = docker("run", "-d", "-p", "127.0.0.1::8000", tag)
         base = "http://127.0.0.1:" + docker("port", container, "8000/tcp").split()[0].rsplit(":", 1)[1]
         t0 = time.monotonic()

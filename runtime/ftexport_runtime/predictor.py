@@ -40,6 +40,24 @@ def load_tokenizer(bundle: Bundle, max_length: int, verify: bool = False) -> Tok
     return tok
 
 
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def _newer_writer(variant: Variant) -> str:
+    """A hint for a load failure: the variant's graph is ONNX Runtime's own rewrite (ftexport
+    quantize stores dynamic int8 that way) made by a newer onnxruntime than this one."""
+    wrote = (variant.details.get("ort_graph") or {}).get("onnxruntime")
+    if isinstance(wrote, str) and _version(wrote) > _version(ort.__version__):
+        return (f"; this graph was written by onnxruntime {wrote} and this is {ort.__version__}: "
+                f"pip install 'onnxruntime>={wrote}', or re-quantize the bundle with this version")
+    return ""
+
+
 class Predictor:
     """Run a bundle's model on texts.
 
@@ -102,7 +120,7 @@ class Predictor:
             self.session = ort.InferenceSession(model, sess_options=opts, providers=self.backend.providers())
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]})") from None
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]}){_newer_writer(self.variant)}") from None
         check_session(self.session, self.backend)
         # ORT would keep the model bytes for the session's life (only to rebuild it on a provider
         # fallback, which ftexport refuses anyway): drop them, and never fall back silently at run time.
