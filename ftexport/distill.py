@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -299,23 +298,18 @@ def load_unlabeled(recipe: Recipe, train_texts: list[str]) -> list[str]:
 
 
 def _transfer_key(recipe: Recipe) -> tuple[str, ...]:
-    """The transfer set's part of a cache key: nothing without one, so keys made before
-    distill.unlabeled existed still match."""
-    return (unlabeled_fingerprint(recipe),) if recipe.distill and recipe.distill.unlabeled else ()
-
-
-def unlabeled_fingerprint(recipe: Recipe) -> str:
-    """The transfer set's identity in cache keys: its settings and its file's bytes."""
+    """The transfer set's part of a cache key (a hash of its settings and its file's bytes):
+    nothing without one, so keys made before distill.unlabeled existed still match."""
     from .recipe import unlabeled_path
 
     u = recipe.distill.unlabeled if recipe.distill else None
     if u is None:
-        return "none"
+        return ()
     h = hashlib.sha256(u.model_dump_json().encode())
     with open(unlabeled_path(recipe), "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
-    return h.hexdigest()[:16]
+    return (h.hexdigest()[:16],)
 
 
 # ---- the stage ----------------------------------------------------------------------------
@@ -328,10 +322,15 @@ def _paths(recipe: Recipe) -> tuple[Path, Path | None]:
     return teacher, (None if d.student.from_teacher is not None else resolve_model_path(recipe.model.path).resolve())
 
 
-def distill_key(recipe: Recipe) -> str:
-    teacher, _ = _paths(recipe)
-    return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), fingerprint(recipe.data),
-                    model_hash(teacher), *_transfer_key(recipe))
+def distill_key(recipe: Recipe, hashes: tuple[str, str, tuple[str, ...]] | None = None) -> str:
+    """hashes: (data fingerprint, teacher hash, transfer key) when the caller has them already
+    (each one reads files: the data, the teacher's weights, the transfer set)."""
+    data_fp, t_hash, transfer = hashes or _input_hashes(recipe)
+    return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), data_fp, t_hash, *transfer)
+
+
+def _input_hashes(recipe: Recipe) -> tuple[str, str, tuple[str, ...]]:
+    return fingerprint(recipe.data), model_hash(_paths(recipe)[0]), _transfer_key(recipe)
 
 
 def work_dir(output: Path) -> Path:
@@ -349,8 +348,8 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
     output = Path(output)
     work = work_dir(output)
     check_compatible(recipe, teacher_dir, student_dir or teacher_dir)
-    key = distill_key(recipe)
-    t_hash = model_hash(teacher_dir)
+    data_fp, t_hash, transfer = hashes = _input_hashes(recipe)
+    key = distill_key(recipe, hashes)
     max_len = recipe.model.max_length
 
     # 1. The student's starting weights: a pretrained model, or the teacher with layers cut.
@@ -372,7 +371,7 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
     if extra:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
     with_hidden = d.hidden_mse > 0
-    cache = work / f"teacher-{make_key(t_hash, fingerprint(recipe.data), max_len, with_hidden, *_transfer_key(recipe))}.npz"
+    cache = work / f"teacher-{make_key(t_hash, data_fp, max_len, with_hidden, *transfer)}.npz"
     cached = cache.is_file()
     if cached:
         progress.step(f"distill: teacher outputs from the cache ({cache.name})")
@@ -402,7 +401,7 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
         transfer = (get_task(recipe.task), extra, max_len) if extra else None
         train(student_recipe, kd_dir, quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
     baseline_key = make_key("distill-baseline", student_recipe.section_hash("task", "data", "method", "training"),
-                            fingerprint(recipe.data), model_hash(student_dir), max_len)
+                            data_fp, model_hash(student_dir), max_len)
     if d.baseline:
         if is_fresh(base_dir, baseline_key):
             progress.step("distill: baseline student (no teacher) up to date, reused")
@@ -434,7 +433,7 @@ def distill(recipe: Recipe, output: str | Path, quiet: bool = False) -> dict[str
         (tmp / "distill.md").write_text(distill_markdown(report) + "\n")
         write_record(
             tmp, "distill", key,
-            inputs={"teacher": str(teacher_dir), "teacher_hash": t_hash, "student": str(student_dir), "data": fingerprint(recipe.data), "unlabeled": unlabeled_fingerprint(recipe)},
+            inputs={"teacher": str(teacher_dir), "teacher_hash": t_hash, "student": str(student_dir), "data": data_fp, "unlabeled": transfer[0] if transfer else "none"},
             settings={"distill": d.model_dump(mode="json"), "training": recipe.training.model_dump(), "max_length": max_len},
             metrics={**kd_record.get("metrics", {}), "test": {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in report["models"].items()}},
             method="full", base_model=str(student_dir), labels=data.label_names, task=recipe.task,
@@ -492,9 +491,10 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     """Exact McNemar test of two models' right/wrong answers on the same texts: only the texts
     where they disagree carry evidence; p is the two-sided binomial probability of a split at
     least this uneven if neither model were better."""
+    from scipy.stats import binomtest
+
     a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
-    n, k = a_only + b_only, min(a_only, b_only)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    p = float(binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
     return {"student_only_right": a_only, "baseline_only_right": b_only, "mcnemar_p": p}
 
 
