@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,16 +30,6 @@ def docker(*args: str, timeout: float = 1500) -> str:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         sys.exit(f"error: docker {' '.join(args[:2])} failed: {last}")
     return proc.stdout.strip()
-
-
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def post(base: str, texts: list[str]) -> list[str]:
@@ -67,6 +55,7 @@ def main() -> None:
         texts = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
 
     sys.path.insert(0, str(REPO / "runtime"))
+    from ftexport.report import machine_info
     from ftexport_runtime import Predictor
 
     # The same 32-text model calls as the requests below: a dynamic int8 model's answers depend
@@ -116,7 +105,7 @@ def main() -> None:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
     result = {
-        "machine": machine(),
+        "machine": machine_info(),
         "bundle": str(rel), "texts": len(texts), "same_label": sum(g == h for g, h in zip(got, host)),
         "image_mb": round(info["Size"] / 2**20), "user": info["Config"]["User"], "torch_in_image": torch,
         "ready_s": round(ready_s, 2), "docker_health": health,
