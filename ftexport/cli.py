@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from . import __version__, progress
-from .errors import FtexportError, RecipeError
+from . import __version__
+from .core import progress
+from .core.errors import FtexportError, RecipeError
 
 
 class _Group(click.Group):
@@ -93,30 +94,27 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
     whose inputs and settings are unchanged is skipped, so after a failure the same command
     resumes at the stage that failed. Exit 1 when the parity gate fails.
     """
+    from .core.errors import GateFailed
     from .pipeline import run as run_pipeline
-
-    from .errors import GateFailed
-    from .report import parity_table
+    from .tasks import get_task
 
     r = _recipe(recipe)
+    task = get_task(r.task)
     try:
         result = run_pipeline(r, force=force, stop_after=stop_after)
     except GateFailed as e:
         if e.report:
-            _echo_json(e.report) if as_json else click.echo("\n" + parity_table(e.report) + "\n")
+            _echo_json(e.report.to_json()) if as_json else click.echo("\n" + task.parity_table(e.report) + "\n")
         raise
     if as_json:
-        _echo_json({"bundle": str(result.bundle), "parity": result.parity, "bench": result.bench, "ran": result.ran, "skipped": result.skipped})
+        _echo_json({"bundle": str(result.bundle), "parity": result.parity.to_json() if result.parity else None,
+                    "bench": result.bench.to_json() if result.bench else None, "ran": result.ran, "skipped": result.skipped})
         return
     if result.parity:
         click.echo("\n" + result.table())
     if (result.bundle / "manifest.json").is_file() and (stop_after in (None, "pack")):
         click.echo(f"\nbundle: {result.bundle}")
-        if r.task == "text-generation":
-            click.echo(f"try:    ftexport-runtime generate {result.bundle} \"the film is\" --max-new-tokens 20")
-        else:
-            example = "Peter Blackburn flew to Brussels" if r.task == "token-classification" else "a wonderful, moving film"
-            click.echo(f"try:    ftexport-runtime predict {result.bundle} \"{example}\"")
+        click.echo(f"try:    {task.try_hint(result.bundle)}")
 
 
 @main.command()
@@ -135,7 +133,7 @@ def train(recipe: str, output: str | None, method_name: str | None) -> None:
     """
     from .pipeline import stage_dirs
     from .recipe import parse_recipe
-    from .train import train as train_stage
+    from .train.trainer import train as train_stage
 
     r = _recipe(recipe)
     if method_name:
@@ -170,8 +168,8 @@ def distill(recipe: str, output: str | None, as_json: bool) -> None:
     instead of training, then exports, quantizes, validates, benches and packs the student.
     Example: ftexport distill recipes/distill.yaml
     """
-    from .distill import distill as distill_stage
     from .pipeline import stage_dirs
+    from .train.distill import distill as distill_stage
 
     r = _recipe(recipe)
     out = Path(output) if output else stage_dirs(r)["distill"]
@@ -192,7 +190,7 @@ def merge(train_dir: str, output: str) -> None:
     Checks that merged and unmerged models give the same logits on a batch (exit 1 if not).
     A fully fine-tuned model is passed through unchanged.
     """
-    from .merge import merge as merge_stage
+    from .train.merge import merge as merge_stage
 
     merge_stage(train_dir, output)
     click.echo(output)
@@ -236,18 +234,18 @@ def export(model_dir: str | None, output: str | None, opset: int, max_length: in
     if not trt and (recipe_path or any(v is not None for v in trt_flags.values())):
         raise RecipeError("export: --precision, --recipe, --batch, --seq, --on-longer and --workspace-gib are TensorRT options; add --trt")
     if trt:  # refuse before exporting: the engines are what was asked for
-        from .tensorrt import require_tensorrt
+        from .export.tensorrt import require_tensorrt
 
         require_tensorrt()
     if model_dir:
-        from .export import export as export_stage
+        from .export.stage import export as export_stage
 
         export_stage(model_dir, output, opset=opset, max_length=max_length, name=name)
     if trt:
         from pydantic import ValidationError
 
+        from .export.tensorrt import build_engines, training_texts
         from .recipe import TensorRTSection, format_error
-        from .tensorrt import build_engines, training_texts
 
         recipe = _recipe(recipe_path) if recipe_path else None
         fields = (recipe.tensorrt if recipe else TensorRTSection()).model_dump()
@@ -291,7 +289,7 @@ def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str
     model.fp16.onnx (the CUDA default), --optimize model.opt.onnx. The fp32 model stays for
     the parity gate. Example: ftexport quantize B -o B2 --recipe r.yaml --mode static --optimize O2
     """
-    from .quantize import quantize as quantize_stage
+    from .export.quantize import quantize as quantize_stage
     from .recipe import QuantizeSection
 
     recipe = _recipe(recipe_path) if recipe_path else None
@@ -351,16 +349,17 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
     precision/recall/F1 (seqeval, per type) and entity agreement with PyTorch; the
     accuracy thresholds judge entity F1.
     """
-    from .report import parity_table
-    from .validate import validate as validate_stage
+    from .judge.parity import parity_table
+    from .judge.parity import validate as validate_stage
+    from .tasks import get_task
 
     r = _recipe(recipe_path)
     gates = _gates(r, thresholds)
     out = output or f"{bundle.rstrip('/')}.parity"
     report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends,
-                            generation=r.validate_.generation if r.task == "text-generation" else None)
-    _echo_json(report) if as_json else click.echo(parity_table(report))
-    if not report["passed"]:
+                            settings=get_task(r.task).parity_settings(r.validate_))
+    _echo_json(report.to_json()) if as_json else click.echo(parity_table(report))
+    if not report.passed:
         sys.exit(1)
 
 
@@ -401,10 +400,11 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     """
     from pydantic import ValidationError
 
-    from .bench import bench as bench_stage
-    from .bench import held_out_texts, read_texts
+    from .core.reports import BenchReport, ParityReport
+    from .judge.bench import bench as bench_stage
+    from .judge.bench import bench_table, compare_reports, compare_table, held_out_texts, read_texts
     from .recipe import BenchSection, format_error
-    from .report import bench_table
+    from .tasks import get_task
 
     rec = _recipe(recipe_path) if recipe_path else None
     base = rec.bench if rec else BenchSection()
@@ -421,17 +421,12 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     except ValidationError as e:
         err = e.errors()[0]
         raise RecipeError(format_error({**err, "loc": ("bench", *err["loc"])}).replace("recipe.bench.", "--").replace("_", "-")) from None
-    from .bench import compare_reports, read_report_file
-    from .report import compare_table
-
-    old = read_report_file(compare_path) if compare_path else None  # a bad file fails before any timing
+    old = BenchReport.load(compare_path) if compare_path else None  # a bad file fails before any timing
     out = output or f"{bundle.rstrip('/')}.bench"
-    from .validate import load_report as load_parity
-
-    parity = load_parity(parity_dir) if parity_dir else None
-    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, labelled=rec.task != "text-generation") if rec else None
+    parity = ParityReport.load(parity_dir) if parity_dir else None
+    texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, get_task(rec.task).labelled) if rec else None
     report = bench_stage(bundle, reference, section, out, texts, parity=parity)
-    _echo_json(report) if as_json else click.echo(bench_table(report))
+    _echo_json(report.to_json()) if as_json else click.echo(bench_table(report))
     if old is not None:
         rows = compare_reports(old, report, tolerance)
         click.echo(compare_table(rows, tolerance), err=as_json)
@@ -467,17 +462,17 @@ def pack(bundle: str, output: str | None, parity_dir: str | None, bench_dir: str
     if output is None and (parity_dir or bench_dir or tar or variants):
         raise FtexportError("pack: --parity, --bench, --tar and --variants need -o/--output (they shape the packed bundle)")
     if triton_dir is not None:
-        from .triton import check_options
+        from .ship.triton import check_options
 
         check_options(bundle, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu)  # refuse before packing anything
     source = bundle
     if output is not None:
-        from .pack import pack as pack_stage
+        from .ship.pack import pack as pack_stage
 
         source = str(pack_stage(bundle, output, parity_dir, bench_dir, tar, variants.split(",") if variants else None))
         click.echo(source)
     if triton_dir is not None:
-        from .triton import write_triton_repo
+        from .ship.triton import write_triton_repo
 
         click.echo(write_triton_repo(source, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu))
 

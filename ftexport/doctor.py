@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import first_line
-from .report import gpu_driver
+from .core.errors import first_line
+from .core.machine import gpu_driver
 
 
 def _version(name: str) -> str | None:
@@ -72,7 +72,7 @@ def engine_backend(gpu: dict[str, Any]) -> dict[str, Any]:
     if not gpu["available"]:
         return {"ok": False, "detail": "TensorRT needs a CUDA GPU"}
     try:
-        from ftexport_runtime.trt_engine import current_fingerprint
+        from ftexport_runtime.engines.tensorrt import current_fingerprint
 
         fp = current_fingerprint()
     except Exception as e:  # noqa: BLE001 - a broken TensorRT or CUDA install: say what it said

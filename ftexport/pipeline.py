@@ -21,19 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import bench as bench_mod
-from . import progress
-from . import validate as validate_mod
-from .artifacts import is_fresh
-from .errors import GateFailed
-from .distill import distill, distill_key
-from .export import export, export_key
-from .merge import merge, merge_key
-from .pack import pack, pack_key
-from .quantize import quantize, quantize_key
+from .core import progress
+from .core.artifacts import is_fresh
+from .core.errors import GateFailed
+from .core.reports import BenchReport, ParityReport
+from .export import tensorrt as trt_mod
+from .export.quantize import quantize, quantize_key
+from .export.stage import export, export_key
+from .judge import bench as bench_mod
+from .judge import parity as parity_mod
 from .recipe import Recipe
-from .report import summary_table
-from .train import train, train_key
+from .ship.pack import pack, pack_key
+from .tasks import get_task
+from .train.distill import distill, distill_key
+from .train.merge import merge, merge_key
+from .train.trainer import train, train_key
 
 STAGES = ("train", "merge", "export", "quantize", "validate", "bench", "pack")  # a default run; distill and tensorrt when the recipe asks
 DIRS = {"train": "train", "distill": "distill", "merge": "merged", "export": "onnx", "quantize": "quantized", "tensorrt": "trt",
@@ -44,14 +46,15 @@ DIRS = {"train": "train", "distill": "distill", "merge": "merged", "export": "on
 class RunResult:
     root: Path
     bundle: Path
-    parity: dict[str, Any]
-    bench: dict[str, Any] | None
+    task: Any
+    parity: ParityReport | None = None
+    bench: BenchReport | None = None
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
-        return summary_table(self.parity, self.bench)
+        return self.task.summary_table(self.parity, self.bench) if self.parity is not None else ""
 
 
 def stage_dirs(recipe: Recipe) -> dict[str, Path]:
@@ -62,7 +65,8 @@ def stage_dirs(recipe: Recipe) -> dict[str, Path]:
 def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> RunResult:
     """Run every stage (or up to `stop_after`); raise GateFailed when parity fails."""
     d = stage_dirs(recipe)
-    result = RunResult(recipe.output_dir(), d["pack"], {}, None)
+    task = get_task(recipe.task)
+    result = RunResult(recipe.output_dir(), d["pack"], task)
     quantizing = bool(recipe.quantize.modes or recipe.quantize.optimize)
     bundle_dir = d["quantize"] if quantizing else d["export"]
     gates = recipe.validate_.gates()
@@ -82,8 +86,6 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
                      lambda: quantize(d["export"], d["quantize"], q, recipe.data, gates["int8"])))
     trt = recipe.tensorrt
     if trt.enabled:
-        from . import tensorrt as trt_mod
-
         trt_mod.require_tensorrt()  # before training, not after an hour of it
         upstream, bundle_dir = bundle_dir, d["tensorrt"]
         texts = (lambda: trt_mod.training_texts(recipe.data)) if trt.seq is None else (lambda: None)
@@ -91,14 +93,13 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         plan.append(("tensorrt", lambda: trt_mod.engines_key(upstream, settings),
                      lambda: trt_mod.build_engines(upstream, d["tensorrt"], trt.precisions, texts(), trt.batch, trt.seq, trt.on_longer, trt.workspace_gib)))
     v = recipe.validate_
-    generating = recipe.task == "text-generation"
-    gen = v.generation if generating else None  # greedy-parity settings, text-generation only
+    own = task.parity_settings(v)  # the task's own parity settings (a decoder's greedy check), part of the key
     plan += [
-        ("validate", lambda: validate_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, gen),
-         lambda: validate_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends, generation=gen)),
+        ("validate", lambda: parity_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, own),
+         lambda: parity_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends, settings=own)),
         ("bench", lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
-         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], bench_mod.held_out_texts(recipe.data, labelled=not generating),
-                                 validate_mod.load_report(d["validate"]))),
+         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], bench_mod.held_out_texts(recipe.data, task.labelled),
+                                 ParityReport.load(d["validate"]))),
         ("pack", lambda: pack_key(bundle_dir, d["validate"], d["bench"], False), lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"])),
     ]
     for stage, key, action in plan:
@@ -112,12 +113,11 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
             result.ran.append(stage)
             rebuilt = True
         if stage == "validate":
-            result.parity = validate_mod.load_report(d["validate"])
-            if not result.parity["passed"]:
-                failed = [f"{n}: {c['name']} {c['value']:.4g} (limit {c['limit']:.4g})" for n, r in result.parity["variants"].items() for c in r["checks"] if not c["passed"]]
-                raise GateFailed(f"validate: parity gate failed ({'; '.join(failed)}); report in {d['validate']}/parity.md", result.parity)
+            result.parity = ParityReport.load(d["validate"])
+            if not result.parity.passed:
+                raise GateFailed(f"validate: parity gate failed ({'; '.join(result.parity.failures())}); report in {d['validate']}/parity.md", result.parity)
         if stage == "bench":
-            result.bench = bench_mod.load_report(d["bench"])
+            result.bench = BenchReport.load(d["bench"])
         if stage == stop_after:
             break
     return result

@@ -123,7 +123,7 @@ def test_cold_start_and_peak_memory_come_from_a_fresh_process_per_backend(tiny_r
 def test_skip_reasons_for_backends_this_machine_or_bundle_lacks(tiny_run, tmp_path, monkeypatch):
     import onnxruntime as ort
 
-    from ftexport import bench as bench_mod
+    from ftexport.judge import runners as bench_mod
 
     monkeypatch.setattr(bench_mod, "_cxx_compiler", lambda: None)
     out = run_bench(tiny_run[1], tmp_path / "b", "--batch-sizes", "1", "--seq-len", "8",
@@ -234,7 +234,7 @@ def test_report_html_is_self_contained_and_renders_in_headless_chromium(tiny_run
 
 @pytest.mark.slow
 def test_torch_compile_backend_is_checked_and_timed_beside_eager(tiny_run, tmp_path):
-    from ftexport.bench import _cxx_compiler
+    from ftexport.judge.runners import _cxx_compiler
 
     if _cxx_compiler() is None:
         pytest.skip("torch.compile's inductor needs a C++ compiler (g++); none on this machine")

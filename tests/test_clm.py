@@ -60,7 +60,7 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 'pretrained' tiny GPT-2 directory (random init), as a hub model would be saved."""
-    from ftexport.tasks.causal_lm import build_scratch
+    from ftexport.tasks.text_generation.scratch import build_scratch
 
     out = tmp_path_factory.mktemp("gpt2") / "model"
     texts = [r["text"] for r in lm_rows(200, 7)]
@@ -138,7 +138,7 @@ def test_nucleus_keeps_exactly_the_hand_computed_set():
     import torch
     from transformers.generation.logits_process import TopPLogitsWarper
 
-    from ftexport_runtime.generate import next_token, nucleus_mask, softmax
+    from ftexport_runtime.heads.generate import next_token, nucleus_mask, softmax
 
     probs = np.array([0.05, 0.5, 0.15, 0.3])
     logits = np.log(probs)
@@ -161,9 +161,9 @@ def test_bench_reports_per_token_latency(lm_run):
     assert phases == {(b, ph) for b in ("pytorch", "ort-fp32", "ort-int8") for ph in ("prefill", "per token")}
     assert all(r["matches_baseline"] for r in bench["results"] if r["backend"] == "ort-fp32")
     assert "ort-cuda-fp16" in bench["skipped"]
-    from ftexport.bench import compare_reports
+    from ftexport.judge.bench import compare_reports
 
-    slower = json.loads(json.dumps(bench))
+    slower = json.loads(bench.dumps())  # the typed report writes its own JSON
     for r in slower["results"]:
         r["p50_ms"] *= 2 if r["phase"] == "per token" else 1
     rows = compare_reports(bench, slower, 0.1)
@@ -180,8 +180,8 @@ def test_runtime_cli_generate_and_predict_refused(lm_run, capsys):
     assert "use generate" in capsys.readouterr().err
     assert main(["info", str(lm_run[1].bundle)]) == 0
     assert "2 layers x 2 heads with KV cache" in capsys.readouterr().out
-    from ftexport.errors import FtexportError
-    from ftexport.triton import check_options
+    from ftexport.core.errors import FtexportError
+    from ftexport.ship.triton import check_options
 
     with pytest.raises(FtexportError, match="no Triton export"):
         check_options(lm_run[1].bundle, lm_run[1].root / "triton")
@@ -211,7 +211,7 @@ def test_lora_on_gpt2_merges_with_equal_logits(tmp_path, tiny_gpt2):
 
 
 def test_recipe_refuses_settings_the_task_lacks(tmp_path):
-    from ftexport.errors import RecipeError
+    from ftexport.core.errors import RecipeError
     from ftexport.recipe import parse_recipe
 
     base = lm_recipe(tmp_path)

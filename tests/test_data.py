@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ftexport.data import load_data
-from ftexport.errors import DataError
+from ftexport.core.errors import DataError
 from ftexport.recipe import DataSection
 from helpers import make_rows, write_split
 
@@ -85,3 +87,47 @@ def test_subsample_is_seeded(tmp_path):
     b = load_data(section(tmp_path, "train.csv", "train.csv", max_train_samples=10))["train"].texts
     c = load_data(section(tmp_path, "train.csv", "train.csv", max_train_samples=10, sample_seed=1))["train"].texts
     assert len(a) == 10 and a == b and a != c
+
+
+def test_unreadable_file_is_one_line(tmp_path):
+    (tmp_path / "train.parquet").write_bytes(b"PAR1 not really a parquet file")
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: cannot read .*train\.parquet as parquet \("):
+        load_data(section(tmp_path, "train.parquet", "train.parquet"))
+    (tmp_path / "bad.csv").write_bytes(b"sentence,label\n\xff\xfe\x00bad,\x81\n")
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: cannot read .*bad\.csv as csv \("):
+        load_data(section(tmp_path, "bad.csv", "bad.csv"))
+
+
+def test_single_class_training_set(tmp_path):
+    """Every training row with the same label: refused by name, whether the label set was
+    given (two names, one seen) or read from the file (one label only)."""
+    rows = [r for r in make_rows(10, 1) if r["label"] == "positive"]
+    write_split(tmp_path / "train.csv", rows)
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: every training row has the label 'positive'; a classifier needs examples of at least two labels"):
+        load_data(section(tmp_path, "train.csv", "train.csv", label_names=["negative", "positive"]))
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: found only the label \['positive'\]"):
+        load_data(section(tmp_path, "train.csv", "train.csv"))
+
+
+def test_missing_label_column(tmp_path):
+    write_split(tmp_path / "train.csv", [{"sentence": "good", "stars": 5}, {"sentence": "bad", "stars": 1}])
+    with pytest.raises(DataError, match=r"^recipe\.data\.train: .*train\.csv has no column 'label' \(it has: sentence, stars\); set data\.label_column$"):
+        load_data(section(tmp_path, "train.csv", "train.csv"))
+
+
+def test_bad_data_through_the_cli_writes_nothing(tmp_path, recipe_file):
+    """One line, exit 2, and no stage folder: the run stops before training."""
+    from click.testing import CliRunner
+
+    from ftexport.cli import main
+
+    path = recipe_file()
+    import yaml
+
+    recipe = yaml.safe_load(path.read_text())
+    root = Path(recipe["data"]["root"])
+    write_split(root / "train.csv", [{"sentence": "good", "stars": 5}, {"sentence": "bad", "stars": 1}])
+    out = CliRunner().invoke(main, ["-q", "run", str(path)])
+    assert out.exit_code == 2, out.output
+    assert out.output.strip().splitlines() == [f"error: recipe.data.train: {root / 'train.csv'} has no column 'label' (it has: sentence, stars); set data.label_column"]
+    assert not any(Path(recipe["output"]).glob("*")) if Path(recipe["output"]).exists() else True

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import make_tiny_model, make_tokenizer, tiny_recipe, write_recipe
 
-from ftexport.errors import DataError, ModelError, RecipeError
+from ftexport.core.errors import DataError, ModelError, RecipeError
 from ftexport.recipe import load_recipe, parse_recipe
 
 # ---- the loss ------------------------------------------------------------------------------
@@ -27,7 +27,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def test_loss_matches_a_hand_computed_value():
     import torch
 
-    from ftexport.distill import distillation_loss
+    from ftexport.train.distill import distillation_loss
 
     # One example, two classes, worked by hand: student logits (0, 0), teacher (2, 0), label 0, T = 2.
     #   CE = -log(1/2) = ln 2;  teacher_T = softmax(1, 0) = (e/(e+1), 1/(e+1)), student_T = (1/2, 1/2)
@@ -59,7 +59,7 @@ def test_loss_matches_a_hand_computed_value():
 def test_unlabeled_rows_count_in_the_soft_term_only():
     import torch
 
-    from ftexport.distill import UNLABELED, distillation_loss
+    from ftexport.train.distill import UNLABELED, distillation_loss
 
     s = np.array([[1.0, 2.0, 0.5], [0.2, -1.0, 3.0], [0.0, 0.1, -0.3]])
     t = np.array([[0.3, 2.5, -1.0], [1.0, 0.0, 2.0], [-2.0, 4.0, 0.0]])
@@ -81,7 +81,7 @@ def test_unlabeled_rows_count_in_the_soft_term_only():
 def test_paired_test_counts_disagreements_and_matches_scipy():
     from scipy.stats import binomtest
 
-    from ftexport.distill import paired_test
+    from ftexport.train.distill import paired_test
 
     a = np.array([1, 1, 1, 0, 1, 1, 1, 1, 0], bool)
     b = np.array([0, 0, 1, 1, 0, 0, 0, 1, 0], bool)
@@ -100,7 +100,7 @@ def test_paired_test_counts_disagreements_and_matches_scipy():
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer tiny BERT fine-tuned (full) on the tiny sentiment data: a teacher that knows something."""
     from ftexport.recipe import parse_recipe
-    from ftexport.train import train
+    from ftexport.train.trainer import train
 
     tmp = tmp_path_factory.mktemp("teacher")
     base = make_tiny_model(tmp / "base")
@@ -128,7 +128,7 @@ def test_every_other_layer_student_copies_the_teachers_weights(tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-    from ftexport.distill import cut_student
+    from ftexport.train.distill import cut_student
 
     tok = make_tokenizer(tmp_path / "t4")
     torch.manual_seed(1)
@@ -159,7 +159,7 @@ def test_every_other_layer_student_copies_the_teachers_weights(tmp_path):
 def test_non_bert_teacher_cannot_be_cut(tmp_path):
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from ftexport.distill import cut_student
+    from ftexport.train.distill import cut_student
 
     tok = make_tokenizer(tmp_path / "d")
     cfg = DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)
@@ -175,7 +175,7 @@ def test_non_bert_teacher_cannot_be_cut(tmp_path):
 def test_different_tokenizers_are_refused_unless_text_level(tmp_path, teacher):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ftexport.distill import check_compatible, distill
+    from ftexport.train.distill import check_compatible, distill
 
     other = tmp_path / "other"
     tok = AutoTokenizer.from_pretrained(str(teacher))
@@ -203,7 +203,7 @@ def test_text_level_distillation_into_a_student_with_another_tokenizer(tmp_path,
 
     from ftexport.cli import main
     from ftexport.data import load_data
-    from ftexport.train import load_tokenizer, predict_logits
+    from ftexport.core.hf import load_tokenizer, predict_logits
     from ftexport_runtime import Predictor
 
     student = make_tiny_model(tmp_path / "student", reverse_words=True)
@@ -253,7 +253,7 @@ def test_recipe_errors_name_the_field(tmp_path, teacher):
 
 
 def test_teacher_logits_are_computed_once_and_cached(tmp_path, teacher, monkeypatch):
-    import ftexport.distill as d
+    import ftexport.train.distill as d
 
     calls = []
     real = d.teacher_outputs
@@ -285,7 +285,7 @@ def test_teacher_logits_are_computed_once_and_cached(tmp_path, teacher, monkeypa
     from transformers import AutoModelForSequenceClassification
 
     from ftexport.data import load_data
-    from ftexport.train import load_tokenizer, predict_logits
+    from ftexport.core.hf import load_tokenizer, predict_logits
 
     texts = load_data(r.data, ("train",))["train"].texts
     fresh = predict_logits(AutoModelForSequenceClassification.from_pretrained(str(teacher)), load_tokenizer(teacher), texts, 32)
@@ -306,7 +306,7 @@ def _unlabeled_file(tmp: Path, r: dict, extra: list[str]) -> str:
 
 
 def test_the_teacher_labels_a_transfer_set_the_baseline_never_sees(tmp_path, teacher, monkeypatch):
-    import ftexport.distill as d
+    import ftexport.train.distill as d
 
     base = distill_recipe(tmp_path, teacher, rows=None, baseline=True)
     r0 = parse_recipe(base)
@@ -339,7 +339,7 @@ def test_the_teacher_labels_a_transfer_set_the_baseline_never_sees(tmp_path, tea
 
 
 def test_transfer_set_dataset_appends_unlabeled_rows_with_their_teacher_outputs():
-    from ftexport.distill import UNLABELED, WithTeacher
+    from ftexport.train.distill import UNLABELED, WithTeacher
 
     labelled = [{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}]
     unlabeled = [{"input_ids": [4, 5, 6], "labels": UNLABELED}]
@@ -355,7 +355,7 @@ def test_transfer_set_dataset_appends_unlabeled_rows_with_their_teacher_outputs(
 
 
 def test_transfer_set_errors_name_the_field(tmp_path, teacher):
-    import ftexport.distill as d
+    import ftexport.train.distill as d
 
     base = distill_recipe(tmp_path, teacher, rows=None)
     with_u = lambda **u: {**base, "distill": {**base["distill"], "unlabeled": u}}  # noqa: E731
@@ -387,7 +387,7 @@ def test_hidden_mse_projects_a_narrower_student(tmp_path, teacher, monkeypatch):
     from safetensors.torch import load_file
     from transformers import BertConfig, BertModel
 
-    import ftexport.distill as d
+    import ftexport.train.distill as d
 
     student = tmp_path / "narrow"
     tok = make_tokenizer(student)
@@ -471,6 +471,7 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
     r = parse_recipe(base)
     dump = r.model_dump(mode="json", by_alias=True)
     del dump["distill"]["unlabeled"]  # what the distill section looked like before the field
+    del dump["distill"]["teacher"]  # a path: keys hash the teacher's files instead (its content), not how its path is spelled
     before = hashlib.sha256(json.dumps({"distill": dump["distill"]}, sort_keys=True).encode()).hexdigest()[:16]
     assert r.section_hash("distill") == before
     path = _unlabeled_file(tmp_path, base, ["a new text"])

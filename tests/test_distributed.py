@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from helpers import make_tiny_model, tiny_recipe, write_recipe
 
 from ftexport.cli import main
-from ftexport.errors import RecipeError
-from ftexport.train import per_device_batch
+from ftexport.core.errors import RecipeError
+from ftexport.train.trainer import per_device_batch
 
 # Observed: 6e-7 on weights and 3e-7 on the dev loss after 72 steps on x86 CPUs. 1e-4 leaves
 # room for other CPUs and BLAS builds, yet catches a wrong batch: treating batch_size as

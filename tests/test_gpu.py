@@ -53,7 +53,7 @@ def test_training_on_the_gpu_uses_mixed_precision_tf32_fused_adamw_and_length_gr
     import torch
 
     from ftexport.recipe import load_recipe
-    from ftexport.train import train
+    from ftexport.train.trainer import train
 
     recipe = load_recipe(recipe_file(training__epochs=1))
     record = train(recipe, tmp_path / "train", quiet=True)
@@ -75,7 +75,7 @@ def test_ort_cuda_runs_on_the_gpu_and_matches_the_cpu(bundle):
 
 @needs_ort_cuda
 def test_fp16_variant_on_cuda_agrees_with_fp32(tiny_run, tmp_path):
-    from ftexport.quantize import quantize
+    from ftexport.export.quantize import quantize
     from ftexport.recipe import QuantizeSection
 
     quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["fp16"]))
@@ -88,10 +88,10 @@ def test_fp16_variant_on_cuda_agrees_with_fp32(tiny_run, tmp_path):
 
 @needs_trt
 def test_tensorrt_engines_build_run_and_match_fp32(tiny_run, tmp_path):
-    from ftexport.quantize import quantize
+    from ftexport.export.quantize import quantize
     from ftexport.recipe import QuantizeSection, load_recipe
-    from ftexport.tensorrt import build_engines, timing_cache_path
-    from ftexport_runtime.trt_engine import current_fingerprint
+    from ftexport.export.tensorrt import build_engines, timing_cache_path
+    from ftexport_runtime.engines.tensorrt import current_fingerprint
 
     data = load_recipe(tiny_run[0]).data
     quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["static"], symmetric=True), data)

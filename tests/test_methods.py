@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftexport.errors import RecipeError
-from ftexport.merge import merge
+from ftexport.core.errors import RecipeError
+from ftexport.train.merge import merge
 from ftexport.pipeline import run
 from ftexport.recipe import load_recipe, parse_recipe
-from ftexport.train import train
+from ftexport.train.trainer import train
 from ftexport_runtime import Bundle, Predictor
 
 FAST = {  # every stage, with the smallest settings that still test something
@@ -105,7 +105,7 @@ def test_unmerged_adapter_graph_carries_the_virtual_tokens(recipe_file, name):
     PyTorch model no longer matches it (else the export silently dropped them)."""
     from transformers import AutoTokenizer
 
-    from ftexport.methods import load_reference
+    from ftexport.core.hf import load_reference
     from ftexport.tasks import get_task
 
     recipe = _recipe(recipe_file, {"name": name, "num_virtual_tokens": 4}, training__lr=5e-2, training__max_steps=6)

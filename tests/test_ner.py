@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from helpers import write_recipe
 
 from ftexport.data import load_data
-from ftexport.errors import DataError, RecipeError
+from ftexport.core.errors import DataError, RecipeError
 from ftexport.recipe import DataSection, parse_recipe
-from ftexport_runtime.postprocess import token_entities
+from ftexport_runtime.heads.entities import token_entities
 
 PEOPLE = [["john", "smith"], ["mary"], ["anna", "karenina"], ["bob"]]
 PLACES = [["paris"], ["berlin"], ["new", "york"], ["rome"]]
@@ -104,7 +104,7 @@ def test_metric_must_fit_the_task():
 
 def test_label_alignment_first_subtoken(tiny_model):
     from ftexport.tasks.token_classification import TokenClassification
-    from ftexport.train import load_tokenizer
+    from ftexport.core.hf import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
     ds = TokenClassification().dataset(tok, [["John", "lives", "in", "paris"]], [[1, 0, 0, 3]], max_length=32)
@@ -263,7 +263,7 @@ def test_ner_bench_times_token_bundle(ner_run):
 
 
 def test_accuracy_aware_refused_for_ner(ner_run, tmp_path):
-    from ftexport.quantize import quantize
+    from ftexport.export.quantize import quantize
     from ftexport.recipe import Gate, QuantizeSection
 
     section = QuantizeSection(accuracy_aware={"enabled": True})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,8 +122,8 @@ def test_unfaithful_merge_fails(tiny_run, tmp_path, monkeypatch):
     import torch
     from peft.tuners.lora import LoraModel
 
-    from ftexport.errors import GateFailed
-    from ftexport.merge import merge
+    from ftexport.core.errors import GateFailed
+    from ftexport.train.merge import merge
 
     original = LoraModel.merge_and_unload
 
@@ -205,7 +207,7 @@ def test_bench_cli_schema_and_bad_input(tiny_run, tmp_path):
 
 
 def test_bench_texts_have_exact_token_length(bundle):
-    from ftexport.bench import texts_of_length
+    from ftexport.tasks.encoder import texts_of_length
 
     p = Predictor.from_bundle(bundle)
     for n in (4, 9, 16, 32):
@@ -244,9 +246,10 @@ def test_train_refuses_model_path_without_config(recipe_file, tmp_path):
 
 
 def test_every_command_has_help():
-    for cmd in ("run", "train", "merge", "export", "quantize", "validate", "bench", "pack"):
+    for cmd in ("run", "train", "distill", "merge", "export", "quantize", "validate", "bench", "pack", "doctor"):
         out = CliRunner().invoke(main, [cmd, "--help"])
-        assert out.exit_code == 0 and "Usage: main " + cmd in out.output or f"Usage: ftexport {cmd}" in out.output
+        assert out.exit_code == 0, (cmd, out.output)
+        assert "Usage: main " + cmd in out.output or f"Usage: ftexport {cmd}" in out.output, (cmd, out.output)
 
 
 def test_pack_variants_ships_only_the_chosen_precision(tiny_run, tmp_path):
@@ -265,3 +268,107 @@ def test_pack_variants_ships_only_the_chosen_precision(tiny_run, tmp_path):
     assert Predictor.from_bundle(tmp_path / "slim").predict(texts) == Predictor.from_bundle(result.bundle, variant="int8").predict(texts)
     bad = CliRunner().invoke(main, ["-q", "pack", str(result.root / "quantized"), "-o", str(tmp_path / "x"), "--variants", "fp16"])
     assert bad.exit_code == 2 and "no variant 'fp16' in this bundle" in bad.output and not (tmp_path / "x").exists()
+
+
+# ---- keys, leftovers and records (fixes from the redesign issue) ---------------------------
+
+
+def _cuda_works() -> bool:
+    from ftexport.doctor import probe_provider
+
+    return probe_provider("CUDAExecutionProvider")[0]
+
+
+def test_gate_failure_on_an_unavailable_backend_is_one_line(tiny_run, tmp_path):
+    """validate.backends [cpu, cuda] where CUDA cannot run: the cuda results fail the gate with
+    their reason (a string, not a number) and `ftexport run` says so in one line, exit 1."""
+    import yaml
+
+    if _cuda_works():
+        pytest.skip("this machine runs ONNX Runtime CUDA: the cuda results can pass here (tests/test_gpu.py covers that path)")
+    recipe_path, result = tiny_run
+    data = yaml.safe_load(Path(recipe_path).read_text())
+    data["validate"] = {**data.get("validate", {}), "backends": ["cpu", "cuda"]}
+    data["output"] = str(tmp_path / "run")
+    shutil.copytree(result.root / "train", tmp_path / "run" / "train")  # reuse the training; merge onwards run again
+    path = tmp_path / "cuda.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(main, ["-q", "run", str(path)])
+    assert out.exit_code == 1, out.output
+    line = [ln for ln in out.output.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "validate: parity gate failed (fp32@cuda: backend " in line[0] and "(limit cuda)" in line[0], out.output
+    assert "Unknown format code" not in out.output and "Traceback" not in out.output
+
+
+def test_stage_keys_follow_content_not_how_paths_are_spelled(tiny_run, tmp_path, monkeypatch):
+    """The same data and model reached through another spelling of their paths keep every
+    stage key: running the recipe again that way trains nothing."""
+    import os
+
+    import yaml
+
+    from ftexport.data import fingerprint
+    from ftexport.recipe import load_recipe
+    from ftexport.train.trainer import train_key
+
+    recipe_path, result = tiny_run
+    data = yaml.safe_load(Path(recipe_path).read_text())
+    monkeypatch.chdir(Path(data["data"]["root"]).parent)
+    relative = {**data, "data": {**data["data"], "root": os.path.relpath(data["data"]["root"])},
+                "model": {**data["model"], "path": os.path.relpath(data["model"]["path"])}}
+    assert relative["data"]["root"] != data["data"]["root"] and not Path(relative["data"]["root"]).is_absolute()
+    other = tmp_path / "relative.yaml"
+    other.write_text(yaml.safe_dump(relative))
+    a, b = load_recipe(recipe_path), load_recipe(other)
+    assert fingerprint(a.data) == fingerprint(b.data)
+    assert train_key(a) == train_key(b)
+    again = run(b)
+    assert "train" in again.skipped and again.ran == []
+    # and the content does count: one changed training row is a new key
+    train_csv = Path(data["data"]["root"]) / data["data"]["train"]
+    copy = tmp_path / "data"
+    shutil.copytree(train_csv.parent, copy)
+    (copy / train_csv.name).write_text((copy / train_csv.name).read_text().replace("good", "fine", 1))
+    edited = load_recipe(other).model_copy(update={"data": b.data.model_copy(update={"root": str(copy)})})
+    assert fingerprint(edited.data) != fingerprint(b.data)
+
+
+def test_a_killed_stage_leaves_no_temporary_folder_behind(tmp_path):
+    """kill -9 in the middle of a stage leaves .NAME.tmp-PID; the next write of that stage
+    removes it (its process is gone) and keeps the folder of a process still running."""
+    import signal
+    import subprocess
+    import sys
+
+    from ftexport.core.artifacts import stage_dir
+
+    script = (
+        "import sys, time\n"
+        "from ftexport.core.artifacts import stage_dir\n"
+        "with stage_dir(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'half').write_text('x')\n"
+        "    print('inside', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "stage")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "inside"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(tmp_path.glob(".stage.tmp-*"))
+    assert len(left) == 1 and (left[0] / "half").is_file()
+    alive = tmp_path / f".stage.tmp-{os.getppid()}"  # a live process's folder: another run may be writing it
+    alive.mkdir()
+    with stage_dir(tmp_path / "stage") as tmp:
+        (tmp / "done").write_text("y")
+    assert (tmp_path / "stage" / "done").is_file()
+    assert not left[0].exists() and alive.exists()
+
+
+def test_manifest_records_no_builder_path(tiny_run):
+    """source.model_dir is relative to the run folder, not the builder's filesystem."""
+    from ftexport_runtime.bundle import Bundle
+
+    result = tiny_run[1]
+    source = Bundle.open(result.bundle).manifest.source
+    assert source["model_dir"] == "merged" and source["model_key"]
+    assert str(result.root.parent) not in json.dumps(source)

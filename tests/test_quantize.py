@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from ftexport.cli import main
-from ftexport.errors import RecipeError
-from ftexport.quantize import layer_of, quantize
+from ftexport.core.errors import RecipeError
+from ftexport.export.quantize import quantize
+from ftexport.export.quantize.aware import layer_of
 from ftexport.recipe import Gate, QuantizeSection, load_recipe
 from ftexport_runtime import Predictor
 
@@ -96,7 +97,7 @@ def test_dynamic_int8_ships_ort_cpu_rewrite_with_identical_outputs(tiny_run, tmp
     """The dynamic int8 file is ONNX Runtime's own EXTENDED rewrite for the CPU, done once at
     quantize time instead of at every session start: a fixed point of that rewrite (nothing
     left to fuse at load), with outputs bit-identical to the file as quantized."""
-    from ftexport.quantize import cpu_preoptimize, int8_onnx
+    from ftexport.export.quantize.int8 import cpu_preoptimize, int8_onnx
 
     manifest = quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["dynamic"], optimize=optimize))
     shipped = tmp_path / "q" / "model.int8.onnx"
@@ -107,7 +108,7 @@ def test_dynamic_int8_ships_ort_cpu_rewrite_with_identical_outputs(tiny_run, tmp
                                                             "onnxruntime": ort.__version__}
     source = tmp_path / "q" / ("model.opt.onnx" if optimize else "model.onnx")
     if optimize:  # the quantizer reads the fused graph through symbolic shape inference
-        from ftexport.quantize import _typed
+        from ftexport.export.quantize.int8 import typed as _typed
 
         source = _typed(source, tmp_path / "typed.onnx")
     plain = tmp_path / "plain.int8.onnx"
@@ -158,7 +159,7 @@ def break_embeddings(merged: Path, out: Path) -> Path:
 
 
 def test_accuracy_aware_loop_keeps_the_breaking_layer_in_fp32(tiny_run, tmp_path):
-    from ftexport.export import export
+    from ftexport.export.stage import export
 
     recipe_path, result = tiny_run
     recipe = load_recipe(recipe_path)
@@ -212,7 +213,7 @@ def test_quantize_cli_reads_the_recipe_and_flags(tiny_run, tmp_path):
 
 
 def test_bench_measures_the_plain_optimum_path_side_by_side(tiny_run, tmp_path):
-    from ftexport.bench import bench
+    from ftexport.judge.bench import bench
     from ftexport.recipe import BenchSection
 
     result = tiny_run[1]

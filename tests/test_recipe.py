@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from ftexport.cli import main
-from ftexport.errors import RecipeError
+from ftexport.core.errors import RecipeError
 from ftexport.recipe import load_recipe, parse_recipe
 
 

@@ -300,7 +300,8 @@ def test_silent_gpu_fallback_is_refused(monkeypatch, bundle):
     do not load; the runtime must raise instead of running slowly."""
     import onnxruntime as ort
 
-    from ftexport_runtime import backends
+    from ftexport_runtime.engines import get_backend
+    from ftexport_runtime.engines.ort import check_session
     from ftexport_runtime.errors import BackendUnavailable
 
     class FellBack:
@@ -308,8 +309,8 @@ def test_silent_gpu_fallback_is_refused(monkeypatch, bundle):
             return ["CPUExecutionProvider"]
 
     with pytest.raises(BackendUnavailable, match="silent fallback"):
-        backends.check_session(FellBack(), backends.get_backend("cuda"))
-    backends.check_session(FellBack(), backends.get_backend("cpu"))  # what was asked for: fine
+        check_session(FellBack(), get_backend("cuda"))
+    check_session(FellBack(), get_backend("cpu"))  # what was asked for: fine
 
     # the whole path: the provider "exists" but the session comes up on the CPU
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -323,7 +324,20 @@ def test_silent_gpu_fallback_is_refused(monkeypatch, bundle):
         Predictor.from_bundle(bundle, backend="cuda")
 
 
-def test_validate_fails_a_gpu_backend_the_machine_cannot_run(tiny_run, tmp_path):
+def _ort_cuda_reason() -> str | None:
+    """Why ONNX Runtime cannot run on a CUDA GPU here; None where it can."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (it tells whether a CUDA GPU is present)"
+    return None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def _validate_on_cuda(tiny_run, tmp_path):
     from click.testing import CliRunner
 
     from ftexport.cli import main
@@ -331,7 +345,23 @@ def test_validate_fails_a_gpu_backend_the_machine_cannot_run(tiny_run, tmp_path)
     recipe_path, result = tiny_run
     out = CliRunner().invoke(main, ["-q", "validate", str(result.root / "quantized"), "--reference", str(result.root / "merged"),
                                     "--recipe", str(recipe_path), "--backend", "cuda", "-o", str(tmp_path / "p"), "--json"])
+    return out, json.loads((tmp_path / "p" / "parity.json").read_text())
+
+
+@pytest.mark.skipif(_ort_cuda_reason() is None, reason="ONNX Runtime runs on CUDA here: test_validate_runs_a_gpu_backend_the_machine_has")
+def test_validate_fails_a_gpu_backend_the_machine_cannot_run(tiny_run, tmp_path):
+    out, report = _validate_on_cuda(tiny_run, tmp_path)
     assert out.exit_code == 1
-    report = json.loads((tmp_path / "p" / "parity.json").read_text())
     failed = report["variants"]["int8@cuda"]
     assert failed["passed"] is False and "CUDAExecutionProvider" in json.dumps(failed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_ort_cuda_reason() is not None, reason=_ort_cuda_reason() or "")
+def test_validate_runs_a_gpu_backend_the_machine_has(tiny_run, tmp_path):
+    out, report = _validate_on_cuda(tiny_run, tmp_path)
+    assert out.exit_code in (0, 1), out.output  # the parity gate decides; the backend is no reason to fail
+    on_cuda = {k: v for k, v in report["variants"].items() if k.endswith("@cuda")}
+    assert "int8@cuda" in on_cuda
+    for key, result in on_cuda.items():
+        assert "error" not in result and result["providers"][0] == "CUDAExecutionProvider", (key, result)

@@ -11,6 +11,7 @@ the runner's device-memory plumbing. TensorRT itself runs in tests/test_gpu.py o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -20,13 +21,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import ftexport_runtime.trt_engine as te
+import ftexport_runtime.engines.tensorrt as te
 from fake_tensorrt import FAKE_VERSION, FakeCudart, fake_tensorrt
 from ftexport.cli import main
-from ftexport.errors import BundleError, RecipeError
-from ftexport.quantize import quantize
+from ftexport.core.errors import BundleError, RecipeError
+from ftexport.export.quantize import quantize
 from ftexport.recipe import QuantizeSection, load_recipe
-from ftexport.tensorrt import build_engine, build_engines, int8_problems, plan_engines, profile_from_lengths, timing_cache_path, token_lengths
+from ftexport.export.tensorrt import build_engine, build_engines, int8_problems, plan_engines, profile_from_lengths, timing_cache_path, token_lengths
 from ftexport_runtime import Predictor
 from ftexport_runtime.bundle import Bundle, sha256_file
 from ftexport_runtime.errors import BackendUnavailable, PredictError
@@ -175,24 +176,80 @@ def test_batches_outside_the_profile_are_refused_before_tensorrt():
 # ---- the runtime's tensorrt backend --------------------------------------------------------
 
 
+def _ort_cuda_reason() -> str | None:
+    """Why ONNX Runtime cannot run on a CUDA GPU here; None where it can."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (it tells whether a CUDA GPU is present)"
+    return None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def _trt_reason() -> str | None:
+    """Why this machine cannot run TensorRT engines; None where it can."""
+    for module, package in (("tensorrt", "tensorrt"), ("cuda", "cuda-bindings")):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed (pip install 'ftexport-runtime[trt]' --extra-index-url https://pypi.nvidia.com)"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (it tells whether a CUDA GPU is present)"
+    return None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def _check_fallback_to_cuda(b: Path) -> None:
+    """fallback="cuda" runs the engine's ONNX model on ONNX Runtime CUDA where that works, and
+    names what is missing where it does not."""
+    import onnxruntime as ort
+
+    if _ort_cuda_reason() is None:
+        p = Predictor.from_bundle(b, backend="tensorrt", fallback="cuda")
+        assert p.engine is None and p.backend.name == "cuda" and p.providers[0] == "CUDAExecutionProvider"
+        assert p.variant.name == "fp32" and p.fallback_reason  # the engine's source variant, and why
+        ref = Predictor.from_bundle(b, variant="fp32").logits(TEXTS)
+        assert np.abs(p.logits(TEXTS) - ref).max() < 1e-3
+    else:
+        missing = "CUDAExecutionProvider" not in ort.get_available_providers()
+        with pytest.raises(BackendUnavailable, match="backend 'cuda' needs CUDAExecutionProvider" if missing else "CUDAExecutionProvider"):
+            Predictor.from_bundle(b, backend="tensorrt", fallback="cuda")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                    reason="tensorrt is installed here: test_with_tensorrt_an_engine_from_another_machine_is_refused_or_falls_back")
 def test_without_tensorrt_an_engine_is_refused_or_falls_back_only_when_asked(qbundle, tmp_path):
     b = _with_engine(qbundle[0], tmp_path / "b", HERE)
     with pytest.raises(BackendUnavailable, match=r"tensorrt package is not installed; pip install 'ftexport-runtime\[trt\]'"):
         Predictor.from_bundle(b, backend="tensorrt")
-    # asked to fall back, it goes to ONNX Runtime CUDA, which this CPU-only onnxruntime lacks: the error says so
-    with pytest.raises(BackendUnavailable, match="backend 'cuda' needs CUDAExecutionProvider"):
-        Predictor.from_bundle(b, backend="tensorrt", fallback="cuda")
+    # asked to fall back, it goes to ONNX Runtime CUDA: it runs there, or the error says what is missing
+    _check_fallback_to_cuda(b)
     with pytest.raises(BundleError, match=r"no TensorRT engine 'int8' in this bundle \(it has: fp16\)"):
         Predictor.from_bundle(b, backend="tensorrt", variant="int8")
     with pytest.raises(PredictError, match="fallback must be None or 'cuda'"):
         Predictor.from_bundle(b, backend="tensorrt", fallback="cpu")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(_trt_reason() is not None, reason=_trt_reason() or "")
+def test_with_tensorrt_an_engine_from_another_machine_is_refused_or_falls_back(qbundle, tmp_path):
+    """The counterpart where TensorRT is installed: the engine's fingerprint (a fake GPU) is
+    not this machine's, so it is refused before TensorRT reads it, naming the rebuild."""
+    b = _with_engine(qbundle[0], tmp_path / "b", HERE)
+    with pytest.raises(BackendUnavailable, match=rf"built for another machine .*ftexport export --trt --bundle {b}"):
+        Predictor.from_bundle(b, backend="tensorrt")
+    _check_fallback_to_cuda(b)
+    with pytest.raises(BundleError, match=r"no TensorRT engine 'int8' in this bundle \(it has: fp16\)"):
+        Predictor.from_bundle(b, backend="tensorrt", variant="int8")
+
+
 def test_an_engine_from_another_gpu_is_refused_with_the_rebuild_command(qbundle, tmp_path, fake_gpu):
     b = _with_engine(qbundle[0], tmp_path / "b", {**HERE, "gpu": "NVIDIA A10", "compute_capability": "8.6"})
     with pytest.raises(BackendUnavailable, match=rf"built for another machine \(compute_capability '9.0' here, '8.6' in the engine; .*ftexport export --trt --bundle {b}"):
         Predictor.from_bundle(b, backend="tensorrt")
-    from ftexport.bench import engine_skip_reason
+    from ftexport.judge.runners import engine_skip_reason
 
     assert "engine built for another machine: compute_capability" in engine_skip_reason(Bundle.open(b), "fp16")
     assert "has no TensorRT engine 'int8'" in engine_skip_reason(Bundle.open(b), "int8")
@@ -269,6 +326,8 @@ def test_build_engines_writes_a_verified_bundle_and_a_timing_cache(qbundle, tmp_
 # ---- the command line -----------------------------------------------------------------------
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                    reason="tensorrt is installed here: tests/test_gpu.py builds real engines")
 def test_trt_without_tensorrt_is_one_line_and_exit_2(qbundle, tmp_path, tiny_run):
     runner = CliRunner()
     for args in (["export", "--trt", "--bundle", str(qbundle[0])], ["export", str(tiny_run[1].root / "merged"), "-o", str(tmp_path / "o"), "--trt"]):
@@ -288,7 +347,8 @@ def test_recipe_tensorrt_section(recipe_file, tmp_path):
     path = recipe_file(tensorrt__enabled=True, tensorrt__seq="1,64,32")
     out = runner.invoke(main, ["-q", "run", str(path)])
     assert out.exit_code == 2 and "recipe.tensorrt.seq" in out.output and "1 <= min <= opt <= max" in out.output
-    path = recipe_file(tensorrt__enabled=True)
-    out = runner.invoke(main, ["-q", "run", str(path)])
-    assert out.exit_code == 2 and "tensorrt package is not installed" in out.output
-    assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("**/train"))  # refused before training
+    if importlib.util.find_spec("tensorrt") is None:  # where it is installed, test_gpu.py builds real engines
+        path = recipe_file(tensorrt__enabled=True)
+        out = runner.invoke(main, ["-q", "run", str(path)])
+        assert out.exit_code == 2 and "tensorrt package is not installed" in out.output
+        assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("**/train"))  # refused before training

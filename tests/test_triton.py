@@ -27,8 +27,8 @@ from ftexport_runtime.bundle import sha256_file
 from tokenizers import Tokenizer
 
 from ftexport.cli import main
-from ftexport.errors import BundleError
-from ftexport.triton import TritonError, write_triton_repo
+from ftexport.core.errors import BundleError
+from ftexport.ship.triton import TritonError, write_triton_repo
 
 TEXTS = ["a wonderful, moving film", "the plot was dull and the acting awful", "fine", "really quite a lovely and charming story ."]
 ORT_TO_TRITON = {"tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16"}

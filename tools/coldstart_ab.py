@@ -44,7 +44,7 @@ def main() -> None:
                 sys.exit(f"error: {name} ({path}): {r['error']}")
             seconds[name].append(r["seconds"])
     base = statistics.median(seconds[next(iter(pairs))])
-    from ftexport.report import machine_info
+    from ftexport.core.machine import machine_info
 
     out = {"machine": machine_info(), "python": platform.python_version(), "repeats": a.repeats, "bundles": {}}
     for name, values in seconds.items():

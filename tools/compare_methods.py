@@ -36,11 +36,12 @@ def main() -> None:
     import numpy as np
 
     from ftexport.data import load_data
-    from ftexport.methods import load_reference
+    from ftexport.core.hf import load_reference
     from ftexport.recipe import load_recipe, parse_recipe
-    from ftexport.report import machine_info
+    from ftexport.core.machine import machine_info
     from ftexport.tasks import get_task
-    from ftexport.train import load_tokenizer, predict_logits, train
+    from ftexport.core.hf import load_tokenizer, predict_logits
+    from ftexport.train.trainer import train
 
     lrs = {**DEFAULT_LR, **{k: float(v) for k, v in (x.split("=", 1) for x in args.lr)}}
     base = load_recipe(args.recipe)

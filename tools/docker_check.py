@@ -55,7 +55,7 @@ def main() -> None:
         texts = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
 
     sys.path.insert(0, str(REPO / "runtime"))
-    from ftexport.report import machine_info
+    from ftexport.core.machine import machine_info
     from ftexport_runtime import Predictor
 
     # The same 32-text model calls as the requests below: a dynamic int8 model's answers depend

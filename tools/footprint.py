@@ -159,7 +159,7 @@ def main() -> None:
     if a.json:
         import platform
 
-        from ftexport.report import machine_info
+        from ftexport.core.machine import machine_info
 
         Path(a.json).write_text(json.dumps({"machine": machine_info(), "python": platform.python_version(), "repeats": a.repeats,
                                             "installed": sizes, "cold_start": starts}, indent=2) + "\n")

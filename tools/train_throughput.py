@@ -32,8 +32,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from ftexport.recipe import load_recipe, parse_recipe
-    from ftexport.report import machine_info
-    from ftexport.train import train
+    from ftexport.core.machine import machine_info
+    from ftexport.train.trainer import train
 
     base = load_recipe(args.recipe)
     work = Path(tempfile.mkdtemp(prefix="throughput-"))

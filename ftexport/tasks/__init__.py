@@ -1,19 +1,37 @@
-"""Tasks are plug-ins: each module says how to build the model, tokenize a split, score
-predictions and which Optimum export task to use. Adding a task touches this package only."""
+"""Tasks are plug-ins: a `Task` object per task name, registered here (as peft registers its
+tuners). Stages call `get_task(name)` and ask it, never compare the name. Adding a task is one
+folder under tasks/ plus one `register_task` call below (docs/extending.md)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..errors import RecipeError
-from .causal_lm import CausalLM
+from ..core.errors import RecipeError
+from .base import Task
 from .text_classification import TextClassification
+from .text_generation import TextGeneration
 from .token_classification import TokenClassification
 
-TASKS: dict[str, Any] = {TextClassification.name: TextClassification(), TokenClassification.name: TokenClassification(), CausalLM.name: CausalLM()}
+TASKS: dict[str, Task] = {}
+DEFAULT_TASK = TextClassification.name
 
 
-def get_task(name: str) -> Any:
+def register_task(task: Task) -> Task:
+    """Make `task` available under `task.name` (to recipes, stages and `ftexport` commands)."""
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is registered twice")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
     if name not in TASKS:
         raise RecipeError(f"recipe.task: unknown task {name!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def task_names() -> tuple[str, ...]:
+    return tuple(TASKS)
+
+
+register_task(TextClassification())
+register_task(TokenClassification())
+register_task(TextGeneration())

@@ -2,8 +2,9 @@
 
 from .bundle import Bundle, Manifest, Variant
 from .errors import BackendUnavailable, BundleError, FtexportError, PredictError
-from .postprocess import Entities, Entity, Prediction
-from .generate import Generation, Generator
+from .heads.classify import Prediction
+from .heads.entities import Entities, Entity
+from .heads.generate import Generation, Generator
 from .predictor import Predictor
 
 __version__ = "0.1.0"

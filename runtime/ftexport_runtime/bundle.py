@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .engines.tensorrt import EngineSpec
 from .errors import BundleError
-from .trt_engine import EngineSpec
+from .heads import get_head
 
 FORMAT = "ftexport-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("text-classification", "token-classification", "text-generation")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -123,15 +123,12 @@ class Manifest:
             return value
 
         task = need("task", str)
-        if task not in TASKS:
-            raise BundleError(f"{where}: task {task!r} is not supported by this runtime (supports {', '.join(TASKS)})")
+        try:
+            head = get_head(task)  # the task's head checks its own part of the manifest (labels, generation...)
+        except BundleError as e:
+            raise BundleError(f"{where}: {e}") from None
         labels = need("labels", list)
-        generation = data.get("generation")
-        if task == "text-generation":  # a language model has no labels, but needs its cache layout
-            if not isinstance(generation, dict) or not isinstance(generation.get("past_inputs"), list) or not isinstance(generation.get("eos_id"), int):
-                raise BundleError(f"{where}: a text-generation bundle needs a 'generation' object with past_inputs and eos_id; re-export it")
-        elif not labels or not all(isinstance(x, str) for x in labels):
-            raise BundleError(f"{where}: field 'labels' must be a non-empty list of strings")
+        owned = head.check_manifest(data, where)
         max_length = need("max_length", int)
         if max_length <= 0:
             raise BundleError(f"{where}: field 'max_length' must be positive, got {max_length}")
@@ -190,8 +187,8 @@ class Manifest:
             latency=data.get("latency"),
             source=dict(data.get("source") or {}),
             backend_defaults=dict(backend_defaults),
-            generation=dict(generation) if task == "text-generation" else None,
             engines=engines,
+            **owned,  # e.g. generation: what the KV-cache loop needs
         )
 
     def referenced_files(self) -> list[str]:
@@ -319,7 +316,7 @@ class Bundle:
         def work() -> None:
             try:
                 self.verify(names)
-            except BaseException as e:  # handed to the caller by finish()
+            except BaseException as e:  # noqa: BLE001  # handed to the caller by finish()
                 errors.append(e)
 
         thread = threading.Thread(target=work, name="ftexport-verify", daemon=True)

@@ -11,6 +11,7 @@ import sys
 
 from .bundle import Bundle
 from .errors import FtexportError
+from .heads import task_names
 from .predictor import Predictor
 
 
@@ -23,14 +24,9 @@ def _predict(args: argparse.Namespace) -> int:
     preds = predictor.predict(texts)
     if args.json:
         print(json.dumps([dict(text=t, **p.as_dict()) for t, p in zip(texts, preds)], indent=2))
-    elif predictor.manifest.task == "token-classification":
-        for t, p in zip(texts, preds):  # the text, then one line per entity: type, score, [start:end], surface
-            print(t)
-            for e in p:
-                print(f"  {e.entity_group}\t{e.score:.4f}\t{e.start}:{e.end}\t{e.word}")
     else:
-        for t, p in zip(texts, preds):
-            print(f"{p.label}\t{p.score:.4f}\t{t}")
+        for t, p in zip(texts, preds):  # the task's head says how an answer reads as text
+            print(predictor.head.format_text(t, p))
     return 0
 
 
@@ -96,8 +92,12 @@ def _serve(args: argparse.Namespace) -> int:
         args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch, fallback=args.fallback,
         session_options=serving_session_options(),
     )
-    if predictor.generator is not None:  # POST /v1/predict classifies; generation over HTTP is not built yet
-        raise FtexportError(f"{args.bundle}: serve answers text-classification bundles only; use `ftexport-runtime generate` for this text-generation bundle")
+    head = predictor.head
+    if not head.serves:  # POST /v1/predict classifies; generation over HTTP is not built yet
+        served = " and ".join(task_names(serves=True))
+        raise FtexportError(
+            f"{args.bundle}: serve answers {served} bundles only; use `ftexport-runtime {head.command}` for this {head.name} bundle"
+        )
     serve(predictor, config, host=args.host, port=args.port, access_log=args.access_log, graceful_timeout=args.graceful_timeout)
     return 0
 

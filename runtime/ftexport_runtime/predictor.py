@@ -1,6 +1,6 @@
-"""Predictor: what applications embed. Tokenize with tokenizers, run with onnxruntime,
-post-process with numpy. Validation and benchmarks of the ONNX backends use this same
-class, so what ftexport measures is what ships.
+"""Predictor: what applications embed, the composition of a bundle, an engine that runs its
+model (engines/) and the head of its task (heads/). Validation and benchmarks of the ONNX
+backends use this same class, so what ftexport measures is what ships.
 
 Thread safety: one Predictor may be shared by threads. onnxruntime's `InferenceSession.run`
 is thread-safe, and the tokenizer is configured once at load and only read afterwards.
@@ -9,53 +9,20 @@ is thread-safe, and the tokenizer is configured once at load and only read after
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .backends import check_available, check_session, get_backend
 from .bundle import Bundle, Variant
+from .engines import Engine, get_backend
+from .engines.ort import OrtEngine
 from .errors import BackendUnavailable, BundleError, PredictError
-from .postprocess import AGGREGATIONS, Entities, Prediction, classify, token_entities
-
-_ORT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def load_tokenizer(bundle: Bundle, max_length: int, verify: bool = False) -> Tokenizer:
-    """The bundle's tokenizer.json (its sha256 checked as it is read, with `verify`),
-    truncating at `max_length` and padding a batch to its longest text."""
-    info = bundle.manifest.tokenizer
-    path = bundle.path_of(info["file"])
-    data = bundle.read(info["file"], verify)
-    try:
-        tok = Tokenizer.from_str(data.decode("utf-8"))
-    except Exception as e:
-        raise BundleError(f"{path}: not a readable tokenizer.json ({str(e)[:200]})") from None
-    tok.no_padding()
-    tok.enable_truncation(max_length=max_length)
-    tok.enable_padding(pad_id=int(info.get("pad_id", 0)), pad_token=str(info.get("pad_token", "[PAD]")))
-    return tok
-
-
-def _version(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
-def _newer_writer(variant: Variant) -> str:
-    """A hint for a load failure: the variant's graph is ONNX Runtime's own rewrite (ftexport
-    quantize stores dynamic int8 that way) made by a newer onnxruntime than this one."""
-    wrote = (variant.details.get("ort_graph") or {}).get("onnxruntime")
-    if isinstance(wrote, str) and _version(wrote) > _version(ort.__version__):
-        return (f"; this graph was written by onnxruntime {wrote} and this is {ort.__version__}: "
-                f"pip install 'onnxruntime>={wrote}', or re-quantize the bundle with this version")
-    return ""
+from .heads import get_head, refusal
+from .heads.entities import Entities
+from .tokenizer import ENCODER_INPUTS, encoder_feeds, load_tokenizer
 
 
 class Predictor:
@@ -97,63 +64,37 @@ class Predictor:
         self.engine = None  # an EngineRunner when a TensorRT engine of the bundle runs
         self.fallback_reason: str | None = None  # why a TensorRT engine was replaced by ORT CUDA
         self._verify_loaded = verify_loaded
+        head = get_head(self.manifest.task)
         if self.backend.name == "tensorrt" and self.manifest.engines:
             variant = self._load_engine(variant, fallback)
             if self.engine is not None:
+                self._runner: Engine = self.engine
+                self.head = head(self)
+                self.generator = getattr(self.head, "generator", None)
                 return
         self.variant: Variant = bundle.variant(variant, self.backend.name)
         self.tokenizer = self._load_tokenizer()
-        check_available(self.backend)
-        opts = session_options or ort.SessionOptions()
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
         self.threads = threads
-        model_path = bundle.path_of(self.variant.file)
-        model: str | bytes = str(model_path)
-        if self.variant.extra_files:  # ONNX external data: ORT opens the files beside the model by path
-            if verify_loaded:
-                bundle.verify([self.variant.file, *self.variant.extra_files])
-        elif verify_loaded:  # the checked bytes are what ORT parses: nothing can be swapped in between
-            model = bundle.read(self.variant.file)
-        try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.backend.providers())
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BundleError(f"{model_path}: ONNX Runtime cannot load this model ({first[:300]}){_newer_writer(self.variant)}") from None
-        check_session(self.session, self.backend)
-        # ORT would keep the model bytes for the session's life (only to rebuild it on a provider
-        # fallback, which ftexport refuses anyway): drop them, and never fall back silently at run time.
-        self.session.disable_fallback()
-        if isinstance(model, bytes) and hasattr(self.session, "_model_bytes"):
-            self.session._model_bytes = None
-        del model
-        self._inputs = {i.name: _ORT_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
-        self.generator = None
-        if self.manifest.task == "text-generation":  # a decoder with its KV cache: generate(), not predict()
-            from .generate import Generator
-
-            self.generator = Generator(self.session, self._load_tokenizer(), self.manifest.generation or {}, self.max_length)
-            self._output = "logits"
-            self._io_binding = False
-            return
-        unknown = set(self._inputs) - {"input_ids", "attention_mask", "token_type_ids"}
-        if unknown or "input_ids" not in self._inputs:
+        runner = OrtEngine.from_bundle(bundle, self.variant, self.backend, session_options, threads, verify=verify_loaded,
+                                       io_binding=head.encoder and self.backend.name != "cpu")
+        self._runner = runner
+        self.session = runner.session
+        unknown = set(runner.input_types) - set(ENCODER_INPUTS)
+        if head.encoder and (unknown or "input_ids" not in runner.input_types):
             raise BundleError(
-                f"{model_path}: model inputs {sorted(self._inputs)} do not match what the tokenizer gives "
+                f"{bundle.path_of(self.variant.file)}: model inputs {sorted(runner.input_types)} do not match what the tokenizer gives "
                 "(input_ids, attention_mask, token_type_ids); re-export the model"
             )
-        self._output = self.session.get_outputs()[0].name
-        # On a GPU, bind inputs and outputs explicitly: one host-to-device copy per input and
-        # one device-to-host copy of the logits, instead of ORT's per-call staging.
-        self._io_binding = self.backend.name != "cpu"
+        self.head = head(self)  # a decoder's head builds its KV-cache loop over the session here
+        self.generator = getattr(self.head, "generator", None)
 
     def _load_engine(self, name: str | None, fallback: str | None) -> str | None:
         """Load the bundle's TensorRT engine `name` (default: fp16, else the first one). With
         fallback="cuda", an engine this machine cannot run (no TensorRT, another GPU or
         TensorRT version) gives way to its ONNX model on ONNX Runtime CUDA; the name of that
         variant is returned. Without it, that raises BackendUnavailable naming the fix."""
-        from .trt_engine import EngineRunner, current_fingerprint, fingerprint_mismatch, refusal
+        from .engines.tensorrt import EngineRunner, current_fingerprint, fingerprint_mismatch
+        from .engines.tensorrt import refusal as engine_refusal
 
         engines = self.manifest.engines
         name = name or ("fp16" if "fp16" in engines else next(iter(engines)))
@@ -163,7 +104,7 @@ class Predictor:
         try:
             problems = fingerprint_mismatch(spec.fingerprint, current_fingerprint(driver=False))
             if problems:
-                raise BackendUnavailable(refusal(spec, str(self.bundle.root), problems))
+                raise BackendUnavailable(engine_refusal(spec, str(self.bundle.root), problems))
             data = self.bundle.read(spec.file, self._verify_loaded)
             output = self.manifest.outputs[0] if self.manifest.outputs else "logits"
             self.engine = EngineRunner(data, spec, output)
@@ -180,10 +121,6 @@ class Predictor:
         self.tokenizer = self._load_tokenizer()
         self.threads = None
         self.session = None
-        self.generator = None
-        self._inputs = {n: self.engine.dtypes[n] for n in self.engine.inputs}
-        self._output = self.engine.output
-        self._io_binding = False
         return name
 
     @classmethod
@@ -238,7 +175,7 @@ class Predictor:
                 every_file_checked()
             except BundleError as tampered:  # as when every file was hashed first: tampering is reported ahead of a load error
                 raise tampered from None
-            except Exception:
+            except Exception:  # noqa: BLE001, S110
                 pass  # a file that cannot be read says less than the load error
             raise
         every_file_checked()
@@ -265,12 +202,26 @@ class Predictor:
 
     @property
     def providers(self) -> list[str]:
-        if self.engine is not None:
-            return [f"TensorRT engine {self.engine.spec.name} ({self.engine.spec.fingerprint['tensorrt']})"]
-        return self.session.get_providers()
+        return self._runner.providers
+
+    @property
+    def _io_binding(self) -> bool:
+        """Whether run() binds inputs and outputs on the GPU (ONNX Runtime on cuda or tensorrt)."""
+        return bool(getattr(self._runner, "io_binding", False))
 
     def _load_tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.bundle, self.max_length, self._verify_loaded)
+
+    def _head_method(self, method: str) -> Callable[..., Any]:
+        """The head's `method`, or a one-line PredictError when this bundle's task has none."""
+        fn = getattr(self.head, method, None)
+        if fn is None:
+            raise PredictError(refusal(method, self.head))
+        return fn
+
+    def _need_encoder(self) -> None:
+        if not self.head.encoder:
+            raise PredictError(refusal("predict", self.head))
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -302,39 +253,20 @@ class Predictor:
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> list[Any]:
         """text-generation bundles: continue each prompt (greedy, or sampled with temperature,
-        top-k and top-p from a numpy RNG seeded with `seed`); see ftexport_runtime.generate."""
-        if self.generator is None:
-            raise PredictError(f"generate(): this bundle's task is {self.manifest.task}; use predict()")
-        return self.generator.generate(prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, use_cache)
+        top-k and top-p from a numpy RNG seeded with `seed`); see ftexport_runtime.heads.generate."""
+        return self._head_method("generate")(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, use_cache)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch into the model's input arrays (padded to the longest text)."""
-        if self.generator is not None:
-            raise PredictError("predict(): this bundle's task is text-generation; use generate(prompt)")
+        self._need_encoder()
         return self._feeds(self.tokenizer.encode_batch(self._check_texts(texts)))
 
     def _feeds(self, encs: list[Any]) -> dict[str, np.ndarray]:
-        fields = {
-            "input_ids": [e.ids for e in encs],
-            "attention_mask": [e.attention_mask for e in encs],
-            "token_type_ids": [e.type_ids for e in encs],
-        }
-        return {name: np.asarray(fields[name], dtype=dtype) for name, dtype in self._inputs.items()}
+        return encoder_feeds(encs, self._runner.input_types)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the model on already-encoded inputs; returns float32 logits."""
-        if self.engine is not None:
-            return self.engine.run(feeds)
-        if self._io_binding:
-            binding = self.session.io_binding()
-            for name, array in feeds.items():
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-            binding.bind_output(self._output, "cuda")
-            self.session.run_with_iobinding(binding)
-            out = binding.copy_outputs_to_cpu()[0]
-        else:
-            out = self.session.run([self._output], feeds)[0]
-        return np.asarray(out, dtype=np.float32)
+        return self._runner.run(feeds)
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         texts = self._check_texts(texts)
@@ -344,83 +276,27 @@ class Predictor:
     def predict(self, texts: Sequence[str]) -> list[Any]:
         """Label and score for each text, in order (a Prediction each); for a
         token-classification bundle, the entities of each text (Entities, aggregation "simple")."""
-        if self.manifest.task == "token-classification":
-            return self.entities(texts)
-        return classify(self.logits(texts), self.labels)
+        if not self.head.encoder:
+            self._check_texts(texts)  # the texts are judged first, as for every bundle
+            self._need_encoder()
+        return self.head.predict(self, texts)
 
     # ---- token classification ------------------------------------------------------------
-
-    def _need_tokens(self, what: str) -> None:
-        if self.manifest.task != "token-classification":
-            raise PredictError(f"{what}() needs a token-classification bundle; this one is {self.manifest.task}")
-
-    @staticmethod
-    def _check_aggregation(aggregation: str) -> None:
-        if aggregation not in AGGREGATIONS:
-            raise PredictError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
 
     def entities(self, texts: Sequence[str], aggregation: str = "simple", batch_size: int | None = None) -> list[Entities]:
         """Entity spans of each text with character offsets into it. Texts longer than the
         bundle's max_length tokens are cut: entities past the cut are not found."""
-        self._need_tokens("entities")
-        self._check_aggregation(aggregation)
-        texts = self._check_texts(texts)
-        size = batch_size or self.max_batch
-        out: list[Entities] = []
-        for i in range(0, len(texts), size):
-            chunk = texts[i : i + size]
-            encs = self.tokenizer.encode_batch(chunk)
-            logits = self.run(self._feeds(encs))
-            for row, (text, enc) in enumerate(zip(chunk, encs)):
-                out.append(Entities(tuple(token_entities(logits[row], self.labels, enc.offsets, enc.special_tokens_mask, text, aggregation))))
-        return out
-
-    @staticmethod
-    def _check_words(words: Sequence[Sequence[str]]) -> list[list[str]]:
-        if isinstance(words, str) or not words:
-            raise PredictError("expected a non-empty list of sentences, each a list of words")
-        out = []
-        for i, sentence in enumerate(words):
-            if isinstance(sentence, str) or not sentence or not all(isinstance(w, str) and w.strip() for w in sentence):
-                raise PredictError(f"sentence #{i} must be a non-empty list of non-empty word strings")
-            out.append(list(sentence))
-        return out
-
-    def _encode_words(self, words: list[list[str]]) -> tuple[list[Any], np.ndarray]:
-        encs = self.tokenizer.encode_batch(words, is_pretokenized=True)
-        return encs, self.run(self._feeds(encs))
+        return self._head_method("entities")(self, texts, aggregation, batch_size)
 
     def entities_from_words(self, words: Sequence[Sequence[str]], aggregation: str = "simple") -> list[Entities]:
         """Entities of pre-tokenized sentences (CoNLL style); offsets index the sentence's
         words joined by single spaces."""
-        self._need_tokens("entities_from_words")
-        self._check_aggregation(aggregation)
-        words = self._check_words(words)
-        out: list[Entities] = []
-        for i in range(0, len(words), self.max_batch):
-            chunk = words[i : i + self.max_batch]
-            encs, logits = self._encode_words(chunk)
-            for row, (sentence, enc) in enumerate(zip(chunk, encs)):
-                starts = np.cumsum([0] + [len(w) + 1 for w in sentence])  # where each word begins in the joined text
-                offsets = [(0, 0) if w is None else (int(starts[w]) + s, int(starts[w]) + e) for w, (s, e) in zip(enc.word_ids, enc.offsets)]
-                out.append(Entities(tuple(token_entities(logits[row], self.labels, offsets, enc.special_tokens_mask, " ".join(sentence), aggregation))))
-        return out
+        return self._head_method("entities_from_words")(self, words, aggregation)
 
     def word_logits(self, words: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Logits at each word's first sub-token, one [kept words, labels] array per sentence
         (words cut off by max_length are absent): what validation compares with PyTorch."""
-        self._need_tokens("word_logits")
-        words = self._check_words(words)
-        out: list[np.ndarray] = []
-        for i in range(0, len(words), self.max_batch):
-            encs, logits = self._encode_words(words[i : i + self.max_batch])
-            for row, enc in enumerate(encs):
-                first: dict[int, int] = {}
-                for pos, w in enumerate(enc.word_ids):
-                    if w is not None and w not in first:
-                        first[w] = pos
-                out.append(logits[row, [first[w] for w in sorted(first)]])
-        return out
+        return self._head_method("word_logits")(self, words)
 
     def predict_batch(self, texts: Sequence[str], batch_size: int | None = None) -> list[Any]:
         """Label and score for each of many texts, in order, run `batch_size` texts per model call.
@@ -437,11 +313,10 @@ class Predictor:
         size = self.max_batch if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise PredictError(f"predict_batch(): batch_size must be a positive integer, got {batch_size!r}")
-        if self.manifest.task == "token-classification":
-            return self.entities(texts, batch_size=size)
-        texts = self._check_texts(texts)
-        parts = [self.run(self.encode(texts[i : i + size])) for i in range(0, len(texts), size)]
-        return classify(np.concatenate(parts, axis=0), self.labels)
+        if not self.head.encoder:
+            self._check_texts(texts)
+            self._need_encoder()
+        return self.head.predict_batch(self, texts, size)
 
     def metadata(self) -> dict[str, Any]:
         m = self.manifest

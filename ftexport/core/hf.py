@@ -1,0 +1,142 @@
+"""The one place that loads Hugging Face models and tokenizers: model folders (and `package:`
+paths), fast tokenizers, the PyTorch reference an artifact stands for, and its logits."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import read_record
+from .errors import ModelError, RecipeError, first_line
+
+
+def resolve_model_path(spec: str, where: str = "recipe.model.path") -> Path:
+    """A directory, or `package:NAME/sub/dir` inside an installed Python package."""
+    if spec.startswith("package:"):
+        pkg, _, sub = spec[len("package:") :].partition("/")
+        if importlib.util.find_spec(pkg) is None:
+            pip_name = pkg.replace("_", "-")
+            raise RecipeError(f"{where}: Python package {pkg!r} is not installed; pip install {pip_name}")
+        path = Path(str(importlib.resources.files(pkg)))
+        return path / sub if sub else path
+    return Path(spec)
+
+
+def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
+    """A model directory must hold a config.json that transformers can read."""
+    from transformers import AutoConfig
+
+    if not path.is_dir():
+        raise ModelError(f"{where}: {path} is not a directory holding a Hugging Face model")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{where}: {path} is not a model: it has no config.json (expected a save_pretrained folder)")
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except (ValueError, OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{where}: {path}/config.json cannot be read by transformers ({first_line(e)})") from None
+
+
+def load_tokenizer(path: Path, where: str = "recipe.model.path") -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelError(f"{where}: no usable tokenizer in {path} ({first_line(e)})") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelError(f"{where}: {path} has no fast tokenizer (tokenizer.json); the runtime needs one")
+    return tok
+
+
+def model_hash(path: Path) -> str:
+    """Hash of a model folder's config, weights and tokenizer: its identity in stage keys,
+    whatever the path that names it."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).iterdir()):
+        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model") and f.name != "ftexport.json"):
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+# ---- the reference: a dense model folder, or an unmerged (prefix/prompt) adapter ----------
+
+
+def is_adapter_dir(model_dir: Path) -> bool:
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def adapter_base(model_dir: Path, where: str) -> Path:
+    record = read_record(model_dir)
+    if record is None or not record.base_model:
+        raise ModelError(f"{where}: {model_dir} is an adapter with no ftexport record naming its base model; re-run `ftexport train`")
+    return Path(record.base_model)
+
+
+def base_config_dir(model_dir: Path) -> Path:
+    """Where the architecture's config.json lives: the model itself, or an adapter's base."""
+    return adapter_base(model_dir, "model dir") if is_adapter_dir(model_dir) else Path(model_dir)
+
+
+def check_reference(model_dir: Path, where: str) -> None:
+    """A dense model directory, or an unmerged adapter whose base model is still there."""
+    model_dir = Path(model_dir)
+    if is_adapter_dir(model_dir):
+        check_model_dir(adapter_base(model_dir, where), f"{where} (the adapter's base model)")
+    else:
+        check_model_dir(model_dir, where)
+
+
+def reference_labels(model_dir: Path) -> list[str]:
+    """The label names a reference model predicts, from its config (or an adapter's record)."""
+    if is_adapter_dir(model_dir):
+        record = read_record(model_dir)
+        return list(record.labels or []) if record else []
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
+def load_reference(model_dir: str | Path, task: Any) -> Any:
+    """The PyTorch model an artifact directory stands for, in eval mode: a dense
+    save_pretrained folder, or (prefix/prompt tuning) the base model with its adapter."""
+    model_dir = Path(model_dir)
+    if not is_adapter_dir(model_dir):
+        return task.auto_model_class().from_pretrained(str(model_dir)).eval()
+    from peft import PeftModel
+
+    record = read_record(model_dir)
+    base, labels = (record.base_model, record.labels) if record else (None, None)
+    if not base or not labels or not Path(base).is_dir():
+        raise ModelError(f"{model_dir}: an adapter whose base model is unknown or gone ({base}); re-run `ftexport train`")
+    model = task.load_model(base, labels, record.trust_remote_code if record else False)
+    return PeftModel.from_pretrained(model, str(model_dir)).eval()
+
+
+def predict_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """PyTorch reference logits, batch by batch, on whatever device the model is on."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
+    return np.concatenate(out, axis=0)
+
+
+def reference_device(model: Any) -> Any:
+    """Put a reference model on the GPU when there is one (fp32 either way; only faster)."""
+    import torch
+
+    return model.to("cuda") if torch.cuda.is_available() else model

@@ -1,0 +1,143 @@
+"""Labelled splits from local files or the Hugging Face Hub, checked and turned into (texts,
+label ids); and the content fingerprint of a data section that stage keys build on.
+
+A split whose label column holds one tag per word (CoNLL files, or list-valued columns in
+JSONL/parquet/hub data) becomes a token split (`ftexport.data.conll`: BIO checks, label
+discovery, label sets that differ between splits): a property of the file, not of the task.
+
+Label names are fixed once (from the recipe, or from the training split) and every other
+split must fit them: a label outside the set is an error, never a silent new class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..core.artifacts import hash_files
+from ..core.errors import DataError
+from .base import SPLITS, Data, Split
+from .conll import is_token_frame, load_token_splits
+from .files import read_hub, read_table
+
+# Fields that say where the data lies, not what it is: the fingerprint hashes the files' bytes instead.
+_WHERE = ("root", "train", "validation", "test")
+
+
+def _label_names(section: Any, train_values: pd.Series | None) -> list[str]:
+    if section.label_names:
+        if len(set(section.label_names)) != len(section.label_names):
+            raise DataError("recipe.data.label_names: names must be unique")
+        return list(section.label_names)
+    if train_values is None:
+        raise DataError("recipe.data.label_names: needed when there is no training split to read the labels from")
+    values = train_values.unique().tolist()
+    if all(_is_int(v) for v in values):
+        ints = sorted(int(v) for v in values)
+        if ints[0] < 0:
+            raise DataError(f"recipe.data.train: negative label {ints[0]} (unlabelled rows?); remove them or set data.label_names")
+        return [str(i) for i in range(ints[-1] + 1)]
+    return sorted(str(v) for v in values)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) or (hasattr(v, "is_integer") and not isinstance(v, str) and float(v).is_integer())
+
+
+def _to_ids(values: pd.Series, names: list[str], split: str, path: str) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    ids = []
+    for row, v in enumerate(values.tolist()):
+        if isinstance(v, str) and v in index:
+            ids.append(index[v])
+        elif _is_int(v) and 0 <= int(v) < len(names) and not isinstance(v, str):
+            ids.append(int(v))
+        else:
+            raise DataError(
+                f"recipe.data.{split}: label {v!r} in row {row + 1} of {path} is not in the label set "
+                f"[{', '.join(names)}]; fix the row or add the label to data.label_names"
+            )
+    return ids
+
+
+def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = True) -> Data:
+    """Load the configured splits (those of `splits` that the recipe names) and map labels.
+
+    labelled=False (language modelling): only the text column is read and required; the
+    splits carry no labels and the label set is empty."""
+    frames: dict[str, tuple[pd.DataFrame, str]] = {}
+    for split in SPLITS:
+        if split not in splits and not (labelled and split == "train" and not section.label_names):
+            continue  # the train split is read anyway when it alone defines the label set
+        if section.hub is not None:
+            df = read_hub(section, split)
+            where = f"{section.hub.dataset}:{split}"
+        else:
+            path = split_path(section, split)
+            df = read_table(path, section.format, split, (section.text_column, section.label_column)) if path is not None else None
+            where = str(path)
+        if df is not None:
+            frames[split] = (df, where)
+
+    for split, (df, where) in frames.items():
+        if len(df) == 0:
+            raise DataError(f"recipe.data.{split}: {where} has no rows; point at a file with labelled examples")
+        columns = (("text_column", section.text_column), ("label_column", section.label_column))
+        for field, col in columns if labelled else columns[:1]:
+            if col not in df.columns:
+                cols = ", ".join(map(str, df.columns[:10]))
+                raise DataError(f"recipe.data.{split}: {where} has no column {col!r} (it has: {cols}); set data.{field}")
+
+    if any(is_token_frame(df, section.label_column) for df, _ in frames.values()):
+        return load_token_splits(section, frames, splits)
+
+    train = frames.get("train")
+    names = _label_names(section, train[0][section.label_column] if train else None) if labelled else []
+    if labelled and len(names) < 2:
+        raise DataError(f"recipe.data.train: found only the label {names} ; a classifier needs at least two labels")
+
+    limits = {"train": section.max_train_samples, "validation": section.max_eval_samples, "test": section.max_test_samples}
+    out: dict[str, Split] = {}
+    for split, (df, where) in frames.items():
+        if split not in splits:
+            continue
+        limit = limits[split]
+        if limit is not None and limit < len(df):
+            df = df.sample(n=limit, random_state=section.sample_seed)
+        texts = df[section.text_column].tolist()
+        for row, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"recipe.data.{split}: row {row + 1} of {where} has no text ({t!r}) in column {section.text_column!r}")
+        out[split] = Split(split, texts, _to_ids(df[section.label_column], names, split, where) if labelled else [])
+    if labelled and "train" in out and len(set(out["train"].labels)) < 2:
+        only = names[out["train"].labels[0]]
+        raise DataError(f"recipe.data.train: every training row has the label {only!r}; a classifier needs examples of at least two labels "
+                        "(check data.label_column, or max_train_samples if it cut the split)")
+    return Data(names, out)
+
+
+
+def split_path(section: Any, split: str) -> Path | None:
+    value = getattr(section, split)
+    if value is None:
+        return None
+    return Path(section.root) / value if section.root else Path(value)
+
+
+def fingerprint(section: Any) -> str:
+    """Hash of the data's content and settings, so `ftexport run` notices edited data. Paths
+    are not part of it, only the bytes of the files they name: the same files reached through
+    ../shared/data or /work/shared/data give the same key."""
+    settings = {k: v for k, v in section.model_dump(mode="json").items() if k not in _WHERE}
+    files: list[tuple[str, Path]] = []
+    if section.hub is None:
+        for split in SPLITS:
+            path = split_path(section, split)
+            if path is None or not path.exists():
+                continue
+            found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            files += [(f"{split}/{f.relative_to(path).as_posix() if path.is_dir() else ''}", f) for f in found]
+    return hash_files(files, json.dumps(settings, sort_keys=True))

@@ -1,0 +1,239 @@
+"""`ftexport quantize`: add compressed variants to a bundle.
+
+Reads a bundle, writes a new bundle holding the same files plus one model per mode. Modes are
+plug-ins (`register_mode`); the built-in ones:
+
+    dynamic         model.int8.onnx         int8 weights, activations scaled at run time (CPU),
+                                            stored as ONNX Runtime's CPU rewrite of the graph
+    static          model.int8-static.onnx  int8 weights and activations, ranges calibrated on
+                                            training texts; QDQ (portable, TensorRT) or QOperator
+    fp16 / O4       model.fp16.onnx         fp16, fused for the GPU (CUDA, TensorRT)
+
+and, before them, `optimize` O1-O3: model.opt.onnx, fp32 fused by ORT's transformer optimizer
+(through Optimum); int8 models are then made from it. int8 is ONNX Runtime's quantizer (int8.py);
+an int8 model that misses the int8 gate can keep its most sensitive layers in fp32 (aware.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftexport_runtime import Predictor
+from ftexport_runtime.bundle import Bundle, Manifest, Variant, write_manifest
+
+from ...core import progress
+from ...core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir
+from ...core.errors import RecipeError
+from ...data import fingerprint, load_data
+from ...tasks import TASKS, get_task
+from ..graph import onnx_io
+from ..optimum import optimize_onnx
+from .aware import Scorer, accuracy_aware
+from .int8 import DYNAMIC_OPS, STATIC_OPS, Reader, cpu_preoptimize, int8_onnx, typed
+
+OPT_VARIANT, OPT_FILE = "opt", "model.opt.onnx"
+
+# What a quantize stage writes beyond its settings, part of its key so that stages written
+# before a change are redone: 2 = the dynamic int8 file is ORT's CPU rewrite (cpu_preoptimize)
+# and GPU backends default to fp32. The ORT version is in the key too: the file is its output.
+OUTPUT_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class QuantMode:
+    """One quantization mode: the variant it adds and how it is made. `int8` modes are built by
+    ONNX Runtime's quantizer from the fp32 (or optimized) graph, so accuracy-aware int8 applies
+    to them; the others build their file themselves (`build`)."""
+
+    name: str  # the recipe's quantize.modes value
+    variant: str  # the variant's name in the manifest
+    file: str
+    precision: str  # fp32, fp16 or int8
+    int8: bool = False
+    static: bool = False  # calibrated on texts (needs data)
+    cpu_rewrite: bool = False  # stored as ONNX Runtime's own CPU rewrite (CPU-only operators)
+    cpu_default_rank: int | None = None  # lower: preferred as the CPU default variant
+
+    @property
+    def ops(self) -> list[str]:
+        return STATIC_OPS if self.static else DYNAMIC_OPS
+
+    def build(self, manifest: Manifest, tmp: Path, src_file: str) -> None:
+        """Make this mode's variant (non-int8 modes)."""
+        raise NotImplementedError(self.name)
+
+
+class Fp16Mode(QuantMode):
+    def build(self, manifest: Manifest, tmp: Path, src_file: str) -> None:
+        progress.step("quantize: fp16 through Optimum's ORTOptimizer (O4: O3 fusions + fp16, for the GPU)")
+        _add_optimized(manifest, tmp, src_file, "O4", self.variant, self.file, "fp16", {"mode": "fp16"})
+
+
+MODES: dict[str, QuantMode] = {}
+
+
+def register_mode(mode: QuantMode) -> QuantMode:
+    if mode.name in MODES:
+        raise ValueError(f"quantization mode {mode.name!r} is registered twice")
+    MODES[mode.name] = mode
+    return mode
+
+
+def mode_names() -> tuple[str, ...]:
+    return tuple(MODES)
+
+
+register_mode(QuantMode("dynamic", "int8", "model.int8.onnx", "int8", int8=True, cpu_rewrite=True, cpu_default_rank=0))
+register_mode(QuantMode("static", "int8-static", "model.int8-static.onnx", "int8", int8=True, static=True, cpu_default_rank=1))
+register_mode(Fp16Mode("fp16", "fp16", "model.fp16.onnx", "fp16"))
+
+
+def quantize_key(bundle_dir: Path, section: Any, data: Any = None, gate: Any = None) -> str:
+    import onnxruntime as ort
+
+    needs_data = any(MODES[m].static for m in section.modes) or section.accuracy_aware.enabled
+    return make_key(
+        "quantize", key_of(bundle_dir) or str(bundle_dir.resolve()), section.model_dump(), OUTPUT_FORMAT, ort.__version__,
+        fingerprint(data) if needs_data and data is not None else None,
+        gate.model_dump() if gate is not None and section.accuracy_aware.enabled else None,
+    )
+
+
+def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any = None, gate: Any = None) -> Manifest:
+    """Write `output`: the bundle at `bundle_dir` plus the variants `section` (the recipe's
+    quantize section) asks for.
+
+    `data` (the recipe's) feeds static calibration and the accuracy-aware loop; `gate` (the
+    recipe's int8 gate) is what the accuracy-aware loop must pass."""
+    bundle_dir, output = Path(bundle_dir), Path(output)
+    modes = [MODES[m] for m in dict.fromkeys(section.modes)]
+    if section.optimize == "O4" and not any(m.precision == "fp16" for m in modes):
+        modes.append(MODES["fp16"])  # O4 is Optimum's fp16 level: it makes the fp16 variant
+    if not modes and not section.optimize:
+        raise RecipeError("quantize: nothing to do; give a mode (" + ", ".join(MODES) + ") or an optimization level (O1-O4)")
+    int8_modes = [m for m in modes if m.int8]
+    calibrated = any(m.static for m in modes)
+    if calibrated and (data is None or (data.hub is None and data.split_path(section.calibration.split) is None)):
+        raise RecipeError(f"quantize: static int8 needs calibration data; give a recipe whose data.{section.calibration.split} split exists (--recipe R)")
+    if section.accuracy_aware.enabled and (data is None or gate is None or not int8_modes):
+        raise RecipeError("quantize: accuracy-aware int8 needs a recipe (validation texts and the int8 gate) and an int8 mode")
+
+    bundle = Bundle.open(bundle_dir)  # refuses a tampered or truncated model before any work
+    task = get_task(bundle.manifest.task)
+    unsupported = [m.name for m in modes if m.name not in task.quantize_modes] + ([f"optimize {section.optimize}"] if section.optimize and not task.graph_optimization else [])
+    if unsupported:
+        raise RecipeError(f"quantize: a {task.name} bundle takes {', '.join(task.quantize_modes)} only, not {', '.join(unsupported)} "
+                          f"(use --mode {task.quantize_modes[0]})")
+    if section.accuracy_aware.enabled and not task.accuracy_aware:
+        able = ", ".join(t.name for t in TASKS.values() if t.accuracy_aware)
+        raise RecipeError(f"quantize.accuracy_aware: supported for {able} only, not {task.name}; "
+                          "turn it off (validate's int8 gate still judges the int8 model)")
+    src = bundle.variant("fp32")
+    onnx_io(bundle.path_of(src.file))
+    manifest = bundle.manifest
+    fused = section.optimize in ("O1", "O2", "O3")  # the CPU levels; O4 is the fp16 variant
+    needs_texts = calibrated or section.accuracy_aware.enabled
+    predictor = Predictor(bundle, variant="fp32") if (needs_texts and data is not None) else None
+    with stage_dir(output) as tmp:
+        link_tree(bundle_dir, tmp)
+        int8_source = tmp / src.file
+        if fused:
+            progress.step(f"quantize: graph optimization {section.optimize} through Optimum's ORTOptimizer")
+            _add_optimized(manifest, tmp, src.file, section.optimize, OPT_VARIANT, OPT_FILE, "fp32", {})
+            int8_source = tmp / OPT_FILE
+            if int8_modes:
+                int8_source = typed(int8_source, tmp / "_typed.onnx")
+
+        reader = scorer = timing = None
+        if predictor is not None and data is not None:
+            if calibrated:
+                cal = section.calibration
+                texts = _texts(data, cal.split, cal.samples)
+                progress.info(f"calibration: {len(texts)} {cal.split} texts, {cal.method}")
+                reader = Reader(predictor, texts)
+            if section.accuracy_aware.enabled:
+                aa = section.accuracy_aware
+                split = load_data(data.model_copy(update={"max_eval_samples": aa.samples}), ("validation",)).splits.get("validation")
+                if split is None:
+                    raise RecipeError("quantize: accuracy-aware int8 needs a data.validation split to measure on (the test split stays unseen)")
+                scorer = Scorer(predictor, split.texts, split.labels, None)
+                timing = predictor.encode([max(split.texts, key=len)])
+
+        for mode in modes:
+            if not mode.int8:
+                mode.build(manifest, tmp, src.file)
+                continue
+            progress.step(f"quantize: {mode.name} int8 through ONNX Runtime" + (f" from the {section.optimize} graph" if fused else ""))
+
+            def build(dst: Path, only: list[str] | None, exclude: list[str], static: bool = mode.static) -> dict[str, Any]:
+                return int8_onnx(int8_source, dst, static, section, reader, only, exclude)
+
+            if scorer is not None and gate is not None:
+                detail = accuracy_aware(int8_source, tmp / mode.file, build, mode.ops, scorer, gate, section.accuracy_aware.max_fp32_layers, timing)
+            else:
+                detail = build(tmp / mode.file, None, [])
+            if fused:
+                detail["optimization_level"] = section.optimize
+            if mode.cpu_rewrite:
+                detail["ort_graph"] = cpu_preoptimize(tmp / mode.file)
+            _add_variant(manifest, tmp, mode.variant, mode.file, mode.precision, detail)
+
+        (tmp / "_typed.onnx").unlink(missing_ok=True)
+        # CPU default: an int8 model (dynamic first: it needs no calibration to stay valid),
+        # else the optimized graph; GPU defaults: see _gpu_defaults.
+        ranked = sorted((m for m in MODES.values() if m.cpu_default_rank is not None), key=lambda m: m.cpu_default_rank or 0)
+        for candidate in [m.variant for m in ranked] + [OPT_VARIANT]:
+            if candidate in manifest.variants:
+                manifest.default_variant = candidate
+                break
+        _gpu_defaults(manifest, tmp)
+        write_manifest(tmp, manifest)
+        StageRecord("quantize", quantize_key(bundle_dir, section, data, gate), {"bundle": key_of(bundle_dir)}, section.model_dump()).write(tmp)
+    return manifest
+
+
+def _gpu_defaults(manifest: Manifest, tmp: Path) -> None:
+    """fp16 when there is one. Otherwise, when the CPU default is int8, fp32 rather than that
+    graph: dynamic int8 (stored as ORT's CPU rewrite) and QOperator int8 are CPU-provider
+    operators that a GPU session would run node by node on the CPU, with copies between
+    devices, and CUDA runs a QDQ graph as fp32 with extra work. TensorRT does read a QDQ int8
+    graph when it is symmetric and free of ORT contrib ops (tensorrt.int8_problems); such a
+    variant is its default then."""
+    if "fp16" in manifest.variants:
+        manifest.backend_defaults["cuda"] = "fp16"
+        manifest.backend_defaults["tensorrt"] = "fp16"
+        return
+    if manifest.variants[manifest.default_variant].precision != "int8":
+        return
+    from ..tensorrt import int8_problems
+
+    manifest.backend_defaults.setdefault("cuda", "fp32")
+    readable = [v.name for v in manifest.variants.values() if v.precision == "int8" and not int8_problems(tmp / v.file)]
+    manifest.backend_defaults.setdefault("tensorrt", readable[0] if readable else "fp32")
+
+
+def _texts(data: Any, split: str, n: int) -> list[str]:
+    limit = {"train": "max_train_samples", "validation": "max_eval_samples"}[split]
+    loaded = load_data(data.model_copy(update={limit: n}), (split,)).splits.get(split)
+    if loaded is None or not loaded.texts:
+        raise RecipeError(f"quantize: no {split} texts to calibrate on; set data.{split}")
+    return loaded.texts
+
+
+def _add_optimized(manifest: Manifest, tmp: Path, src_file: str, level: str, name: str, file: str, precision: str, extra: dict[str, Any]) -> None:
+    """Optimize the fp32 model at `level` (Optimum) into `file` and record it as variant `name`."""
+    work = tmp / f"_{name}"
+    produced, detail = optimize_onnx(tmp, src_file, work, level)
+    shutil.move(str(produced), tmp / file)
+    shutil.rmtree(work)
+    _add_variant(manifest, tmp, name, file, precision, {**extra, **detail})
+
+
+def _add_variant(manifest: Manifest, tmp: Path, name: str, file: str, precision: str, detail: dict[str, Any]) -> None:
+    onnx_io(tmp / file)  # a readable model, or a one-line error
+    manifest.variants[name] = Variant(name, file, precision, details=detail)
+    fp32 = manifest.variants["fp32"].file
+    progress.info(f"{file}: {(tmp / file).stat().st_size / 2**20:.1f} MiB (fp32 {(tmp / fp32).stat().st_size / 2**20:.1f} MiB)")

@@ -1,0 +1,261 @@
+"""`ftexport export --trt`: TensorRT engines from a bundle's ONNX models.
+
+What each engine is built from:
+- fp16 (and fp32): the plain fp32 ONNX export, with TensorRT's FP16 flag. The Optimum-fused
+  graphs (opt, O4 fp16) hold ONNX Runtime contrib ops TensorRT's parser does not read.
+- int8: the quantize stage's static QDQ model, calibrated on training texts, with symmetric
+  int8 activations (`quantize.symmetric`): TensorRT's explicit quantization takes the scales
+  from the Q/DQ nodes, so nothing is recalibrated here and no random-scale calibration exists.
+
+Each engine gets one optimization profile. Batch: recipe `tensorrt.batch` (default 1/1/64).
+Sequence: recipe `tensorrt.seq`, or by default from the token lengths of the training texts
+(min 1, opt the median, max the longest rounded up to a multiple of 32, within max_length).
+A text longer than the profile's max is refused by the runtime, or cut to it with
+`tensorrt.on_longer: truncate`. The engine is stored with a fingerprint of where it was
+built (TensorRT version, GPU, compute capability, driver); the runtime refuses it elsewhere.
+A timing cache beside the bundle (BUNDLE.timing.cache) makes rebuilds on the same GPU fast.
+
+The planning (profile from data, which variant feeds which engine, whether a QDQ graph is
+one TensorRT can read) is plain Python tested in CI; `build_engine` is the TensorRT calls.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftexport_runtime.bundle import Bundle, Manifest, write_manifest
+from ftexport_runtime.engines.tensorrt import MUST_MATCH, EngineSpec, Profile, current_fingerprint, import_tensorrt
+from ftexport_runtime.tokenizer import load_tokenizer
+
+from ..core import progress
+from ..core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir
+from ..core.errors import BackendUnavailable, BundleError, FtexportError, RecipeError
+from ..data import load_data
+from ..tasks import TASKS, get_task
+
+PRECISIONS = ("fp16", "int8", "fp32")
+INSTALL = "pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"
+ENGINE_DIR = "engines"
+# int8 ops TensorRT cannot take: dynamic quantization and ORT's QOperator format
+_NOT_QDQ = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QLinearAdd",
+            "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"}
+
+
+def round_up(n: float, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def profile_from_lengths(lengths: list[int] | np.ndarray, max_length: int, batch: tuple[int, int, int] = (1, 1, 64),
+                         seq: tuple[int, int, int] | None = None) -> Profile:
+    """The optimization profile: `seq` as given, or from the token lengths of real texts."""
+    if seq is None:
+        lengths = np.asarray(lengths)
+        if lengths.size == 0:
+            seq = (1, max_length, max_length)
+        else:
+            hi = min(max_length, round_up(int(lengths.max()), 32))
+            seq = (1, min(hi, max(1, round_up(float(np.median(lengths)), 8))), hi)
+    if seq[2] > max_length:
+        raise RecipeError(f"tensorrt.seq: max {seq[2]} is over the bundle's max_length {max_length}; texts never get longer than that")
+    try:
+        return Profile(tuple(batch), tuple(seq))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise RecipeError(f"tensorrt.{e}") from None
+
+
+def token_lengths(bundle: Bundle, texts: list[str]) -> list[int]:
+    """Tokens per text, as the runtime tokenizes them (padding excluded)."""
+    tok = load_tokenizer(bundle, bundle.manifest.max_length)
+    return [sum(e.attention_mask) for e in tok.encode_batch(texts)]
+
+
+def int8_problems(onnx_path: Path) -> list[str]:
+    """Why TensorRT's explicit quantization cannot take this int8 graph ([] when it can)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ops = Counter(n.op_type for n in model.graph.node)
+    problems = []
+    not_qdq = sorted(set(ops) & _NOT_QDQ)
+    if not_qdq:
+        problems.append(f"it is dynamic or QOperator int8 ({', '.join(not_qdq)}); TensorRT reads QuantizeLinear/DequantizeLinear (QDQ) graphs only")
+    contrib = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"} - _NOT_QDQ)
+    if contrib:
+        problems.append(f"it holds ONNX Runtime contrib ops ({', '.join(contrib)}) from graph optimization, which TensorRT's parser does not read")
+    if not not_qdq and not ops.get("QuantizeLinear"):
+        problems.append("it has no QuantizeLinear nodes")
+    inits = {i.name: i for i in model.graph.initializer}
+    asym = 0
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
+            zp = inits[n.input[2]]
+            if zp.data_type != onnx.TensorProto.INT8 or np.any(numpy_helper.to_array(zp) != 0):
+                asym += 1
+    if asym:
+        problems.append(f"{asym} Q/DQ nodes have uint8 or non-zero zero points; TensorRT needs symmetric int8 (quantize.symmetric: true)")
+    return problems
+
+
+@dataclass
+class EnginePlan:
+    name: str  # fp16, int8, fp32
+    source: str  # the ONNX variant
+    onnx: Path
+    flags: tuple[str, ...]  # TensorRT BuilderFlag names
+    profile: Profile
+    inputs: list[str]
+    workspace_bytes: int
+
+
+def plan_engines(bundle: Bundle, precisions: list[str], profile: Profile, workspace_gib: float = 4.0) -> list[EnginePlan]:
+    """Which ONNX variant feeds each engine, with which builder flags; refuses what TensorRT cannot build."""
+    m = bundle.manifest
+    task = get_task(m.task)
+    if not task.tensorrt:
+        able = ", ".join(t.name for t in TASKS.values() if t.tensorrt)
+        raise RecipeError(f"export --trt: TensorRT engines are built for encoder bundles ({able}); "
+                          f"a {task.name} bundle runs on ONNX Runtime (--backend cpu or cuda)")
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown or not precisions:
+        raise RecipeError(f"export --trt: precision must be among {', '.join(PRECISIONS)}, got {', '.join(unknown) or 'none'}")
+    plans = []
+    workspace = int(workspace_gib * 2**30)
+    for precision in dict.fromkeys(precisions):
+        if precision in ("fp16", "fp32"):
+            source, flags = "fp32", (("FP16",) if precision == "fp16" else ())
+        else:
+            candidates = [v for v in m.variants.values() if v.precision == "int8"]
+            why = {v.name: int8_problems(bundle.path_of(v.file)) for v in candidates}
+            usable = [name for name, p in why.items() if not p]
+            if not usable:
+                seen = "; ".join(f"{name}: {p[0]}" for name, p in why.items()) or "the bundle has no int8 variant"
+                raise RecipeError(
+                    f"export --trt: no int8 variant TensorRT can build from ({seen}); make one with "
+                    "`ftexport quantize B -o B2 --recipe R --mode static --symmetric` (static QDQ, symmetric int8, calibrated on training texts)"
+                )
+            source, flags = usable[0], ("INT8", "FP16")  # FP16 too: layers left unquantized run in fp16, not fp32
+        plans.append(EnginePlan(precision, source, bundle.path_of(m.variants[source].file), flags, profile, list(m.inputs), workspace))
+    return plans
+
+
+def build_engine(trt: Any, plan: EnginePlan, timing_cache: bytes | None) -> tuple[bytes, bytes]:
+    """TensorRT 10's Python API: parse the ONNX file, one optimization profile for every
+    input, the plan's precision flags, the timing cache; returns (engine, updated cache)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(plan.onnx)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise BundleError(f"{plan.onnx.name}: TensorRT's ONNX parser refused it ({'; '.join(errors)[:300] or 'no detail'})")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    cache = config.create_timing_cache(timing_cache or b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    shapes = plan.profile.shapes()
+    for i in range(network.num_inputs):
+        name = network.get_input(i).name
+        if name not in plan.inputs:
+            raise BundleError(f"{plan.onnx.name}: input {name!r} is not one of the bundle's inputs ({', '.join(plan.inputs)})")
+        profile.set_shape(name, *shapes)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BundleError(f"{plan.onnx.name}: TensorRT could not build a {plan.name} engine (see its log above); "
+                          "try a larger --workspace-gib or a smaller profile")
+    return bytes(serialized), bytes(config.get_timing_cache().serialize())
+
+
+def settings_of(precisions: list[str], batch: tuple[int, ...], seq: tuple[int, ...] | None, on_longer: str, workspace_gib: float) -> dict[str, Any]:
+    return {"precisions": list(dict.fromkeys(precisions)), "batch": list(batch), "seq": list(seq) if seq else None,
+            "on_longer": on_longer, "workspace_gib": workspace_gib}
+
+
+def engines_key(bundle_dir: Path, settings: dict[str, Any], here: dict[str, str] | None = None) -> str:
+    """Same upstream bundle, same settings, same machine (the fingerprint fields an engine
+    must match; `here` when the caller has it): the engines are up to date."""
+    try:
+        here = here or current_fingerprint(driver=False)
+    except BackendUnavailable as e:
+        return make_key("tensorrt", key_of(bundle_dir), settings, str(e))
+    return make_key("tensorrt", key_of(bundle_dir), settings, {k: here[k] for k in MUST_MATCH})
+
+
+def training_texts(data: Any, n: int = 10000) -> list[str]:
+    """Up to n training texts, whose token lengths shape the default sequence profile."""
+    split = load_data(data.model_copy(update={"max_train_samples": n}), ("train",)).splits.get("train")
+    return split.texts if split is not None else []
+
+
+def timing_cache_path(bundle_out: Path) -> Path:
+    return bundle_out.parent / f"{bundle_out.name}.timing.cache"
+
+
+def require_tensorrt() -> Any:
+    """The tensorrt module, or a one-line error (exit 2) naming what to install."""
+    try:
+        return import_tensorrt()
+    except BackendUnavailable:
+        raise FtexportError(f"export --trt: the tensorrt package is not installed; {INSTALL}") from None
+
+
+def build_engines(
+    bundle_dir: str | Path,
+    output: str | Path | None = None,
+    precisions: list[str] | None = None,
+    texts: list[str] | None = None,
+    batch: tuple[int, int, int] = (1, 1, 64),
+    seq: tuple[int, int, int] | None = None,
+    on_longer: str = "error",
+    workspace_gib: float = 4.0,
+) -> Manifest:
+    """Add TensorRT engines to the bundle at `bundle_dir`, written to `output` (default: in
+    place, atomically). `texts` (training texts) shape the sequence profile when `seq` is None."""
+    trt = require_tensorrt()
+    bundle_dir = Path(bundle_dir)
+    output = Path(output) if output else bundle_dir
+    bundle = Bundle.open(bundle_dir)
+    manifest = bundle.manifest
+    lengths = token_lengths(bundle, texts) if texts and seq is None else []
+    profile = profile_from_lengths(lengths, manifest.max_length, batch, seq)
+    origin = f"{len(lengths)} training texts" if lengths else ("the recipe" if seq else "the bundle's max_length (no training texts given)")
+    progress.info(f"TensorRT profile: batch {profile.batch}, tokens {profile.seq} (min/opt/max, from {origin})")
+    plans = plan_engines(bundle, precisions or ["fp16"], profile, workspace_gib)
+    fingerprint = current_fingerprint()
+    cache_file = timing_cache_path(output)
+    cache = cache_file.read_bytes() if cache_file.is_file() else None
+    progress.info(f"TensorRT {fingerprint['tensorrt']} on {fingerprint['gpu']} (sm {fingerprint['compute_capability']}), "
+                  f"timing cache {'reused' if cache else 'new'}: {cache_file}")
+    with stage_dir(output) as tmp:
+        link_tree(bundle_dir, tmp, skip=("ftexport.json", "manifest.json"))
+        (tmp / ENGINE_DIR).mkdir(exist_ok=True)
+        for plan in plans:
+            progress.step(f"export --trt: {plan.name} engine from {plan.source} ({', '.join(plan.flags) or 'fp32'})")
+            engine, cache = build_engine(trt, plan, cache)
+            rel = f"{ENGINE_DIR}/model.{plan.name}.plan"
+            target = tmp / rel
+            target.unlink(missing_ok=True)  # a hard link into the source bundle: replace, never write through
+            target.write_bytes(engine)
+            manifest.engines[plan.name] = EngineSpec(plan.name, rel, plan.name, plan.source, profile, fingerprint, on_longer,
+                                                     {"flags": list(plan.flags), "workspace_gib": workspace_gib, "profile_from": origin})
+            progress.info(f"{rel}: {len(engine) / 2**20:.1f} MiB")
+        write_manifest(tmp, manifest)
+        settings = settings_of(precisions or ["fp16"], batch, seq, on_longer, workspace_gib)
+        StageRecord("tensorrt", engines_key(bundle_dir, settings, fingerprint), {"bundle": key_of(bundle_dir)},
+                    {**settings, "profile": profile.to_json(), "profile_from": origin}, {"fingerprint": fingerprint}).write(tmp)
+    if cache:
+        tmp_cache = cache_file.with_name(f".{cache_file.name}.tmp-{os.getpid()}")
+        tmp_cache.write_bytes(cache)
+        os.replace(tmp_cache, cache_file)
+    return manifest

@@ -1,0 +1,254 @@
+"""`ftexport bench`: one latency engine for every task. Every backend (runners.py) gets the same
+inputs, in the same process, with the same thread count; the task's probe says what the cells
+are and how each backend answers them (texts to labels for an encoder, prompt to tokens for a
+decoder).
+
+Each cell is checked for parity against the baseline before it is timed (a backend whose
+answers differ gets no speed figure); timing runs in `repeats` rounds with the backends
+interleaved, so drift on a shared machine lands on every backend alike and shows up as spread
+between rounds. Cold start and peak memory come from a fresh process per backend
+(coldstart.py). With --compare, an earlier bench.json is the regression baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftexport_runtime import Predictor
+from ftexport_runtime.bundle import Bundle
+from ftexport_runtime.errors import BackendUnavailable
+
+from ..core import progress
+from ..core.artifacts import StageRecord, key_of, make_key, stage_dir
+from ..core.errors import RecipeError, first_line
+from ..core.hf import check_reference
+from ..core.machine import default_threads, machine_info
+from ..core.reports import BENCH_JSON, BenchReport
+from ..core.tables import markdown_table, ms
+from ..core.timing import cycle, summarize, time_calls
+from ..data import load_data
+from ..tasks import DEFAULT_TASK, get_task
+from ..tasks.base import Cell
+from .html import bench_html
+from .runners import Runner, build_runner, parse_backend, skip_reason
+
+BENCH_MD = "bench.md"
+REPORT_HTML = "report.html"
+
+
+def held_out_texts(data: Any, labelled: bool, n: int = 512) -> list[str]:
+    """Texts for the benchmark's inputs: a seeded sample of the recipe's test split."""
+    return load_data(data.model_copy(update={"max_test_samples": n}), ("test",), labelled=labelled)["test"].texts
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """One text per line (blank lines ignored), for `ftexport bench --texts`."""
+    try:
+        texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"--texts {path}: cannot read it ({first_line(e, 300)}); give a UTF-8 text file with one text per line") from None
+    if not texts:
+        raise RecipeError(f"--texts {path}: no texts in it; give a UTF-8 text file with one text per line")
+    return texts
+
+
+def bench_key(bundle_dir: Path, reference_dir: Path, section: Any) -> str:
+    keys = [key_of(d) or str(Path(d).resolve()) for d in (bundle_dir, reference_dir)]
+    return make_key("bench", keys, section.model_dump())
+
+
+def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: Any, probe: Any,
+             failed: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Parity first (a backend whose answers differ from the baseline's gets no speed figure),
+    then timing in `repeats` rounds with the backends interleaved."""
+    where = {"batch": cell.batch, "seq_len": cell.seq_len}
+    reference: Any = None
+    timed, refused = [], []
+    parity: dict[str, dict[str, Any]] = {}
+    for name in [baseline] + [n for n in runners if n != baseline]:
+        if name in failed:
+            continue
+        try:
+            outputs = [runners[name].calls.check(b) for b in cell.batches]
+        except Exception as e:  # a backend that cannot run this cell (compile failure, OOM) is reported, not fatal
+            failed[name] = f"failed at batch {cell.batch} seq {cell.seq_len}: {first_line(e, 300)}"
+            progress.info(f"{name}: {failed[name]}")
+            continue
+        if reference is None:
+            reference = outputs
+        ok, check = probe.agree(reference, outputs, section.parity_tolerance)
+        check = {"against": baseline, **check}
+        if not ok:
+            refused.append({"backend": name, **where, **check, "tolerance": section.parity_tolerance})
+            progress.info(f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  REFUSED: answers differ from {baseline} "
+                          f"(mean |dp| {check.get('mean_prob_diff', float('nan')):.3f})")
+        else:
+            parity[name] = check
+    names = list(parity)
+    phases = list(runners[names[0]].calls.phases) if names else []
+    times: dict[tuple[str, str], list[float]] = {(n, p): [] for n in names for p in phases}
+    rounds: dict[tuple[str, str], list[float]] = {(n, p): [] for n in names for p in phases}
+    budget = section.max_seconds / section.repeats if section.max_seconds else None
+    for rep in range(section.repeats):
+        shift = rep % max(1, len(names))
+        for name in names[shift:] + names[:shift]:  # no backend always runs first
+            for phase in phases:
+                warmup, iterations = probe.iterations(phase, section)
+                per_round = max(1, -(-iterations // section.repeats))
+                t = time_calls(cycle(runners[name].calls.phases[phase], cell.batches), warmup if rep == 0 else 1, per_round, budget)
+                times[(name, phase)] += t
+                rounds[(name, phase)].append(float(np.median(t)) * 1e3)
+    for name in names:
+        for phase in phases:
+            stats = summarize(times[(name, phase)], cell.batch)
+            r = rounds[(name, phase)]
+            stats.update({"round_p50_ms": r, "noise": (max(r) - min(r)) / float(np.median(r)) if len(r) > 1 else 0.0,
+                          "tokens": cell.tokens, "parity": parity[name]})
+            timed.append({"backend": name, **({"phase": phase} if phase else {}), **where, **stats, "_times": times[(name, phase)]})
+            progress.info(f"{name:16s}{(' ' + phase) if phase else ''} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  p50 {stats['p50_ms']:8.2f} ms  "
+                          f"p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} /s  noise {stats['noise']:.1%}")
+    return timed, refused
+
+
+def cold_start(runner: Runner, cells: list[Cell], workdir: Path) -> dict[str, Any]:
+    """Start a fresh Python process that loads only this backend and answers one text, then
+    runs each cell once: time from process start to the first answer, and peak RSS per cell."""
+    cells_file = workdir / "cells.json"
+    if not cells_file.exists():
+        cells_file.write_text(json.dumps([{"batch": c.batch, "seq_len": c.seq_len, "batches": c.batches, "tokens": c.tokens} for c in cells]))
+    spec_file = workdir / f"{runner.name}.json"
+    spec_file.write_text(json.dumps({**runner.spec, "cells_file": str(cells_file)}))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ftexport.judge.coldstart", str(spec_file)], capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the cold-start process failed: {tail[:300]}"}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["cold_start_s"] = out.pop("first_answer_at") - start
+    return out
+
+
+def bench(bundle_dir: str | Path, reference_dir: str | Path | None, section: Any, output: str | Path, texts_pool: list[str] | None = None,
+          parity: Any = None) -> BenchReport:
+    """Time every requested backend in each cell; write bench.json, bench.md and report.html
+    (plots; with `parity`, the accuracy-vs-latency scatter too)."""
+    import torch
+
+    bundle_dir, output = Path(bundle_dir), Path(output)
+    reference = Path(reference_dir) if reference_dir else None
+    bundle = Bundle.open(bundle_dir)
+    task = get_task(bundle.manifest.task)
+    probe = task.bench_probe()
+    max_length = bundle.manifest.max_length
+    probe.check(section, max_length)  # settings the bundle cannot take fail before any model loads
+    if reference is not None:
+        check_reference(reference, "reference model")
+    threads = section.threads or default_threads()
+    torch.set_num_threads(threads)
+    skipped = {b: r for b in section.backends if (r := skip_reason(b, bundle, reference, task))}
+    backends = [b for b in section.backends if b not in skipped]
+    if not backends:
+        raise RecipeError(f"bench: none of the backends can run here ({'; '.join(f'{b}: {r}' for b, r in skipped.items())})")
+
+    workdir = Path(tempfile.mkdtemp(prefix="ftexport-bench-"))
+    try:
+        runners: dict[str, Runner] = {}
+        for b in backends:
+            try:
+                runners[b] = build_runner(b, bundle, bundle_dir, reference, threads, workdir, task)
+            except BackendUnavailable as e:  # listed by the machine but not startable (a provider without its libraries): a skipped row
+                skipped[b] = str(e)
+        backends = [b for b in backends if b in runners]
+        if not backends:
+            raise RecipeError(f"bench: none of the backends can run here ({'; '.join(f'{b}: {r}' for b, r in skipped.items())})")
+        notes: list[str] = []
+        source = next((r.predictor for r in runners.values() if r.predictor), None) or Predictor(bundle, threads=threads)
+        cells = probe.cells(section, source, texts_pool, notes)
+        progress.step(f"bench: {', '.join(backends)} over {len(cells)} cells, {threads} threads, {section.repeats} rounds")
+        for b, reason in skipped.items():
+            progress.info(f"{b}: skipped ({reason})")
+        baseline = next((b for b in ("pytorch", "pytorch-cuda") if b in runners), backends[0])
+        failed: dict[str, str] = {}
+        results, refused = [], []
+        for cell in cells:
+            timed, bad = run_cell(cell, runners, baseline, section, probe, failed)
+            results += timed
+            refused += bad
+        cold: dict[str, Any] = {}
+        if section.cold_start and probe.cold_start:
+            for b in backends:
+                if b not in failed:
+                    progress.info(f"{b}: cold start and peak memory in a fresh process")
+                    cold[b] = cold_start(runners[b], cells, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    results = probe.finish(results)
+    for r in results:
+        r.pop("_times", None)
+    skipped.update(failed)
+    cells_by_key = {(r["backend"], r["batch"], r["seq_len"], r.get("phase")): r for r in results}
+    for b, c in cold.items():
+        for row in c.pop("cells", []):
+            r = cells_by_key.get((b, row["batch"], row["seq_len"], None))
+            if r is not None:
+                r.update({k: v for k, v in row.items() if k in ("peak_rss_mb", "gpu_mb")})
+    for r in results:
+        base = cells_by_key.get(("pytorch", r["batch"], r["seq_len"], r.get("phase")))
+        r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base and r["p50_ms"] > 0 else None
+        # int8 or GPU slower than fp32 on the CPU is a finding, not something to hide
+        fp32 = cells_by_key.get(("ort-fp32", r["batch"], r["seq_len"], r.get("phase")))
+        kind, device, variant = parse_backend(r["backend"])
+        if fp32 and r is not fp32 and (device != "cpu" or "int8" in (variant or "") or kind == "optimum") and r["p50_ms"] > fp32["p50_ms"]:
+            r["flag"] = f"slower than ort-fp32 on the CPU ({r['p50_ms']:.2f} vs {fp32['p50_ms']:.2f} ms)"
+    sizes = {b: bundle.path_of(bundle.variant(parse_backend(b)[2]).file).stat().st_size for b in backends if parse_backend(b)[0] == "ort"}
+    seq_len, batch_sizes = probe.headline(section, max_length, cells)
+    report = BenchReport(
+        machine=machine_info(), threads=threads, seq_len=seq_len, batch_sizes=batch_sizes, warmup=section.warmup, iterations=section.iterations, repeats=section.repeats, baseline=baseline, results=results,
+        skipped=skipped, notes=notes, cold_start=cold, refused=refused,
+        details={"task": task.name, **probe.report_fields(section, max_length), "model_bytes": sizes},
+    )
+    with stage_dir(output) as tmp:
+        (tmp / BENCH_JSON).write_text(report.dumps())
+        (tmp / BENCH_MD).write_text(task.bench_table(report) + "\n")
+        (tmp / REPORT_HTML).write_text(bench_html(report, task, parity))
+        StageRecord("bench", bench_key(bundle_dir, reference or bundle_dir, section), {"bundle": key_of(bundle_dir)}, section.model_dump()).write(tmp)
+    return report
+
+
+def bench_table(report: Any) -> str:
+    """The latency table of a report, by the task that wrote it."""
+    return get_task(report.get("task") or DEFAULT_TASK).bench_table(report)
+
+
+def compare_reports(old: Any, new: Any, tolerance: float) -> list[dict[str, Any]]:
+    """Per cell (backend, batch, seq[, phase]) found in both reports: old and new p50 and the
+    change. A cell whose p50 grew by more than `tolerance` (0.1 = 10%) is a regression."""
+    before = {(r["backend"], r["batch"], r["seq_len"], r.get("phase")): r for r in old["results"]}
+    rows = []
+    for r in new["results"]:
+        o = before.get((r["backend"], r["batch"], r["seq_len"], r.get("phase")))
+        if o is None:
+            continue
+        change = r["p50_ms"] / o["p50_ms"] - 1.0
+        rows.append({"backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""), "batch": r["batch"], "seq_len": r["seq_len"],
+                     "old_p50_ms": o["p50_ms"], "new_p50_ms": r["p50_ms"], "change": change, "regression": change > tolerance})
+    return rows
+
+
+def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
+    body = [[r["backend"], r["batch"], r["seq_len"], ms(r["old_p50_ms"]), ms(r["new_p50_ms"]), f"{r['change']:+.1%}",
+             "REGRESSION" if r["regression"] else "ok"] for r in rows]
+    head = f"p50 change per cell (regression: slower by more than {tolerance:.0%})\n\n"
+    return head + markdown_table(["backend", "batch", "seq", "old p50 ms", "new p50 ms", "change", "verdict"], body)

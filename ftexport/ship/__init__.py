@@ -1,0 +1,2 @@
+"""Shipping stages: the final bundle with its reports (pack.py) and a Triton Inference Server
+model repository (triton.py)."""

@@ -1,0 +1,516 @@
+"""`ftexport distill`: train a small student to copy a fine-tuned teacher.
+
+    loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))
+           [+ hidden_mse * MSE(proj(student [CLS]), teacher [CLS])]
+
+The teacher runs once, over the training split, before training starts; its logits (and
+[CLS] states when hidden_mse is on) are cached beside the output, keyed by the teacher's
+files and the data, and reach the student as extra dataset columns. Training itself is
+`ftexport train` (train.train) with a Trainer subclass for the loss, so checkpoints, resume,
+seeds and launchers behave the same. With `baseline: true` the same student is also
+fine-tuned without the teacher (same settings, same seed), and distill.md compares teacher,
+student and baseline on the held-out split, with each one's PyTorch latency.
+
+Work files live in a hidden sibling `.OUTPUT.work/` (teacher cache, the cut student, the two
+training runs); each piece is keyed, so a re-run with a new alpha reuses the teacher's
+logits and the baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import progress
+from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
+from ..core.errors import ModelError, RecipeError
+from ..core.hf import check_model_dir, load_tokenizer, model_hash, predict_logits, resolve_model_path
+from ..core.tables import markdown_table
+from ..core.timing import cycle, summarize, time_calls
+from ..data import fingerprint, load_data, read_table
+from ..tasks import get_task
+from ..tasks.encoder import torch_probs
+from .trainer import train
+
+LATENCY_BATCHES = (1, 8)
+
+
+# ---- the loss -----------------------------------------------------------------------------
+
+UNLABELED = -100  # the label of a transfer-set text: the Trainer's and torch's "ignore" index
+
+
+def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alpha: float, temperature: float) -> Any:
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T), averaged over the batch.
+    T^2 keeps the soft term's gradients on the same scale whatever T is (Hinton et al. 2015).
+    Rows labelled UNLABELED (transfer-set texts) count in the KL term only; the CE term is the
+    mean over the labelled rows (0 in a batch without any)."""
+    import torch.nn.functional as F
+
+    # the mean over labelled rows, without a device sync: 0 (not NaN) for a batch without any
+    labelled = (labels != UNLABELED).sum()
+    ce = F.cross_entropy(student_logits, labels, ignore_index=UNLABELED, reduction="sum") / labelled.clamp(min=1)
+    log_s = F.log_softmax(student_logits / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits.to(student_logits.dtype) / temperature, dim=-1)
+    kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+    return alpha * ce + (1 - alpha) * temperature**2 * kl
+
+
+class WithTeacher:
+    """The tokenized training split (then the transfer set, if any) plus, per row, the
+    teacher's cached outputs."""
+
+    def __init__(self, parts: list[Any], logits: np.ndarray, hidden: np.ndarray | None):
+        self.parts = [p for p in parts if len(p)]
+        rows = sum(len(p) for p in self.parts)
+        if rows != len(logits):
+            raise ModelError(f"distill: {len(logits)} cached teacher outputs for {rows} training rows; delete the .work folder and re-run")
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.logits, self.hidden = logits, hidden
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        item = dict(self.parts[part][i - int(self.starts[part])])
+        item["teacher_logits"] = self.logits[i]
+        if self.hidden is not None:
+            item["teacher_hidden"] = self.hidden[i]
+        return item
+
+
+class TeacherCollator:
+    """Pads the tokens with the usual collator and stacks the teacher columns beside them."""
+
+    KEYS = ("teacher_logits", "teacher_hidden")
+
+    def __init__(self, base: Any):
+        self.base = base
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        extra = {k: torch.tensor(np.stack([f.pop(k) for f in features])) for k in self.KEYS if k in features[0]}
+        batch = self.base(features)
+        batch.update(extra)
+        return batch
+
+
+def distill_trainer_class(settings: Any, logits: np.ndarray, hidden: np.ndarray | None,
+                          unlabeled: tuple[Any, list[str], int] | None = None) -> Any:
+    """A Trainer whose loss is the distillation loss; evaluation (no teacher columns) is plain CE.
+    `unlabeled` = (task, texts, max_length): transfer-set texts appended to the training
+    split, labelled UNLABELED; `logits` (and `hidden`) cover the training rows, then these."""
+    from torch import nn
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        def __init__(self, *args: Any, **kwargs: Any):
+            parts = [kwargs["train_dataset"]]
+            if unlabeled is not None:
+                task, texts, max_length = unlabeled
+                parts.append(task.dataset(kwargs["processing_class"], texts, [UNLABELED] * len(texts), max_length))
+            kwargs["train_dataset"] = WithTeacher(parts, logits, hidden)
+            kwargs["data_collator"] = TeacherCollator(kwargs["data_collator"])
+            kwargs["args"].remove_unused_columns = False  # else the Trainer drops the teacher columns
+            model = kwargs["model"]
+            if hidden is not None:
+                # A submodule of the student so the optimizer trains it and checkpoints keep it;
+                # removed before the student is saved (see train()).
+                width = model.config.hidden_size
+                model.distill_projection = nn.Linear(width, hidden.shape[1]) if width != hidden.shape[1] else nn.Identity()
+            super().__init__(*args, **kwargs)
+            # compute_loss returns a batch mean: let the Trainer scale it for gradient accumulation
+            self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **kwargs: Any) -> Any:
+            teacher = inputs.pop("teacher_logits", None)
+            teacher_hidden = inputs.pop("teacher_hidden", None)
+            labels = inputs.pop("labels")
+            out = model(**inputs, output_hidden_states=teacher_hidden is not None)
+            if teacher is None:
+                import torch.nn.functional as F
+
+                loss = F.cross_entropy(out.logits, labels)  # evaluation: the dev split is labelled
+            else:
+                loss = distillation_loss(out.logits, teacher, labels, settings.alpha, settings.temperature)
+            if teacher_hidden is not None:
+                import torch.nn.functional as F
+
+                projected = self.accelerator.unwrap_model(model).distill_projection(out.hidden_states[-1][:, 0])
+                loss = loss + settings.hidden_mse * F.mse_loss(projected, teacher_hidden.to(projected.dtype))
+            return (loss, out) if return_outputs else loss
+
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            result = super().train(*args, **kwargs)
+            model = self.accelerator.unwrap_model(self.model)
+            if hasattr(model, "distill_projection"):
+                del model.distill_projection  # training-only: the saved student is a plain classifier
+            return result
+
+    return DistillTrainer
+
+
+# ---- teacher and student ------------------------------------------------------------------
+
+def _layer_list(model: Any) -> Any:
+    from torch import nn
+
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
+def kept_layers(spec: Any, n: int) -> list[int]:
+    keep = list(range(0, n, 2)) if spec == "every_other" else list(spec)
+    bad = [i for i in keep if i >= n]
+    if bad:
+        raise RecipeError(f"recipe.distill.student.from_teacher.layers: the teacher has {n} layers (0..{n - 1}); {bad} do not exist")
+    if len(keep) == n:
+        raise RecipeError(f"recipe.distill.student.from_teacher.layers: {keep} keeps all {n} layers; a student must drop some")
+    return keep
+
+
+def cut_student(teacher_dir: Path, layers: Any, output: Path, trust_remote_code: bool = False) -> list[int]:
+    """Save the teacher with only the kept encoder layers (weights copied, in order) to `output`."""
+    from torch import nn
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), trust_remote_code=trust_remote_code)
+    stack = _layer_list(model)
+    if stack is None:
+        raise ModelError(
+            f"recipe.distill.student.from_teacher: {model.config.model_type} has no BERT-style encoder.layer list to cut; "
+            "use a BERT-like teacher, or give a smaller pretrained student in model.path"
+        )
+    keep = kept_layers(layers, len(stack))
+    model.base_model.encoder.layer = nn.ModuleList([stack[i] for i in keep])
+    model.config.num_hidden_layers = len(keep)
+    with stage_dir(output) as tmp:
+        model.save_pretrained(str(tmp))
+        load_tokenizer(teacher_dir, "recipe.distill.teacher").save_pretrained(str(tmp))
+        (tmp / "ftexport.json").write_text(json.dumps({"stage": "distill-student", "key": output.name, "layers": keep}) + "\n")
+    return keep
+
+
+def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
+    """Refuse, before any work, a teacher whose labels or (at token level) tokens differ."""
+    from transformers import AutoConfig
+
+    d = recipe.distill
+    assert d is not None
+    check_model_dir(teacher_dir, "recipe.distill.teacher")
+    config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
+    labels = recipe.data.label_names
+    names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
+    generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
+    if labels and not generic and names != list(labels):
+        raise RecipeError(f"recipe.distill.teacher: the teacher predicts {names}, the recipe's labels are {list(labels)}; the label lists must match in order")
+    if labels and config.num_labels != len(labels):
+        raise RecipeError(f"recipe.distill.teacher: the teacher has {config.num_labels} outputs, the recipe {len(labels)} labels; use a teacher fine-tuned on these labels")
+    if d.student.from_teacher is not None:
+        kept_layers(d.student.from_teacher.layers, config.num_hidden_layers)
+    if d.level == "token":
+        t_vocab = load_tokenizer(teacher_dir, "recipe.distill.teacher").get_vocab()
+        s_vocab = load_tokenizer(student_dir).get_vocab()
+        if t_vocab != s_vocab:
+            differ = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+            raise RecipeError(
+                f"recipe.distill.level: teacher {teacher_dir} and student {student_dir} have different tokenizers "
+                f"({len(t_vocab)} vs {len(s_vocab)} entries, {differ} differ); token-level distillation needs the same tokens: "
+                "set distill.level: text to have the teacher read each text with its own tokenizer"
+            )
+
+
+def teacher_outputs(teacher_dir: Path, texts: list[str], max_length: int, with_hidden: bool, batch_size: int = 64,
+                    trust_remote_code: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Teacher logits (and last-layer [CLS] states) for `texts`, read with the teacher's own
+    tokenizer, in inference mode, shortest texts batched together (less padding)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    tok = load_tokenizer(teacher_dir, "recipe.distill.teacher")
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), trust_remote_code=trust_remote_code).eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    hidden = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32) if with_hidden else None
+    report_every = max(1, len(texts) // batch_size // 5)
+    with torch.inference_mode():
+        for n, start in enumerate(range(0, len(texts), batch_size)):
+            if n and n % report_every == 0:
+                progress.info(f"teacher: {start} of {len(texts)} texts")
+            rows = order[start : start + batch_size]
+            enc = tok([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out = model(**enc, output_hidden_states=with_hidden)
+            logits[rows] = out.logits.float().numpy()
+            if hidden is not None:
+                hidden[rows] = out.hidden_states[-1][:, 0].float().numpy()
+    return logits, hidden
+
+
+# ---- the transfer set ---------------------------------------------------------------------
+
+def load_unlabeled(recipe: Any, train_texts: list[str]) -> list[str]:
+    """The texts of distill.unlabeled: read from its file (the text column only), empty and
+    duplicate texts dropped, and (skip_training_texts) those already in the labelled
+    training split; then a seeded sample of max_samples."""
+    u = recipe.distill.unlabeled  # type: ignore[union-attr]
+    assert u is not None
+    path, column = recipe.unlabeled_path(), u.text_column or recipe.data.text_column
+    where = "distill.unlabeled"
+    df = read_table(path, u.format, columns=(column, "label"), section=where)
+    if column not in df.columns:
+        raise RecipeError(f"recipe.{where}: {path} has no column {column!r} (it has: {', '.join(map(str, df.columns[:10]))}); set {where}.text_column")
+    seen = set(train_texts) if u.skip_training_texts else set()
+    texts = []
+    for t in df[column].tolist():
+        if isinstance(t, str) and t.strip() and t not in seen:
+            seen.add(t)
+            texts.append(t)
+    if not texts:
+        raise RecipeError(f"recipe.{where}: {path} has no texts left in column {column!r}"
+                          + (" once those of the training split are left out (skip_training_texts)" if u.skip_training_texts else ""))
+    if u.max_samples is not None and u.max_samples < len(texts):
+        rng = np.random.default_rng(recipe.data.sample_seed)
+        texts = [texts[i] for i in sorted(rng.choice(len(texts), u.max_samples, replace=False))]
+    return texts
+
+
+def _transfer_key(recipe: Any) -> tuple[str, ...]:
+    """The transfer set's part of a cache key (a hash of its settings and its file's bytes):
+    nothing without one, so keys made before distill.unlabeled existed still match."""
+    u = recipe.distill.unlabeled if recipe.distill else None
+    if u is None:
+        return ()
+    h = hashlib.sha256(u.model_dump_json(exclude={"path"}).encode())
+    with open(recipe.unlabeled_path(), "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return (h.hexdigest()[:16],)
+
+
+# ---- the stage ----------------------------------------------------------------------------
+
+def _paths(recipe: Any) -> tuple[Path, Path | None]:
+    d = recipe.distill
+    if d is None:
+        raise RecipeError("recipe.distill: this recipe has no distill section; add one (see recipes/distill.yaml) or use `ftexport train`")
+    teacher = resolve_model_path(d.teacher, "recipe.distill.teacher").resolve()
+    return teacher, (None if d.student.from_teacher is not None else resolve_model_path(recipe.model.path).resolve())
+
+
+def distill_key(recipe: Any, hashes: tuple[str, str, tuple[str, ...], tuple[str, ...]] | None = None) -> str:
+    """hashes: (data fingerprint, teacher hash, transfer key, student hash) when the caller has
+    them already (each one reads files: the data, the teacher's and student's weights, the
+    transfer set). Contents, not paths: the same files under another path keep the key."""
+    data_fp, t_hash, transfer, s_hash = hashes or _input_hashes(recipe)
+    return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), data_fp, t_hash, *transfer, *s_hash)
+
+
+def _input_hashes(recipe: Any) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+    teacher, student = _paths(recipe)
+    return fingerprint(recipe.data), model_hash(teacher), _transfer_key(recipe), ((model_hash(student),) if student else ())
+
+
+def work_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.work"
+
+
+def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Distil the teacher into the student; write the student (a save_pretrained folder that
+    `ftexport merge` passes through) with distill.json / distill.md to `output`."""
+    teacher_dir, student_dir = _paths(recipe)
+    d = recipe.distill
+    assert d is not None
+    if recipe.method.name != "full":
+        raise RecipeError("recipe.method.name: distillation trains the whole student; set method: {name: full}")
+    output = Path(output)
+    work = work_dir(output)
+    check_compatible(recipe, teacher_dir, student_dir or teacher_dir)
+    data_fp, t_hash, transfer, _ = hashes = _input_hashes(recipe)
+    key = distill_key(recipe, hashes)
+    max_len = recipe.model.max_length
+
+    # 1. The student's starting weights: a pretrained model, or the teacher with layers cut.
+    layers: list[int] | None = None
+    if student_dir is None:
+        spec = d.student.from_teacher.layers  # type: ignore[union-attr]
+        student_dir = work / f"student-{make_key(t_hash, spec)}"
+        if (student_dir / "ftexport.json").is_file():
+            layers = json.loads((student_dir / "ftexport.json").read_text())["layers"]
+        else:
+            progress.step(f"distill: cutting the student from the teacher (layers {spec})")
+            layers = cut_student(teacher_dir, spec, student_dir, recipe.model.trust_remote_code)
+    student_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": str(student_dir)})})
+
+    # 2. The teacher's outputs on the training split, once.
+    data = load_data(recipe.data, ("train", "test"))
+    train_texts = data["train"].texts
+    extra = load_unlabeled(recipe, train_texts) if d.unlabeled is not None else []
+    if extra:
+        progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
+    with_hidden = d.hidden_mse > 0
+    cache = work / f"teacher-{make_key(t_hash, data_fp, max_len, with_hidden, *transfer)}.npz"
+    cached = cache.is_file()
+    if cached:
+        progress.step(f"distill: teacher outputs from the cache ({cache.name})")
+        z = np.load(cache)
+        logits, hidden = z["logits"], (z["hidden"] if with_hidden else None)
+    else:
+        progress.step(f"distill: teacher {teacher_dir.name} reads {len(train_texts)} training texts" + (f" and {len(extra)} unlabeled ones" if extra else "") + " (once)")
+        logits, hidden = teacher_outputs(teacher_dir, train_texts + extra, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code)
+        work.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
+        tmp.replace(cache)
+    if len(logits) != len(train_texts) + len(extra):
+        raise ModelError(f"distill: the teacher cache {cache} holds {len(logits)} rows, not {len(train_texts) + len(extra)}; delete it and re-run")
+    teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
+    progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
+
+    # 3. The student with the teacher, and (for the report) without.
+    kd_dir, base_dir = work / "kd", work / "baseline"
+    kd_key = make_key("distill-kd", key)
+    if is_fresh(kd_dir, kd_key):
+        progress.step("distill: student (with the teacher) up to date, reused")
+    else:
+        progress.step(f"distill: training the student with the teacher (alpha {d.alpha}, T {d.temperature}"
+                      + (f", hidden MSE {d.hidden_mse}" if with_hidden else "")
+                      + (f"; {len(train_texts)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "") + ")")
+        transfer = (get_task(recipe.task), extra, max_len) if extra else None
+        train(student_recipe, kd_dir, quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
+    baseline_key = make_key("distill-baseline", student_recipe.section_hash("task", "data", "method", "training"),
+                            data_fp, model_hash(student_dir), max_len)
+    if d.baseline:
+        if is_fresh(base_dir, baseline_key):
+            progress.step("distill: baseline student (no teacher) up to date, reused")
+        else:
+            progress.step("distill: training the same student without the teacher (baseline)")
+            train(student_recipe, base_dir, quiet=quiet, key=baseline_key)
+
+    # 4. Teacher vs student vs baseline on the held-out split, and each one's latency.
+    progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
+    rows = {"teacher": teacher_dir, "student": kd_dir, **({"baseline": base_dir} if d.baseline else {})}
+    report = compare_models(rows, data["test"].texts, data["test"].labels, len(data.label_names), max_len, recipe.task)
+    report.update({
+        "settings": d.model_dump(mode="json"),
+        "student_layers_from_teacher": layers,
+        "train_rows": len(train_texts),
+        "unlabeled_rows": len(extra),
+        "teacher_logits": {"cache": str(cache), "reused": cached, "teacher_train_accuracy": teacher_train_acc},
+        "test_rows": len(data["test"]),
+    })
+    s, t = report["models"]["student"], report["models"]["teacher"]
+    report["student_minus_teacher"] = s["accuracy"] - t["accuracy"]
+    if d.baseline:
+        report["student_minus_baseline"] = s["accuracy"] - report["models"]["baseline"]["accuracy"]
+
+    kd_record = read_record(kd_dir)
+    with stage_dir(output) as tmp:
+        link_tree(kd_dir, tmp)
+        (tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "distill.md").write_text(distill_markdown(report) + "\n")
+        StageRecord(
+            "distill", key,
+            inputs={"teacher": str(teacher_dir), "teacher_hash": t_hash, "student": str(student_dir), "data": data_fp, "unlabeled": transfer[0] if transfer else "none"},
+            settings={"distill": d.model_dump(mode="json"), "training": recipe.training.model_dump(), "max_length": max_len},
+            metrics={**(kd_record.metrics if kd_record else {}), "test": {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in report["models"].items()}},
+            method="full", base_model=str(student_dir), labels=data.label_names, task=recipe.task,
+            max_length=max_len, trust_remote_code=recipe.model.trust_remote_code,
+        ).write(tmp)
+    return report
+
+
+def compare_models(models: dict[str, Path], texts: list[str], labels: list[int], num_labels: int, max_length: int, task_name: str,
+                   iterations: int = 30, rounds: int = 3) -> dict[str, Any]:
+    """Accuracy and macro-F1 of each model on `texts`, and PyTorch p50 latency at batch 1 and
+    8 measured in the same run (models interleaved round by round, so a busy machine slows
+    them alike); speed-up is the teacher's p50 over each model's."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    task = get_task(task_name)
+    loaded = {}
+    correct: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {"models": {}}
+    for name, path in models.items():
+        model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+        tok = load_tokenizer(path, name)
+        logits = predict_logits(model, tok, texts, max_length)
+        scores = task.metrics(logits, labels, num_labels)
+        correct[name] = logits.argmax(-1) == np.asarray(labels)
+        out["models"][name] = {
+            "path": str(path), **scores, "parameters": sum(p.numel() for p in model.parameters()),
+            "layers": getattr(model.config, "num_hidden_layers", None),
+        }
+        loaded[name] = torch_probs(model, tok, max_length, "cpu")
+    times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in models for b in LATENCY_BATCHES}
+    for _ in range(rounds):
+        for b in LATENCY_BATCHES:
+            batches = [texts[i : i + b] for i in range(0, min(len(texts), 64 * b), b)]
+            for name, fn in loaded.items():
+                times[(name, b)] += time_calls(cycle(fn, batches), warmup=2, iterations=max(3, iterations // rounds))
+    for name in models:
+        out["models"][name]["latency_ms"] = {str(b): summarize(times[(name, b)], b)["p50_ms"] for b in LATENCY_BATCHES}
+    t = out["models"]["teacher"]["latency_ms"]
+    for name in models:
+        m = out["models"][name]
+        m["speedup_vs_teacher"] = {b: t[b] / m["latency_ms"][b] for b in m["latency_ms"]}
+        m["size_vs_teacher"] = m["parameters"] / out["models"]["teacher"]["parameters"]
+    if "baseline" in correct:
+        out["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
+    out["latency"] = {"backend": "pytorch fp32, CPU", "threads": torch.get_num_threads(), "p50_of": iterations, "texts": "held-out split, as they come"}
+    return out
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Exact McNemar test of two models' right/wrong answers on the same texts: only the texts
+    where they disagree carry evidence; p is the two-sided binomial probability of a split at
+    least this uneven if neither model were better."""
+    from scipy.stats import binomtest
+
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    p = float(binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
+    return {"student_only_right": a_only, "baseline_only_right": b_only, "mcnemar_p": p}
+
+
+TITLES = {"teacher": "teacher", "student": "student (distilled)", "baseline": "student without KD"}
+
+
+def distill_markdown(report: dict[str, Any]) -> str:
+    rows = []
+    for name, m in report["models"].items():
+        rows.append([
+            TITLES.get(name, name), m["layers"], f"{m['parameters'] / 1e6:.1f}M", f"{100 * m['accuracy']:.2f}%", f"{100 * m['macro_f1']:.2f}",
+            f"{m['latency_ms']['1']:.2f}", f"{m['latency_ms']['8']:.2f}", f"{m['speedup_vs_teacher']['1']:.2f}x / {m['speedup_vs_teacher']['8']:.2f}x",
+        ])
+    s = report["settings"]
+    lines = [
+        "# Distillation",
+        "",
+        f"{report['test_rows']} held-out texts; teacher {report['models']['teacher']['path']}; "
+        f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled training rows"
+        + (f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student (the baseline sees only the labelled rows)."
+           if report.get("unlabeled_rows") else "."),
+        "",
+        markdown_table(["model", "layers", "params", "accuracy", "macro-F1", "p50 ms b1", "p50 ms b8", "speed-up vs teacher (b1 / b8)"], rows),
+        "",
+        f"student - teacher: {100 * report['student_minus_teacher']:+.2f} points accuracy",
+    ]
+    if "student_minus_baseline" in report:
+        lines.append(f"student - student without KD: {100 * report['student_minus_baseline']:+.2f} points accuracy (what distillation bought)")
+        if "student_vs_baseline" in report:
+            t = report["student_vs_baseline"]
+            lines.append(f"texts only the student gets right: {t['student_only_right']}, only the baseline: {t['baseline_only_right']} "
+                         f"(exact McNemar p = {t['mcnemar_p']:.3f}: " + ("a difference this uneven is unlikely to be chance)" if t["mcnemar_p"] < 0.05
+                                                                        else "a split this even could well be chance; more test texts would tell)"))
+    lines.append(f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls per cell, models interleaved in one run.")
+    return "\n".join(lines)

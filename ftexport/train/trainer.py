@@ -1,0 +1,337 @@
+"""`ftexport train`: fine-tune a pretrained model on the recipe's data with the Hugging Face
+Trainer, fully or with a peft adapter (LoRA and friends, see methods.py).
+
+Output: a save_pretrained directory. For LoRA it holds the adapter (and the classifier
+head, which peft saves beside it); `ftexport merge` folds it into dense weights.
+
+Distributed: the same command runs under `torchrun` and `accelerate launch` (DDP, FSDP,
+DeepSpeed; see docs/distributed.md). The recipe's batch_size is the global batch: each of
+the N processes takes batch_size / N, so a recipe trains the same way on 1 or 8 devices.
+Only rank 0 writes files and prints; the other ranks wait for it at barriers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+from ..core import progress
+from ..core.artifacts import StageRecord, make_key, read_record, stage_dir
+from ..core.errors import RecipeError
+from ..core.hf import check_model_dir, load_tokenizer, model_hash, resolve_model_path
+from ..data import fingerprint, load_data
+from ..tasks import get_task
+from .methods import adalora_callback, apply_method, check_positions, dropout_override
+
+
+def resolve_device(choice: str) -> str:
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("recipe.training.device: 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def precision_flags(mixed: str, device: str) -> dict[str, bool]:
+    """bf16 where the GPU has it, else fp16; nothing on the CPU (slower there, and lossy)."""
+    import torch
+
+    if device != "cuda" or mixed == "no":
+        if mixed in ("fp16", "bf16") and device != "cuda":
+            raise RecipeError(f"recipe.training.mixed_precision: {mixed} needs a CUDA device; use 'auto' or 'no' on the CPU")
+        return {"bf16": False, "fp16": False}
+    if mixed == "auto":
+        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": mixed == "bf16", "fp16": mixed == "fp16"}
+
+
+def _progress_callback() -> Any:
+    """Trainer's own callbacks print every log dict to stdout; keep stdout for results, show
+    the loss on the progress bar and each dev evaluation as one line on stderr."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class Progress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            if getattr(self, "training_bar", None) is not None and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
+            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_f1")}
+            if "loss" in scores and not any(k in logs for k in ("eval_accuracy", "eval_macro_f1", "eval_f1")):
+                scores["perplexity"] = math.exp(min(scores["loss"], 50.0))  # a language model's dev score
+            if scores:
+                progress.info(f"step {state.global_step}: dev " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    return Progress
+
+
+def version_specific_args(group_by_length: bool, warmup_ratio: float) -> dict[str, Any]:
+    """TrainingArguments that transformers 5 renamed: group_by_length became
+    train_sampling_strategy, and warmup_ratio became a float warmup_steps."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    kw: dict[str, Any] = {}
+    if "warmup_ratio" in params:
+        kw["warmup_ratio"] = warmup_ratio
+    else:
+        kw["warmup_steps"] = float(warmup_ratio)  # a float in [0, 1) is a ratio of the steps
+    if "group_by_length" in params:
+        kw["group_by_length"] = group_by_length
+    elif group_by_length:
+        kw["train_sampling_strategy"] = "group_by_length"
+    return kw
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) as the launchers (torchrun, accelerate launch, deepspeed) set them
+    in the environment; read before the Trainer starts the process group, because the
+    per-device batch size must be known to build TrainingArguments."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_device_batch(batch_size: int, world_size: int) -> int:
+    """The recipe's batch_size is the global batch; each process takes an equal share."""
+    if batch_size % world_size:
+        near = [n for n in (batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size) if n > 0]
+        raise RecipeError(
+            f"recipe.training.batch_size: {batch_size} is the global batch and does not split evenly over {world_size} processes; "
+            f"set it to a multiple of {world_size} ({' or '.join(map(str, near))}) or launch a number of processes that divides {batch_size}"
+        )
+    return batch_size // world_size
+
+
+def check_launcher(device: str) -> None:
+    """accelerate refuses FSDP without an accelerator, with a traceback from deep inside the
+    Trainer; say it in one line before loading anything."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and device != "cuda":
+        raise RecipeError(
+            f"accelerate launch: FSDP needs CUDA GPUs and this run is on the {device}; "
+            "on CPUs launch with torchrun or --config_file recipes/accelerate/ddp.yaml"
+        )
+
+
+def train_key(recipe: Any) -> str:
+    """Settings, the data's content and the starting weights' content: not how paths are spelled."""
+    weights = model_hash(resolve_model_path(recipe.model.path)) if recipe.model.path is not None else None
+    return make_key("train", recipe.section_hash("task", "model", "data", "method", "training"), fingerprint(recipe.data), weights)
+
+
+def total_steps(t: Any, examples: int, device_batch: int, world_size: int) -> int:
+    """Optimizer steps the Trainer will take (AdaLoRA schedules its rank budget on it)."""
+    import math
+
+    if t.max_steps:
+        return t.max_steps
+    per_epoch = max(1, math.ceil(math.ceil(examples / (device_batch * world_size)) / t.gradient_accumulation_steps))
+    return max(1, math.ceil(t.epochs * per_epoch))
+
+
+def trainable_parameters(model: Any) -> dict[str, float]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total, "share": trainable / total if total else 0.0}
+
+
+def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: Any = None, key: str | None = None) -> StageRecord | None:
+    """Fine-tune per the recipe and write the model (or adapter) directory to `output`.
+    `ftexport distill` passes its own Trainer subclass (a different loss) and stage key."""
+    t = recipe.training
+    rank, world_size = world()
+    try:  # what is wrong with the launch is the same on every rank
+        device_batch = per_device_batch(t.batch_size, world_size)
+        device = resolve_device(t.device)
+        check_launcher(device)
+    except RecipeError:
+        if rank != 0:
+            raise SystemExit(2) from None  # rank 0 says why: one line, not one per process
+        raise
+    if rank != 0:
+        progress.set_quiet(True)  # rank 0 reports for all; N copies of each line help no one
+        quiet = True
+
+    import torch
+    import transformers
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    task = get_task(recipe.task)
+    flags = precision_flags(t.mixed_precision, device)
+    data = load_data(recipe.data, ("train", "validation"), labelled=task.labelled)
+    dev = data.get("validation")
+    if t.early_stopping_patience and dev is None:
+        raise RecipeError("recipe.training.early_stopping_patience: needs a dev split; set data.validation")
+    output = Path(output)
+    key = key or train_key(recipe)
+    scratch_dir = output.parent / f".{output.name}.scratch"
+    if recipe.model.scratch is not None:  # a random-init model (the task builds it): the "pretrained" model, built here
+        if world_size > 1:  # every rank would build (and delete) the same folder
+            raise RecipeError("recipe.model.scratch: train a scratch model in one process (ranks would race on building it); run `ftexport train` without a launcher")
+
+        progress.step(f"train: building a random-init model {recipe.model.scratch.config} and a tokenizer from the train split")
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+        base = task.build_scratch(recipe.model.scratch, data["train"].texts, recipe.model.max_length, scratch_dir).resolve()
+    else:
+        base = resolve_model_path(recipe.model.path).resolve()
+    check_model_dir(base)
+
+    tokenizer = task.prepare_tokenizer(load_tokenizer(base))
+    progress.step(
+        f"train: {len(data['train'])} examples" + (f", labels {data.label_names}" if task.labelled else "") + f", method {recipe.method.name}, device {device}"
+        + (f", {world_size} processes x batch {device_batch}" if world_size > 1 else "")
+    )
+    transformers.set_seed(t.seed)
+    model = task.load_model(base, data.label_names, recipe.model.trust_remote_code)
+    max_len = recipe.model.max_length
+    check_positions(recipe.method, model.config, max_len)
+    if t.dropout is not None:
+        dropout_override(model, t.dropout)
+    model = apply_method(model, recipe.method, task, total_steps(t, len(data["train"]), device_batch, world_size))
+    params = trainable_parameters(model)
+    progress.info(f"{recipe.method.name}: trainable parameters {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
+
+    train_ds = task.dataset(tokenizer, data["train"].inputs, data["train"].labels, max_len)
+    dev_ds = task.dataset(tokenizer, dev.inputs, dev.labels, max_len) if dev is not None else None
+
+    compute_metrics = task.compute_metrics(data.label_names)
+    best_metric, greater_is_better = task.best_metric(t.metric)
+    # Checkpoints live beside the stage (not inside its temp dir) so an interrupted run resumes.
+    ckpt_dir = output.parent / f".{output.name}.checkpoints"
+
+    evaluating = dev_ds is not None
+    # AdaLoRA saves each checkpoint pruned to that moment's ranks, which cannot be loaded back
+    # into the model (its ranks moved on): no mid-run checkpoints, so no best-checkpoint
+    # reload and no resume; the recipe refuses early stopping for it (recipe.py).
+    checkpoints = recipe.method.name != "adalora"
+    strategy = ("steps" if t.eval_steps else "epoch") if evaluating else "no"
+    cuda = device == "cuda"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        per_device_train_batch_size=device_batch,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.scheduler,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy=strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=(strategy if evaluating else "steps") if checkpoints else "no",
+        save_steps=t.eval_steps or 500,
+        save_total_limit=2,
+        load_best_model_at_end=evaluating and checkpoints,
+        metric_for_best_model=best_metric if evaluating else None,
+        greater_is_better=greater_is_better,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=quiet,
+        use_cpu=not cuda,
+        dataloader_num_workers=t.dataloader_workers,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        tf32=bool(cuda and torch.cuda.get_device_capability()[0] >= 8),
+        # NCCL has no CPU tensors; None lets accelerate pick (NCCL on GPUs, or what its config says).
+        ddp_backend="gloo" if world_size > 1 and not cuda else None,
+        **flags,
+        **version_specific_args(cuda if t.group_by_length is None else t.group_by_length, t.warmup_ratio),
+    )
+    if args.world_size != world_size:  # a launcher that does not set WORLD_SIZE would silently change the batch
+        raise RecipeError(
+            f"ftexport train: the environment says WORLD_SIZE={world_size} but torch.distributed has {args.world_size} processes; "
+            "launch with torchrun or accelerate launch"
+        )
+    state = getattr(args, "distributed_state", None)  # the process group the Trainer will use, now initialized
+    if args.process_index == 0:
+        if ckpt_dir.exists() and (ckpt_dir / "KEY").is_file() and (ckpt_dir / "KEY").read_text() != key:
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / "KEY").write_text(key)
+    _barrier(state)  # every rank must see the same checkpoints to agree on resuming
+    resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+
+    callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
+    if recipe.method.name == "adalora":
+        callbacks.append(adalora_callback())
+    trainer = (trainer_class or Trainer)(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        data_collator=task.collator(tokenizer, t.padding, max_len),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics if evaluating and compute_metrics else None,
+        callbacks=callbacks,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not quiet:
+        trainer.add_callback(_progress_callback())
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    metrics: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "steps": result.global_step,
+        "trainable_parameters": params,
+        "resumed": resume,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "precision": "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32",
+        "tf32": bool(args.tf32),
+        "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+        "padding": t.padding,
+        "group_by_length": bool(cuda if t.group_by_length is None else t.group_by_length),
+    }
+    if evaluating:
+        ev = trainer.evaluate()
+        metrics.update({k.removeprefix("eval_"): v for k, v in ev.items() if k.startswith("eval_") and isinstance(v, float)})
+        metrics = task.eval_metrics(metrics)
+    progress.info(
+        f"trained {result.global_step} steps in {metrics['train_runtime_s']:.0f}s "
+        f"({metrics['train_samples_per_second']:.1f} samples/s)"
+        + (f", dev {t.metric} {metrics.get(t.metric, float('nan')):.4f}" if evaluating else "")
+    )
+
+    # Under FSDP/DeepSpeed the weights are sharded: every rank takes part in gathering them,
+    # then rank 0 alone writes the stage directory (one writer, so no race on the rename).
+    sharded = world_size > 1 or trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
+    if args.process_index != 0:
+        _barrier(state)  # wait until rank 0 has renamed the stage into place
+        return None
+    with stage_dir(output) as tmp:
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+        StageRecord(
+            "train",
+            key,
+            inputs={"base_model": str(base), "data": fingerprint(recipe.data)},
+            settings={"method": recipe.method.model_dump(), "training": t.model_dump(), "max_length": max_len},
+            metrics=metrics,
+            method=recipe.method.name,
+            base_model="scratch" if recipe.model.scratch is not None else str(base),
+            labels=data.label_names,
+            task=recipe.task,
+            max_length=max_len,
+            trust_remote_code=recipe.model.trust_remote_code,
+        ).write(tmp)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(scratch_dir, ignore_errors=True)
+    _barrier(state)
+    return read_record(output)
+
+
+def _barrier(state: Any) -> None:
+    if state is not None and state.num_processes > 1:
+        state.wait_for_everyone()

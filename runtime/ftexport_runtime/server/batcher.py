@@ -1,0 +1,155 @@
+"""Dynamic micro-batching: requests wait in one bounded queue (counted in texts); a single
+worker takes what is queued, waits up to max_wait for more while the batch is under
+max_batch texts, and runs one predict call in a worker thread, so the event loop keeps
+accepting and answering requests meanwhile. A full queue refuses at once rather than growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future[list[dict[str, Any]]]
+
+
+@dataclass
+class Stats:
+    requests: int = 0  # accepted into the queue
+    texts: int = 0
+    batches: int = 0  # model calls (Predictor.predict_batch calls)
+    rejected: int = 0  # 503s: queue full or shutting down
+    largest_batch: int = 0
+
+
+@dataclass
+class MicroBatcher:
+    """Collects queued requests into batches and runs each batch in one worker thread.
+
+    predict: texts -> one JSON-ready answer per text (runs in the worker thread).
+    """
+
+    predict: Callable[[list[str]], list[dict[str, Any]]]
+    max_batch: int
+    max_wait_s: float
+    capacity: int  # texts
+    batching: bool = True
+    stats: Stats = field(default_factory=Stats)
+
+    def __post_init__(self) -> None:
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0
+        self._closing = False
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # One thread: onnxruntime already spreads one call over every core it is given, so a
+        # second concurrent call would only fight the first for them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftexport-predict")
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="ftexport-batcher")
+
+    async def close(self) -> None:
+        """Stop taking requests, answer every queued one, then stop the worker."""
+        self._closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str]) -> list[dict[str, Any]]:
+        if self._closing:
+            self.stats.rejected += 1
+            raise ShuttingDown
+        if self._queued + len(texts) > self.capacity:
+            self.stats.rejected += 1
+            raise QueueFull
+        assert self._wakeup is not None, "MicroBatcher.start() was not called (the app's lifespan did not run)"
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._queued += len(texts)
+        self.stats.requests += 1
+        self.stats.texts += len(texts)
+        self._wakeup.set()
+        return await job.future
+
+    def _pop(self) -> _Job:
+        job = self._jobs.popleft()
+        self._queued -= len(job.texts)
+        return job
+
+    async def _next_batch(self) -> list[_Job]:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        batch = [self._pop()]  # the first job always goes, even one larger than max_batch
+        if not self.batching:
+            return batch
+        size = len(batch[0].texts)
+        deadline = loop.time() + self.max_wait_s
+        while size < self.max_batch:
+            while self._jobs and size + len(self._jobs[0].texts) <= self.max_batch:
+                batch.append(self._pop())
+                size += len(batch[-1].texts)
+            remaining = deadline - loop.time()
+            if self._jobs or size >= self.max_batch or remaining <= 0 or self._closing:
+                break  # full, or the next job would overflow it, or time is up
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        return batch
+
+    async def _work(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._jobs:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # A client that went away while queued has a cancelled future: skip its texts.
+            batch = [job for job in await self._next_batch() if not job.future.done()]
+            if not batch:
+                continue
+            texts = [t for job in batch for t in job.texts]
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
+            try:
+                answers = await loop.run_in_executor(self._executor, self.predict, texts)
+            except Exception as e:  # noqa: BLE001  # a bug or a broken model: fail this batch, keep serving
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                continue
+            start = 0
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_result(answers[start : start + len(job.texts)])
+                start += len(job.texts)
