@@ -85,7 +85,11 @@ def main(quiet: bool) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Re-run every stage even if its output is up to date.")
-@click.option("--stop-after", type=click.Choice(["train", "distill", "merge", "export", "quantize", "tensorrt", "validate", "bench", "pack"]), help="Stop after this stage.")
+@click.option(
+    "--stop-after",
+    type=click.Choice(["train", "distill", "merge", "export", "quantize", "tensorrt", "validate", "bench", "pack"]),
+    help="Stop after this stage.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None:
     """Run the whole pipeline of RECIPE: train, merge, export, quantize, validate, bench, pack.
@@ -107,8 +111,15 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
             _echo_json(e.report.to_json()) if as_json else click.echo("\n" + task.parity_table(e.report) + "\n")
         raise
     if as_json:
-        _echo_json({"bundle": str(result.bundle), "parity": result.parity.to_json() if result.parity else None,
-                    "bench": result.bench.to_json() if result.bench else None, "ran": result.ran, "skipped": result.skipped})
+        _echo_json(
+            {
+                "bundle": str(result.bundle),
+                "parity": result.parity.to_json() if result.parity else None,
+                "bench": result.bench.to_json() if result.bench else None,
+                "ran": result.ran,
+                "skipped": result.skipped,
+            }
+        )
         return
     if result.parity:
         click.echo("\n" + result.table())
@@ -120,8 +131,12 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: OUTPUT/train from the recipe].")
-@click.option("--method", "method_name", metavar="NAME",
-              help="Override recipe method.name: full, bitfit, lora, adalora, ia3, prefix or prompt (README, 'Fine-tuning methods').")
+@click.option(
+    "--method",
+    "method_name",
+    metavar="NAME",
+    help="Override recipe method.name: full, bitfit, lora, adalora, ia3, prefix or prompt (README, 'Fine-tuning methods').",
+)
 def train(recipe: str, output: str | None, method_name: str | None) -> None:
     """Fine-tune the recipe's model on its data with the Hugging Face Trainer: fully, BitFit,
     or a peft adapter (LoRA, AdaLoRA, IA3, prefix or prompt tuning).
@@ -200,20 +215,57 @@ def merge(train_dir: str, output: str) -> None:
 @click.argument("model_dir", required=False, type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder to write [with --trt --bundle B: B itself].")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 23), help="ONNX opset.")
-@click.option("--max-length", type=click.IntRange(2, None), help="Tokens per text in the bundle [default: from training, or the model's limit].")
+@click.option(
+    "--max-length", type=click.IntRange(2, None), help="Tokens per text in the bundle [default: from training, or the model's limit]."
+)
 @click.option("--name", help="Bundle name [default: the model folder's name].")
-@click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT 10 and an NVIDIA GPU: pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com).")
-@click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), help="With --trt: add engines to this existing bundle instead of exporting MODEL_DIR (rebuild on a new GPU).")
-@click.option("--precision", "precisions", type=click.Choice(["fp16", "int8", "fp32"]), multiple=True,
-              help="With --trt: engines to build (repeatable) [default: the recipe's, else fp16]. int8 needs a static symmetric QDQ variant.")
-@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), help="With --trt: the tensorrt section, and training texts whose token lengths shape the profile.")
+@click.option(
+    "--trt",
+    is_flag=True,
+    help="Also build TensorRT engines (needs TensorRT 10 and an NVIDIA GPU: pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com).",
+)
+@click.option(
+    "--bundle",
+    "bundle_dir",
+    type=click.Path(file_okay=False),
+    help="With --trt: add engines to this existing bundle instead of exporting MODEL_DIR (rebuild on a new GPU).",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    type=click.Choice(["fp16", "int8", "fp32"]),
+    multiple=True,
+    help="With --trt: engines to build (repeatable) [default: the recipe's, else fp16]. int8 needs a static symmetric QDQ variant.",
+)
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(dir_okay=False),
+    help="With --trt: the tensorrt section, and training texts whose token lengths shape the profile.",
+)
 @click.option("--batch", help="With --trt: profile batch MIN,OPT,MAX [default: 1,1,64].")
 @click.option("--seq", help="With --trt: profile tokens MIN,OPT,MAX [default: from the training texts' lengths].")
-@click.option("--on-longer", type=click.Choice(["error", "truncate"]), help="With --trt: a text over the profile's max tokens is refused, or cut [default: error].")
+@click.option(
+    "--on-longer",
+    type=click.Choice(["error", "truncate"]),
+    help="With --trt: a text over the profile's max tokens is refused, or cut [default: error].",
+)
 @click.option("--workspace-gib", type=click.FloatRange(0, min_open=True), help="With --trt: builder workspace [default: 4].")
-def export(model_dir: str | None, output: str | None, opset: int, max_length: int | None, name: str | None, trt: bool, bundle_dir: str | None,
-           precisions: tuple[str, ...], recipe_path: str | None, batch: str | None, seq: str | None, on_longer: str | None,
-           workspace_gib: float | None) -> None:
+def export(
+    model_dir: str | None,
+    output: str | None,
+    opset: int,
+    max_length: int | None,
+    name: str | None,
+    trt: bool,
+    bundle_dir: str | None,
+    precisions: tuple[str, ...],
+    recipe_path: str | None,
+    batch: str | None,
+    seq: str | None,
+    on_longer: str | None,
+    workspace_gib: float | None,
+) -> None:
     """Export a dense model folder to an ONNX bundle through Hugging Face Optimum.
 
     The bundle holds model.onnx (dynamic batch and sequence axes), tokenizer.json and
@@ -256,33 +308,79 @@ def export(model_dir: str | None, output: str | None, opset: int, max_length: in
             err = e.errors()[0]
             raise RecipeError(format_error({**err, "loc": ("tensorrt", *err["loc"])}).replace("recipe.tensorrt.", "--")) from None
         texts = training_texts(recipe.data) if recipe is not None and section.seq is None else None
-        build_engines(bundle_dir or output, output if bundle_dir else None, section.precisions, texts, section.batch, section.seq,
-                      section.on_longer, section.workspace_gib)
+        build_engines(
+            bundle_dir or output,
+            output if bundle_dir else None,
+            section.precisions,
+            texts,
+            section.batch,
+            section.seq,
+            section.on_longer,
+            section.workspace_gib,
+        )
     click.echo(output or bundle_dir)
 
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
-@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False),
-              help="Take the quantize section, the calibration data and the int8 gate from this recipe; flags override it.")
-@click.option("--mode", "modes", type=click.Choice(["dynamic", "static", "fp16"]), multiple=True,
-              help="Variant to add (repeatable): dynamic = int8, activations scaled at run time; static = int8 calibrated "
-                   "on training texts (needs --recipe); fp16 = fused fp16 for the GPU.  [default: dynamic]")
-@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "O4"]),
-              help="Optimum graph optimization first: O1 basic, O2 + attention/LayerNorm/GELU fusions, O3 + fast GELU "
-                   "(adds model.opt.onnx; int8 is made from it), O4 = O3 + fp16 for the GPU.")
-@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), help="Static int8 graph format [default: qdq, which TensorRT reads].")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), help="Static int8 range estimator [default: minmax].")
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(dir_okay=False),
+    help="Take the quantize section, the calibration data and the int8 gate from this recipe; flags override it.",
+)
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(["dynamic", "static", "fp16"]),
+    multiple=True,
+    help="Variant to add (repeatable): dynamic = int8, activations scaled at run time; static = int8 calibrated "
+    "on training texts (needs --recipe); fp16 = fused fp16 for the GPU.  [default: dynamic]",
+)
+@click.option(
+    "--optimize",
+    type=click.Choice(["O1", "O2", "O3", "O4"]),
+    help="Optimum graph optimization first: O1 basic, O2 + attention/LayerNorm/GELU fusions, O3 + fast GELU "
+    "(adds model.opt.onnx; int8 is made from it), O4 = O3 + fp16 for the GPU.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["qdq", "qoperator"]), help="Static int8 graph format [default: qdq, which TensorRT reads]."
+)
+@click.option(
+    "--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), help="Static int8 range estimator [default: minmax]."
+)
 @click.option("--calibration-samples", type=click.IntRange(1, None), help="Training texts to calibrate on [default: 128].")
-@click.option("--per-channel/--per-tensor", default=None, help="One weight scale per output channel, or one per tensor [default: per-channel].")
+@click.option(
+    "--per-channel/--per-tensor", default=None, help="One weight scale per output channel, or one per tensor [default: per-channel]."
+)
 @click.option("--reduce-range", is_flag=True, default=None, help="7-bit weights, for CPUs whose int8 kernels saturate.")
-@click.option("--symmetric", is_flag=True, default=None, help="Static int8 with symmetric int8 activations (zero point 0), which TensorRT int8 engines need.")
-@click.option("--accuracy-aware", is_flag=True, default=None,
-              help="If int8 misses the recipe's int8 gate on validation texts, keep the most sensitive layers in fp32 and retry (needs --recipe).")
-def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str, ...], optimize: str | None, fmt: str | None,
-             calibration_method: str | None, calibration_samples: int | None, per_channel: bool | None, reduce_range: bool | None,
-             symmetric: bool | None, accuracy_aware: bool | None) -> None:
+@click.option(
+    "--symmetric",
+    is_flag=True,
+    default=None,
+    help="Static int8 with symmetric int8 activations (zero point 0), which TensorRT int8 engines need.",
+)
+@click.option(
+    "--accuracy-aware",
+    is_flag=True,
+    default=None,
+    help="If int8 misses the recipe's int8 gate on validation texts, keep the most sensitive layers in fp32 and retry (needs --recipe).",
+)
+def quantize(
+    bundle: str,
+    output: str,
+    recipe_path: str | None,
+    modes: tuple[str, ...],
+    optimize: str | None,
+    fmt: str | None,
+    calibration_method: str | None,
+    calibration_samples: int | None,
+    per_channel: bool | None,
+    reduce_range: bool | None,
+    symmetric: bool | None,
+    accuracy_aware: bool | None,
+) -> None:
     """Add optimized and compressed variants to BUNDLE.
 
     dynamic adds model.int8.onnx (the CPU default), static model.int8-static.onnx, fp16
@@ -295,7 +393,14 @@ def quantize(bundle: str, output: str, recipe_path: str | None, modes: tuple[str
     recipe = _recipe(recipe_path) if recipe_path else None
     base = recipe.quantize if recipe else QuantizeSection()
     fields = base.model_dump()
-    flags = {"modes": list(modes) or None, "optimize": optimize, "format": fmt, "per_channel": per_channel, "reduce_range": reduce_range, "symmetric": symmetric}
+    flags = {
+        "modes": list(modes) or None,
+        "optimize": optimize,
+        "format": fmt,
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "symmetric": symmetric,
+    }
     fields.update({k: v for k, v in flags.items() if v is not None})
     fields["calibration"].update({k: v for k, v in {"method": calibration_method, "samples": calibration_samples}.items() if v is not None})
     if accuracy_aware:
@@ -322,7 +427,9 @@ def _gates(recipe: Any, thresholds: tuple[str, ...]) -> dict[str, Any]:
             gates[precision] = Gate.model_validate(data)
         except ValidationError as e:
             err = e.errors()[0]
-            raise RecipeError(format_error({**err, "loc": ("validate", precision, *err["loc"])}).replace("recipe.validate", "--threshold")) from None
+            raise RecipeError(
+                format_error({**err, "loc": ("validate", precision, *err["loc"])}).replace("recipe.validate", "--threshold")
+            ) from None
     return gates
 
 
@@ -332,12 +439,31 @@ def _gates(recipe: Any, thresholds: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--recipe", "recipe_path", required=True, type=click.Path(dir_okay=False), help="Recipe whose data and thresholds to use.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Report folder [default: BUNDLE.parity].")
 @click.option("--split", type=click.Choice(["test", "validation"]), help="Held-out split [default: the recipe's].")
-@click.option("--backend", "backends", type=click.Choice(["cpu", "cuda", "tensorrt"]), multiple=True,
-              help="Run the variants here (repeatable) [default: the recipe's, cpu]. A GPU backend that falls back to CPU fails the gate.")
-@click.option("--threshold", "thresholds", multiple=True, metavar="PRECISION.FIELD=VALUE", help="Override a gate, e.g. int8.min_agreement=0.98 (repeatable).")
+@click.option(
+    "--backend",
+    "backends",
+    type=click.Choice(["cpu", "cuda", "tensorrt"]),
+    multiple=True,
+    help="Run the variants here (repeatable) [default: the recipe's, cpu]. A GPU backend that falls back to CPU fails the gate.",
+)
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    metavar="PRECISION.FIELD=VALUE",
+    help="Override a gate, e.g. int8.min_agreement=0.98 (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print parity.json to stdout.")
-def validate(bundle: str, reference: str, recipe_path: str, output: str | None, split: str | None, backends: tuple[str, ...],
-             thresholds: tuple[str, ...], as_json: bool) -> None:
+def validate(
+    bundle: str,
+    reference: str,
+    recipe_path: str,
+    output: str | None,
+    split: str | None,
+    backends: tuple[str, ...],
+    thresholds: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """The parity gate: PyTorch vs every variant of BUNDLE on the held-out split.
 
     Reports accuracy, macro-F1, top-1 agreement and logit differences; writes parity.json
@@ -356,8 +482,17 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
     r = _recipe(recipe_path)
     gates = _gates(r, thresholds)
     out = output or f"{bundle.rstrip('/')}.parity"
-    report = validate_stage(bundle, reference, r.data, gates, out, split or r.validate_.split, r.validate_.batch_size, list(backends) or r.validate_.backends,
-                            settings=get_task(r.task).parity_settings(r.validate_))
+    report = validate_stage(
+        bundle,
+        reference,
+        r.data,
+        gates,
+        out,
+        split or r.validate_.split,
+        r.validate_.batch_size,
+        list(backends) or r.validate_.backends,
+        settings=get_task(r.task).parity_settings(r.validate_),
+    )
     _echo_json(report.to_json()) if as_json else click.echo(parity_table(report))
     if not report.passed:
         sys.exit(1)
@@ -371,24 +506,79 @@ def validate(bundle: str, reference: str, recipe_path: str, output: str | None, 
 @click.option("--batch-sizes", help="Comma-separated batch sizes [default: 1,8,32].")
 @click.option("--seq-len", type=int, help="Headline sequence length; alone, the grid is this one length [default: 128].")
 @click.option("--seq-lens", help="Comma-separated grid of sequence lengths [default: 16,64,128,256 up to the model's max_length].")
-@click.option("--traffic", type=click.Choice(["fixed", "real", "both"]), help="fixed: texts cut to each length; real: held-out texts as they come (dynamic padding) [default: both].")
-@click.option("--texts", "texts_path", type=click.Path(dir_okay=False), help="Texts for the inputs, one per line [default: the recipe's test split with --recipe, else built-in English].")
+@click.option(
+    "--traffic",
+    type=click.Choice(["fixed", "real", "both"]),
+    help="fixed: texts cut to each length; real: held-out texts as they come (dynamic padding) [default: both].",
+)
+@click.option(
+    "--texts",
+    "texts_path",
+    type=click.Path(dir_okay=False),
+    help="Texts for the inputs, one per line [default: the recipe's test split with --recipe, else built-in English].",
+)
 @click.option("--max-seconds", type=float, help="Time budget per cell; a cell stops early once it is spent (at least 3 calls per round).")
-@click.option("--compare", "compare_path", type=click.Path(dir_okay=True), help="An earlier bench.json: print per-cell p50 changes and exit 1 on a regression.")
-@click.option("--parity", "parity_dir", type=click.Path(file_okay=False), help="Output of `ftexport validate`: adds the accuracy-vs-latency plot to report.html.")
-@click.option("--tolerance", default=0.10, show_default=True, type=click.FloatRange(0, None), help="With --compare: slower by more than this share is a regression.")
+@click.option(
+    "--compare",
+    "compare_path",
+    type=click.Path(dir_okay=True),
+    help="An earlier bench.json: print per-cell p50 changes and exit 1 on a regression.",
+)
+@click.option(
+    "--parity",
+    "parity_dir",
+    type=click.Path(file_okay=False),
+    help="Output of `ftexport validate`: adds the accuracy-vs-latency plot to report.html.",
+)
+@click.option(
+    "--tolerance",
+    default=0.10,
+    show_default=True,
+    type=click.FloatRange(0, None),
+    help="With --compare: slower by more than this share is a regression.",
+)
 @click.option("--iterations", type=int, help="Timed calls per cell, over all rounds [default: 50].")
 @click.option("--repeats", type=int, help="Timing rounds per cell, backends interleaved; their spread is the reported noise [default: 3].")
 @click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
 @click.option("--threads", type=int, help="Threads for every backend [default: all cores].")
-@click.option("--cold-start/--no-cold-start", default=None, help="Measure start-to-first-answer and peak RSS per backend in a fresh process [default: on].")
-@click.option("--parity-tolerance", type=float, help="Largest mean class-probability difference to the baseline before a cell is refused a speed figure [default: 0.1].")
-@click.option("--backends", help="Comma-separated, e.g. pytorch,pytorch-compile,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].")
+@click.option(
+    "--cold-start/--no-cold-start",
+    default=None,
+    help="Measure start-to-first-answer and peak RSS per backend in a fresh process [default: on].",
+)
+@click.option(
+    "--parity-tolerance",
+    type=float,
+    help="Largest mean class-probability difference to the baseline before a cell is refused a speed figure [default: 0.1].",
+)
+@click.option(
+    "--backends",
+    help="Comma-separated, e.g. pytorch,pytorch-compile,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
-def bench(bundle: str, reference: str | None, recipe_path: str | None, output: str | None, batch_sizes: str | None, seq_len: int | None,
-          seq_lens: str | None, traffic: str | None, texts_path: str | None, max_seconds: float | None, compare_path: str | None,
-          parity_dir: str | None, tolerance: float, iterations: int | None, repeats: int | None, warmup: int | None, threads: int | None,
-          cold_start: bool | None, parity_tolerance: float | None, backends: str | None, as_json: bool) -> None:
+def bench(
+    bundle: str,
+    reference: str | None,
+    recipe_path: str | None,
+    output: str | None,
+    batch_sizes: str | None,
+    seq_len: int | None,
+    seq_lens: str | None,
+    traffic: str | None,
+    texts_path: str | None,
+    max_seconds: float | None,
+    compare_path: str | None,
+    parity_dir: str | None,
+    tolerance: float,
+    iterations: int | None,
+    repeats: int | None,
+    warmup: int | None,
+    threads: int | None,
+    cold_start: bool | None,
+    parity_tolerance: float | None,
+    backends: str | None,
+    as_json: bool,
+) -> None:
     """Latency (p50/p90/p95/p99), throughput, noise, cold start and peak memory of PyTorch
     fp32 (eager and torch.compile), the plain Optimum path and the bundle's ONNX variants.
 
@@ -409,9 +599,17 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
     rec = _recipe(recipe_path) if recipe_path else None
     base = rec.bench if rec else BenchSection()
     updates: dict[str, Any] = {
-        "batch_sizes": _int_list(batch_sizes, "batch-sizes"), "seq_len": seq_len, "seq_lens": _int_list(seq_lens, "seq-lens"),
-        "traffic": traffic, "max_seconds": max_seconds, "iterations": iterations, "repeats": repeats, "warmup": warmup,
-        "threads": threads, "cold_start": cold_start, "parity_tolerance": parity_tolerance,
+        "batch_sizes": _int_list(batch_sizes, "batch-sizes"),
+        "seq_len": seq_len,
+        "seq_lens": _int_list(seq_lens, "seq-lens"),
+        "traffic": traffic,
+        "max_seconds": max_seconds,
+        "iterations": iterations,
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": threads,
+        "cold_start": cold_start,
+        "parity_tolerance": parity_tolerance,
         "backends": backends.split(",") if backends else None,
     }
     if seq_len is not None and seq_lens is None:
@@ -432,8 +630,10 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
         click.echo(compare_table(rows, tolerance), err=as_json)
         slower = [r for r in rows if r["regression"]]
         if slower:  # every regressed cell on one line, worst first: noise in one cell cannot hide a real slowdown in another
-            cells = ", ".join(f"{r['backend']} batch {r['batch']} seq {r['seq_len']} {r['change']:+.1%}"
-                              for r in sorted(slower, key=lambda r: -r["change"]))
+            cells = ", ".join(
+                f"{r['backend']} batch {r['batch']} seq {r['seq_len']} {r['change']:+.1%}"
+                for r in sorted(slower, key=lambda r: -r["change"])
+            )
             click.echo(f"Error: {len(slower)} cell(s) slower than {tolerance:.0%}: {cells}", err=True)
             sys.exit(1)
 
@@ -441,17 +641,38 @@ def bench(bundle: str, reference: str | None, recipe_path: str | None, output: s
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Final bundle folder.")
-@click.option("--parity", "parity_dir", type=click.Path(file_okay=False), help="Output of `ftexport validate` to record (a failed gate refuses to pack).")
+@click.option(
+    "--parity",
+    "parity_dir",
+    type=click.Path(file_okay=False),
+    help="Output of `ftexport validate` to record (a failed gate refuses to pack).",
+)
 @click.option("--bench", "bench_dir", type=click.Path(file_okay=False), help="Output of `ftexport bench` to record.")
 @click.option("--tar", is_flag=True, help="Also write OUTPUT.tar.gz.")
 @click.option("--variants", help="Comma-separated variants to ship, e.g. int8 (default: all); the others' files are left out.")
-@click.option("--triton", "triton_dir", type=click.Path(file_okay=False), help="Also (or only) write a Triton Inference Server model repository here (new or empty folder).")
+@click.option(
+    "--triton",
+    "triton_dir",
+    type=click.Path(file_okay=False),
+    help="Also (or only) write a Triton Inference Server model repository here (new or empty folder).",
+)
 @click.option("--triton-variant", help="Variant for Triton (e.g. int8). Default: the bundle's choice for the device.")
 @click.option("--triton-name", help="Triton model name. Default: the bundle's name.")
 @click.option("--triton-max-batch", type=int, default=32, show_default=True, help="Triton max_batch_size (dynamic batching up to this).")
 @click.option("--triton-gpu", is_flag=True, help="Triton instance_group KIND_GPU instead of KIND_CPU.")
-def pack(bundle: str, output: str | None, parity_dir: str | None, bench_dir: str | None, tar: bool, variants: str | None, triton_dir: str | None,
-         triton_variant: str | None, triton_name: str | None, triton_max_batch: int, triton_gpu: bool) -> None:
+def pack(
+    bundle: str,
+    output: str | None,
+    parity_dir: str | None,
+    bench_dir: str | None,
+    tar: bool,
+    variants: str | None,
+    triton_dir: str | None,
+    triton_variant: str | None,
+    triton_name: str | None,
+    triton_max_batch: int,
+    triton_gpu: bool,
+) -> None:
     """Write the final bundle: models, tokenizer, reports and a manifest with their sha256,
     the parity results it passed and its measured latency.
 

@@ -29,8 +29,12 @@ def _tiny_onnx(path: Path) -> Path:
     from onnx import TensorProto, helper
 
     node = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [node],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -43,8 +47,11 @@ def probe_provider(provider: str) -> tuple[bool, str]:
     import onnxruntime as ort
 
     if provider not in ort.get_available_providers():
-        hint = "install onnxruntime-gpu (pip install 'ftexport[gpu]')" if provider == "CUDAExecutionProvider" else \
-            "install onnxruntime-gpu and TensorRT 10 from NVIDIA's index (pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com)"
+        hint = (
+            "install onnxruntime-gpu (pip install 'ftexport[gpu]')"
+            if provider == "CUDAExecutionProvider"
+            else "install onnxruntime-gpu and TensorRT 10 from NVIDIA's index (pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com)"
+        )
         return False, f"onnxruntime {ort.__version__} has no {provider}; {hint}"
     if hasattr(ort, "preload_dlls") and provider != "CPUExecutionProvider":
         try:
@@ -82,7 +89,19 @@ def engine_backend(gpu: dict[str, Any]) -> dict[str, Any]:
 
 def diagnose() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "packages": {}}
-    for name in ("torch", "transformers", "optimum", "optimum-onnx", "peft", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-bindings", "tokenizers"):
+    for name in (
+        "torch",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "peft",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "cuda-bindings",
+        "tokenizers",
+    ):
         info["packages"][name] = _version(name)
     gpu: dict[str, Any] = {"available": False}
     try:
@@ -90,9 +109,15 @@ def diagnose() -> dict[str, Any]:
 
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            gpu = {"available": True, "name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                   "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-                   "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported()}
+            gpu = {
+                "available": True,
+                "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "bf16": torch.cuda.is_bf16_supported(),
+            }
             gpu["driver"] = gpu_driver()
         else:
             gpu["reason"] = f"torch {torch.__version__} sees no CUDA device"
@@ -118,7 +143,10 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"{name:16s}{v or '-'}")
     g = info["gpu"]
     if g["available"]:
-        lines.append(f"gpu             {g['name']} (sm {g['compute_capability']}, {g['memory_gib']} GiB, CUDA {g['cuda']}, cuDNN {g['cudnn']}, driver {g.get('driver')})")
+        lines.append(
+            f"gpu             {g['name']} (sm {g['compute_capability']}, {g['memory_gib']} GiB, CUDA {g['cuda']}, cuDNN {g['cudnn']}, "
+            f"driver {g.get('driver')})"
+        )
     else:
         lines.append(f"gpu             none ({g.get('reason')})")
     lines.append("backends")

@@ -38,8 +38,17 @@ from .train.merge import merge, merge_key
 from .train.trainer import train, train_key
 
 STAGES = ("train", "merge", "export", "quantize", "validate", "bench", "pack")  # a default run; distill and tensorrt when the recipe asks
-DIRS = {"train": "train", "distill": "distill", "merge": "merged", "export": "onnx", "quantize": "quantized", "tensorrt": "trt",
-        "validate": "parity", "bench": "bench", "pack": "bundle"}
+DIRS = {
+    "train": "train",
+    "distill": "distill",
+    "merge": "merged",
+    "export": "onnx",
+    "quantize": "quantized",
+    "tensorrt": "trt",
+    "validate": "parity",
+    "bench": "bench",
+    "pack": "bundle",
+}
 
 
 @dataclass
@@ -75,32 +84,73 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     first = "distill" if recipe.distill is not None else "train"  # a distill recipe trains its student by distillation
     stop_after = first if stop_after in ("train", "distill") else stop_after
     plan: list[tuple[str, Callable[[], str], Callable[[], Any]]] = [
-        (first, lambda: distill_key(recipe) if first == "distill" else train_key(recipe),
-         lambda: distill(recipe, d[first], quiet=progress.quiet()) if first == "distill" else train(recipe, d["train"], quiet=progress.quiet())),
+        (
+            first,
+            lambda: distill_key(recipe) if first == "distill" else train_key(recipe),
+            lambda: (
+                distill(recipe, d[first], quiet=progress.quiet())
+                if first == "distill"
+                else train(recipe, d["train"], quiet=progress.quiet())
+            ),
+        ),
         ("merge", lambda: merge_key(d[first]), lambda: merge(d[first], d["merge"])),
-        ("export", lambda: export_key(d["merge"], recipe.export.opset, None), lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name)),
+        (
+            "export",
+            lambda: export_key(d["merge"], recipe.export.opset, None),
+            lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name),
+        ),
     ]
     if quantizing:
         q = recipe.quantize
-        plan.append(("quantize", lambda: quantize_key(d["export"], q, recipe.data, gates["int8"]),
-                     lambda: quantize(d["export"], d["quantize"], q, recipe.data, gates["int8"])))
+        plan.append(
+            (
+                "quantize",
+                lambda: quantize_key(d["export"], q, recipe.data, gates["int8"]),
+                lambda: quantize(d["export"], d["quantize"], q, recipe.data, gates["int8"]),
+            )
+        )
     trt = recipe.tensorrt
     if trt.enabled:
         trt_mod.require_tensorrt()  # before training, not after an hour of it
         upstream, bundle_dir = bundle_dir, d["tensorrt"]
         texts = (lambda: trt_mod.training_texts(recipe.data)) if trt.seq is None else (lambda: None)
         settings = trt_mod.settings_of(trt.precisions, trt.batch, trt.seq, trt.on_longer, trt.workspace_gib)
-        plan.append(("tensorrt", lambda: trt_mod.engines_key(upstream, settings),
-                     lambda: trt_mod.build_engines(upstream, d["tensorrt"], trt.precisions, texts(), trt.batch, trt.seq, trt.on_longer, trt.workspace_gib)))
+        plan.append(
+            (
+                "tensorrt",
+                lambda: trt_mod.engines_key(upstream, settings),
+                lambda: trt_mod.build_engines(
+                    upstream, d["tensorrt"], trt.precisions, texts(), trt.batch, trt.seq, trt.on_longer, trt.workspace_gib
+                ),
+            )
+        )
     v = recipe.validate_
     own = task.parity_settings(v)  # the task's own parity settings (a decoder's greedy check), part of the key
     plan += [
-        ("validate", lambda: parity_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, own),
-         lambda: parity_mod.validate(bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends, settings=own)),
-        ("bench", lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
-         lambda: bench_mod.bench(bundle_dir, d["merge"], recipe.bench, d["bench"], bench_mod.held_out_texts(recipe.data, task.labelled),
-                                 ParityReport.load(d["validate"]))),
-        ("pack", lambda: pack_key(bundle_dir, d["validate"], d["bench"], False), lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"])),
+        (
+            "validate",
+            lambda: parity_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, own),
+            lambda: parity_mod.validate(
+                bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends, settings=own
+            ),
+        ),
+        (
+            "bench",
+            lambda: bench_mod.bench_key(bundle_dir, d["merge"], recipe.bench),
+            lambda: bench_mod.bench(
+                bundle_dir,
+                d["merge"],
+                recipe.bench,
+                d["bench"],
+                bench_mod.held_out_texts(recipe.data, task.labelled),
+                ParityReport.load(d["validate"]),
+            ),
+        ),
+        (
+            "pack",
+            lambda: pack_key(bundle_dir, d["validate"], d["bench"], False),
+            lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"]),
+        ),
     ]
     for stage, key, action in plan:
         if not rebuilt and is_fresh(d[stage], key()):
@@ -115,7 +165,10 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         if stage == "validate":
             result.parity = ParityReport.load(d["validate"])
             if not result.parity.passed:
-                raise GateFailed(f"validate: parity gate failed ({'; '.join(result.parity.failures())}); report in {d['validate']}/parity.md", result.parity)
+                raise GateFailed(
+                    f"validate: parity gate failed ({'; '.join(result.parity.failures())}); report in {d['validate']}/parity.md",
+                    result.parity,
+                )
         if stage == "bench":
             result.bench = BenchReport.load(d["bench"])
         if stage == stop_after:

@@ -12,7 +12,26 @@ import yaml
 
 POSITIVE = ["good", "great", "wonderful", "moving", "brilliant", "charming", "superb", "delightful", "fine", "lovely"]
 NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "weak", "clumsy", "tedious", "poor", "bland"]
-NEUTRAL = ["the", "film", "movie", "story", "acting", "is", "was", "a", "and", "very", "plot", "ending", "really", "quite", "cast", "music", ",", "."]
+NEUTRAL = [
+    "the",
+    "film",
+    "movie",
+    "story",
+    "acting",
+    "is",
+    "was",
+    "a",
+    "and",
+    "very",
+    "plot",
+    "ending",
+    "really",
+    "quite",
+    "cast",
+    "music",
+    ",",
+    ".",
+]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -35,8 +54,13 @@ def make_tokenizer(directory: Path, reverse_words: bool = False) -> Any:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=64,
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
     )
     fast.save_pretrained(str(directory))
     return fast
@@ -50,8 +74,13 @@ def make_tiny_model(directory: Path, labels: list[str] | None = None, seed: int 
     torch.manual_seed(seed)
     tok = make_tokenizer(directory, reverse_words)
     config = BertConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2,
     )
     BertModel(config).save_pretrained(str(directory))
     return directory
@@ -100,8 +129,15 @@ def tiny_recipe(tmp: Path, model_dir: Path, **overrides: Any) -> dict[str, Any]:
         "name": "tiny",
         "task": "text-classification",
         "model": {"path": str(model_dir), "max_length": 32},
-        "data": {"root": str(data), "train": "train.csv", "validation": "dev.csv", "test": "test.csv",
-                 "text_column": "sentence", "label_column": "label", "label_names": ["negative", "positive"]},
+        "data": {
+            "root": str(data),
+            "train": "train.csv",
+            "validation": "dev.csv",
+            "test": "test.csv",
+            "text_column": "sentence",
+            "label_column": "label",
+            "label_names": ["negative", "positive"],
+        },
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"epochs": 8, "lr": 1e-2, "batch_size": 16, "eval_steps": 24, "seed": 0},
         "validate": {"int8": {"min_agreement": 0.8}},

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+
 import pytest
 from click.testing import CliRunner
+from ftexport_runtime.bundle import Bundle, write_manifest
 
 from ftexport.cli import main
-from ftexport_runtime.bundle import Bundle, write_manifest
 
 
 def test_unreadable_tokenizer_whose_hash_matches(bundle, tmp_path):
@@ -35,15 +36,20 @@ def test_reference_labels_that_differ_from_the_bundle(tiny_run, tmp_path, tiny_m
 
     recipe_path, result = tiny_run
     other = tmp_path / "other"
-    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=2, id2label={0: "bad", 1: "good"},
-                                                               label2id={"bad": 0, "good": 1})
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model), num_labels=2, id2label={0: "bad", 1: "good"}, label2id={"bad": 0, "good": 1}
+    )
     model.save_pretrained(str(other))
     AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(str(other))
-    out = CliRunner().invoke(main, ["-q", "validate", str(result.bundle), "--reference", str(other), "--recipe", str(recipe_path),
-                                    "-o", str(tmp_path / "parity")])
+    out = CliRunner().invoke(
+        main,
+        ["-q", "validate", str(result.bundle), "--reference", str(other), "--recipe", str(recipe_path), "-o", str(tmp_path / "parity")],
+    )
     assert out.exit_code == 2, out.output
-    assert out.output.strip() == ("error: reference model labels ['bad', 'good'] differ from the bundle's ['negative', 'positive']; "
-                                  "compare the model the bundle was exported from")
+    assert out.output.strip() == (
+        "error: reference model labels ['bad', 'good'] differ from the bundle's ['negative', 'positive']; "
+        "compare the model the bundle was exported from"
+    )
     assert not (tmp_path / "parity").exists()
 
 
@@ -80,6 +86,8 @@ def test_truncated_bench_report_for_compare(tiny_run, tmp_path):
     recipe_path, result = tiny_run
     old = tmp_path / "old.json"
     old.write_text('{"schema_version": 2, "results": [')
-    out = CliRunner().invoke(main, ["-q", "bench", str(result.bundle), "--compare", str(old), "--backends", "ort-fp32", "-o", str(tmp_path / "b")])
+    out = CliRunner().invoke(
+        main, ["-q", "bench", str(result.bundle), "--compare", str(old), "--backends", "ort-fp32", "-o", str(tmp_path / "b")]
+    )
     assert out.exit_code == 2 and "not a readable bench.json" in out.output
     assert not (tmp_path / "b").exists()

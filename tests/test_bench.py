@@ -11,13 +11,46 @@ from click.testing import CliRunner
 
 from ftexport.cli import main
 
-CELL_KEYS = {"backend", "batch", "seq_len", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "throughput_per_s", "iterations",
-             "speedup_vs_pytorch", "round_p50_ms", "noise", "tokens", "parity"}
+CELL_KEYS = {
+    "backend",
+    "batch",
+    "seq_len",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "throughput_per_s",
+    "iterations",
+    "speedup_vs_pytorch",
+    "round_p50_ms",
+    "noise",
+    "tokens",
+    "parity",
+}
 
 
 def run_bench(result, out: Path, *extra: str, backends: str = "pytorch,ort-fp32,ort-int8", reference: Path | None = None):
-    args = ["-q", "bench", str(result.root / "quantized"), "--reference", str(reference or result.root / "merged"), "-o", str(out),
-            "--iterations", "3", "--warmup", "1", "--backends", backends, "--traffic", "fixed", "--no-cold-start", *extra]
+    args = [
+        "-q",
+        "bench",
+        str(result.root / "quantized"),
+        "--reference",
+        str(reference or result.root / "merged"),
+        "-o",
+        str(out),
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+        "--backends",
+        backends,
+        "--traffic",
+        "fixed",
+        "--no-cold-start",
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -126,8 +159,15 @@ def test_skip_reasons_for_backends_this_machine_or_bundle_lacks(tiny_run, tmp_pa
     from ftexport.judge import runners as bench_mod
 
     monkeypatch.setattr(bench_mod, "_cxx_compiler", lambda: None)
-    out = run_bench(tiny_run[1], tmp_path / "b", "--batch-sizes", "1", "--seq-len", "8",
-                    backends="ort-fp32,pytorch-compile,ort-int8-static,ort-cuda-fp32,ort-tensorrt-fp32")
+    out = run_bench(
+        tiny_run[1],
+        tmp_path / "b",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "8",
+        backends="ort-fp32,pytorch-compile,ort-int8-static,ort-cuda-fp32,ort-tensorrt-fp32",
+    )
     assert out.exit_code == 0, out.output
     skipped = json.loads((tmp_path / "b" / "bench.json").read_text())["skipped"]
     assert "needs a C++ compiler" in skipped["pytorch-compile"]
@@ -186,8 +226,10 @@ def test_bad_grids_backends_and_reports_are_one_line_errors(tiny_run, tmp_path):
         ("--parity-tolerance", "2"): "--parity-tolerance",
     }
     for args, message in cases.items():
-        out = CliRunner().invoke(main, ["-q", "bench", str(result.root / "quantized"), "--reference", str(result.root / "merged"),
-                                        "-o", str(tmp_path / "x"), *args])
+        out = CliRunner().invoke(
+            main,
+            ["-q", "bench", str(result.root / "quantized"), "--reference", str(result.root / "merged"), "-o", str(tmp_path / "x"), *args],
+        )
         assert out.exit_code == 2, (args, out.output)
         assert message in out.output and len(out.output.strip().splitlines()) == 1, (args, out.output)
         assert not (tmp_path / "x").exists()
@@ -215,8 +257,12 @@ def test_report_html_is_self_contained_and_renders_in_headless_chromium(tiny_run
     browser = _chromium()
     if browser is None:
         pytest.skip("headless Chromium not found (Debian: apt-get install chromium; .ci/run installs it)")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "b" / "report.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (tmp_path / "b" / "report.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     rendered = re.search(r'data-plots="([^"]*)"', dom)
     assert rendered, dom[:500]
     plots = dict(item.split(":", 1) for item in rendered.group(1).split())
@@ -227,8 +273,19 @@ def test_report_html_is_self_contained_and_renders_in_headless_chromium(tiny_run
         assert width >= 600 and height >= 300, (kind, info)  # laid out at full size
         assert int(series) >= 3, (kind, info)  # pytorch, ort-fp32, ort-int8 drawn
     png = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900", f"--screenshot={png}",
-                    (tmp_path / "b" / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1400,900",
+            f"--screenshot={png}",
+            (tmp_path / "b" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert png.is_file() and png.stat().st_size > 20_000  # a painted page, not a blank one
 
 

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from helpers import NEGATIVE, NEUTRAL, POSITIVE, write_recipe, write_split
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_inner": 64}
@@ -40,8 +39,10 @@ def lm_recipe(tmp: Path, **model: object) -> dict:
         "data": {"root": str(data), "train": "train.csv", "validation": "dev.csv", "test": "test.csv", "text_column": "text"},
         "method": {"name": "full"},
         "training": {"epochs": 6, "lr": 1e-2, "batch_size": 16, "eval_steps": 20, "seed": 0},
-        "validate": {"generation": {"prompts": 8, "prompt_tokens": 4, "new_tokens": 12},
-                     "int8": {"max_perplexity_ratio": 1.5, "min_agreement": 0.5, "max_accuracy_drop": 0.2}},
+        "validate": {
+            "generation": {"prompts": 8, "prompt_tokens": 4, "new_tokens": 12},
+            "int8": {"max_perplexity_ratio": 1.5, "min_agreement": 0.5, "max_accuracy_drop": 0.2},
+        },
         "bench": {"seq_len": 8, "iterations": 4, "warmup": 1, "backends": ["pytorch", "ort-fp32", "ort-int8", "ort-cuda-fp16"]},
         "output": str(tmp / "runs" / "tinylm"),
     }
@@ -90,9 +91,8 @@ def test_full_run_bundle_and_parity(lm_run):
 
 def test_kv_cache_greedy_equals_pytorch_generate(lm_run):
     import torch
-    from transformers import AutoModelForCausalLM
-
     from ftexport_runtime import Predictor
+    from transformers import AutoModelForCausalLM
 
     _, result = lm_run
     model = AutoModelForCausalLM.from_pretrained(str(result.root / "merged")).eval()
@@ -102,9 +102,16 @@ def test_kv_cache_greedy_equals_pytorch_generate(lm_run):
     for prompt, g in zip(prompts, ours):
         ids = torch.tensor([p.generator.encode(prompt)])
         with torch.inference_mode():
-            ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True, max_new_tokens=15,
-                                 eos_token_id=p.generator.eos_id, pad_token_id=p.generator.pad_id)
-        assert g.token_ids == ref[0, ids.shape[1]:].tolist(), prompt
+            ref = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                use_cache=True,
+                max_new_tokens=15,
+                eos_token_id=p.generator.eos_id,
+                pad_token_id=p.generator.pad_id,
+            )
+        assert g.token_ids == ref[0, ids.shape[1] :].tolist(), prompt
     assert any(g.stopped_at_eos for g in ours)  # trained texts end in eos: generation learned to stop
 
 
@@ -130,15 +137,16 @@ def test_top_k_one_is_greedy_and_seeded_sampling_reproduces(lm_run):
     assert [g.token_ids for g in p.generate(prompts, max_new_tokens=10, do_sample=True, top_k=1, temperature=2.0, seed=3)] == greedy
     a = [g.token_ids for g in p.generate(prompts, max_new_tokens=10, do_sample=True, top_p=0.9, temperature=1.5, seed=11)]
     b = [g.token_ids for g in p.generate(prompts, max_new_tokens=10, do_sample=True, top_p=0.9, temperature=1.5, seed=11)]
-    draws = {tuple(g.token_ids) for s in range(6) for g in p.generate(prompts[:1], max_new_tokens=10, do_sample=True, temperature=1.5, seed=s)}
+    draws = {
+        tuple(g.token_ids) for s in range(6) for g in p.generate(prompts[:1], max_new_tokens=10, do_sample=True, temperature=1.5, seed=s)
+    }
     assert a == b and len(draws) > 1  # same seed, same text; other seeds, other texts
 
 
 def test_nucleus_keeps_exactly_the_hand_computed_set():
     import torch
-    from transformers.generation.logits_process import TopPLogitsWarper
-
     from ftexport_runtime.heads.generate import next_token, nucleus_mask, softmax
+    from transformers.generation.logits_process import TopPLogitsWarper
 
     probs = np.array([0.05, 0.5, 0.15, 0.3])
     logits = np.log(probs)
@@ -167,7 +175,9 @@ def test_bench_reports_per_token_latency(lm_run):
     for r in slower["results"]:
         r["p50_ms"] *= 2 if r["phase"] == "per token" else 1
     rows = compare_reports(bench, slower, 0.1)
-    assert len(rows) == 6 and {r["backend"] for r in rows if r["regression"]} == {f"{b} (per token)" for b in ("pytorch", "ort-fp32", "ort-int8")}
+    assert len(rows) == 6 and {r["backend"] for r in rows if r["regression"]} == {
+        f"{b} (per token)" for b in ("pytorch", "ort-fp32", "ort-int8")
+    }
 
 
 def test_runtime_cli_generate_and_predict_refused(lm_run, capsys):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from ftexport.data import load_data
-from ftexport.core.errors import DataError
-from ftexport.recipe import DataSection
 from helpers import make_rows, write_split
+
+from ftexport.core.errors import DataError
+from ftexport.data import load_data
+from ftexport.recipe import DataSection
 
 
 def section(tmp_path, train, test, **kw) -> DataSection:
@@ -46,14 +46,18 @@ def test_integer_labels_with_names(tmp_path):
 
 def test_missing_column(tmp_path):
     write_split(tmp_path / "train.csv", [{"text": "x", "label": "a"}])
-    with pytest.raises(DataError, match=r"^recipe\.data\.train: .*train\.csv has no column 'sentence' \(it has: text, label\); set data\.text_column$"):
+    with pytest.raises(
+        DataError, match=r"^recipe\.data\.train: .*train\.csv has no column 'sentence' \(it has: text, label\); set data\.text_column$"
+    ):
         load_data(section(tmp_path, "train.csv", "train.csv"))
 
 
 def test_label_not_in_label_set(tmp_path):
     write_split(tmp_path / "train.csv", make_rows(4, 1))
     write_split(tmp_path / "test.csv", make_rows(3, 2) + [{"sentence": "meh", "label": "neutral"}])
-    with pytest.raises(DataError, match=r"^recipe\.data\.test: label 'neutral' in row 4 of .*test\.csv is not in the label set \[negative, positive\]"):
+    with pytest.raises(
+        DataError, match=r"^recipe\.data\.test: label 'neutral' in row 4 of .*test\.csv is not in the label set \[negative, positive\]"
+    ):
         load_data(section(tmp_path, "train.csv", "test.csv"))
 
 
@@ -103,7 +107,10 @@ def test_single_class_training_set(tmp_path):
     given (two names, one seen) or read from the file (one label only)."""
     rows = [r for r in make_rows(10, 1) if r["label"] == "positive"]
     write_split(tmp_path / "train.csv", rows)
-    with pytest.raises(DataError, match=r"^recipe\.data\.train: every training row has the label 'positive'; a classifier needs examples of at least two labels"):
+    with pytest.raises(
+        DataError,
+        match=r"^recipe\.data\.train: every training row has the label 'positive'; a classifier needs examples of at least two labels",
+    ):
         load_data(section(tmp_path, "train.csv", "train.csv", label_names=["negative", "positive"]))
     with pytest.raises(DataError, match=r"^recipe\.data\.train: found only the label \['positive'\]"):
         load_data(section(tmp_path, "train.csv", "train.csv"))
@@ -111,7 +118,9 @@ def test_single_class_training_set(tmp_path):
 
 def test_missing_label_column(tmp_path):
     write_split(tmp_path / "train.csv", [{"sentence": "good", "stars": 5}, {"sentence": "bad", "stars": 1}])
-    with pytest.raises(DataError, match=r"^recipe\.data\.train: .*train\.csv has no column 'label' \(it has: sentence, stars\); set data\.label_column$"):
+    with pytest.raises(
+        DataError, match=r"^recipe\.data\.train: .*train\.csv has no column 'label' \(it has: sentence, stars\); set data\.label_column$"
+    ):
         load_data(section(tmp_path, "train.csv", "train.csv"))
 
 
@@ -129,5 +138,7 @@ def test_bad_data_through_the_cli_writes_nothing(tmp_path, recipe_file):
     write_split(root / "train.csv", [{"sentence": "good", "stars": 5}, {"sentence": "bad", "stars": 1}])
     out = CliRunner().invoke(main, ["-q", "run", str(path)])
     assert out.exit_code == 2, out.output
-    assert out.output.strip().splitlines() == [f"error: recipe.data.train: {root / 'train.csv'} has no column 'label' (it has: sentence, stars); set data.label_column"]
+    assert out.output.strip().splitlines() == [
+        f"error: recipe.data.train: {root / 'train.csv'} has no column 'label' (it has: sentence, stars); set data.label_column"
+    ]
     assert not any(Path(recipe["output"]).glob("*")) if Path(recipe["output"]).exists() else True

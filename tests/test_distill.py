@@ -132,7 +132,9 @@ def test_every_other_layer_student_copies_the_teachers_weights(tmp_path):
 
     tok = make_tokenizer(tmp_path / "t4")
     torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=5, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=5, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64
+    )
     BertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "t4"))
     t = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "t4")).state_dict()
 
@@ -199,12 +201,12 @@ def test_text_level_distillation_into_a_student_with_another_tokenizer(tmp_path,
     """level: text end to end: the teacher reads every text with its own tokenizer, the student
     (same words, other ids: the teacher's ids mean nothing to it) learns from those logits with
     its own, and the bundle tokenizes as the student does."""
+    from ftexport_runtime import Predictor
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ftexport.cli import main
-    from ftexport.data import load_data
     from ftexport.core.hf import load_tokenizer, predict_logits
-    from ftexport_runtime import Predictor
+    from ftexport.data import load_data
 
     student = make_tiny_model(tmp_path / "student", reverse_words=True)
     t_tok, s_tok = AutoTokenizer.from_pretrained(str(teacher)), AutoTokenizer.from_pretrained(str(student))
@@ -284,8 +286,8 @@ def test_teacher_logits_are_computed_once_and_cached(tmp_path, teacher, monkeypa
     # ...and those cached logits are what the teacher says
     from transformers import AutoModelForSequenceClassification
 
-    from ftexport.data import load_data
     from ftexport.core.hf import load_tokenizer, predict_logits
+    from ftexport.data import load_data
 
     texts = load_data(r.data, ("train",))["train"].texts
     fresh = predict_logits(AutoModelForSequenceClassification.from_pretrained(str(teacher)), load_tokenizer(teacher), texts, 32)
@@ -370,7 +372,10 @@ def test_transfer_set_errors_name_the_field(tmp_path, teacher):
         d.load_unlabeled(parse_recipe(with_u(path=str(tmp_path / "texts.dat"))), [])
     path = _unlabeled_file(tmp_path, base, ["a new text"])
     r = parse_recipe(with_u(path=path, text_column="sentence"))
-    with pytest.raises(RecipeError, match=r"recipe.distill.unlabeled: .*has no column 'sentence' \(it has: text, score\); set distill.unlabeled.text_column"):
+    with pytest.raises(
+        RecipeError,
+        match=r"recipe.distill.unlabeled: .*has no column 'sentence' \(it has: text, score\); set distill.unlabeled.text_column",
+    ):
         d.load_unlabeled(r, [])
     only_train = parse_recipe(with_u(path=path, text_column="text"))
     train = d.load_data(only_train.data, ("train",))["train"].texts
@@ -392,8 +397,16 @@ def test_hidden_mse_projects_a_narrower_student(tmp_path, teacher, monkeypatch):
     student = tmp_path / "narrow"
     tok = make_tokenizer(student)
     torch.manual_seed(3)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(str(student))
+    BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(str(student))
     shapes = []
     real = F.mse_loss
 
@@ -415,8 +428,9 @@ def test_hidden_mse_projects_a_narrower_student(tmp_path, teacher, monkeypatch):
 
 
 def test_distill_cli_then_run_to_a_bundle(tmp_path, teacher):
-    from ftexport.cli import main
     from ftexport_runtime import Bundle, Predictor
+
+    from ftexport.cli import main
 
     rec = distill_recipe(tmp_path, teacher, rows=None, baseline=True)
     path = write_recipe(tmp_path / "recipe.yaml", rec)
@@ -459,7 +473,9 @@ def test_shipped_recipe_parses_and_names_the_quickstart_when_the_teacher_is_miss
     assert r.distill is not None and r.distill.student.from_teacher is not None and r.method.name == "full"
     assert r.distill.teacher == r.model.path == "runs/quickstart/merged"
     monkeypatch.chdir(tmp_path)  # no runs/quickstart here
-    with pytest.raises(RecipeError, match=r"^recipe.distill.teacher: runs/quickstart/merged does not exist; .*ftexport run recipes/quickstart.yaml"):
+    with pytest.raises(
+        RecipeError, match=r"^recipe.distill.teacher: runs/quickstart/merged does not exist; .*ftexport run recipes/quickstart.yaml"
+    ):
         load_recipe(shipped)
 
 

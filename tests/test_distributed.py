@@ -118,7 +118,17 @@ def test_accelerate_launch_with_shipped_ddp_config_matches_single_process(no_dro
     starts the processes through torchrun, and ftexport trains on the CPU over gloo."""
     config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "ddp.yaml"
     ddp = tmp_path / "acc" / "train"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2", "--main_process_port", str(_free_port())]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+    ]
     done = _train(launcher, no_dropout_recipe, ddp)
     _assert_matches_single(ddp, done, single_run)
 

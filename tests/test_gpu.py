@@ -11,7 +11,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from ftexport_runtime import Predictor
 
 
@@ -28,7 +27,11 @@ def _ort_cuda_reason() -> str | None:
 
     if _cuda_reason():
         return _cuda_reason()
-    return None if "CUDAExecutionProvider" in ort.get_available_providers() else "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    return (
+        None
+        if "CUDAExecutionProvider" in ort.get_available_providers()
+        else "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    )
 
 
 def _trt_reason() -> str | None:
@@ -88,10 +91,11 @@ def test_fp16_variant_on_cuda_agrees_with_fp32(tiny_run, tmp_path):
 
 @needs_trt
 def test_tensorrt_engines_build_run_and_match_fp32(tiny_run, tmp_path):
-    from ftexport.export.quantize import quantize
-    from ftexport.recipe import QuantizeSection, load_recipe
-    from ftexport.export.tensorrt import build_engines, timing_cache_path
     from ftexport_runtime.engines.tensorrt import current_fingerprint
+
+    from ftexport.export.quantize import quantize
+    from ftexport.export.tensorrt import build_engines, timing_cache_path
+    from ftexport.recipe import QuantizeSection, load_recipe
 
     data = load_recipe(tiny_run[0]).data
     quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["static"], symmetric=True), data)

@@ -69,7 +69,7 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(g.get(n, ())):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (c := visit(m)):
                 return c
         stack.pop()
@@ -102,15 +102,25 @@ def test_no_import_cycles(package):
 
 
 def test_no_upward_imports():
-    bad = [f"{m} (layer {LAYERS[layer(m)]}) imports {d} (layer {LAYERS[layer(d)]})"
-           for m, deps in graph("ftexport").items() for d in deps if layer(d) > layer(m)]
+    bad = [
+        f"{m} (layer {LAYERS[layer(m)]}) imports {d} (layer {LAYERS[layer(d)]})"
+        for m, deps in graph("ftexport").items()
+        for d in deps
+        if layer(d) > layer(m)
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_runtime_imports_no_toolchain():
     for path in modules("ftexport_runtime").values():
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             for n in names:
                 assert n.split(".")[0] not in ("ftexport", "torch", "transformers", "optimum", "peft"), f"{path}: imports {n}"
 
@@ -118,9 +128,14 @@ def test_runtime_imports_no_toolchain():
 def _task_name_constants(path: Path) -> list[int]:
     """Lines of string constants equal to a task name, docstrings excepted."""
     tree = ast.parse(path.read_text())
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
-                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
     return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in TASK_NAMES and id(n) not in docstrings]
 
 
@@ -139,7 +154,7 @@ def test_only_task_plugins_name_a_task():
 
 def test_every_module_says_what_it_is_for():
     for package in PACKAGES:
-        for name, path in modules(package).items():
+        for path in modules(package).values():
             doc = ast.get_docstring(ast.parse(path.read_text()))
             assert doc, f"{path.relative_to(ROOT)} has no module docstring"
 
@@ -148,6 +163,10 @@ def test_ruff_is_clean():
     ruff = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True, text=True)
     if ruff.returncode != 0:
         pytest.skip("ruff is not installed (pip install -e '.[dev]' installs it)")
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "ftexport", "runtime/ftexport_runtime", "tests", "tools"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "ftexport", "runtime/ftexport_runtime", "tests", "tools"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-1000:]

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ftexport_runtime import Bundle, Predictor
 
 from ftexport.core.errors import RecipeError
-from ftexport.train.merge import merge
 from ftexport.pipeline import run
 from ftexport.recipe import load_recipe, parse_recipe
+from ftexport.train.merge import merge
 from ftexport.train.trainer import train
-from ftexport_runtime import Bundle, Predictor
 
 FAST = {  # every stage, with the smallest settings that still test something
     "training__epochs": 6,
@@ -49,31 +49,52 @@ def test_unknown_method_lists_the_valid_ones():
 
 def test_freezing_is_refused_for_adapter_methods():
     with pytest.raises(RecipeError, match="freeze applies to method full or bitfit; lora already"):
-        parse_recipe({"name": "x", "model": {"path": "m"}, "data": {"train": "a", "test": "b"},
-                      "method": {"name": "lora", "freeze": {"layers": 1}}})
+        parse_recipe(
+            {"name": "x", "model": {"path": "m"}, "data": {"train": "a", "test": "b"}, "method": {"name": "lora", "freeze": {"layers": 1}}}
+        )
 
 
 def test_adalora_refuses_early_stopping():
     with pytest.raises(RecipeError, match=r"^recipe\.training\.early_stopping_patience: adalora cannot reload"):
-        parse_recipe({"name": "x", "model": {"path": "m"}, "data": {"train": "a", "test": "b"},
-                      "method": {"name": "adalora"}, "training": {"early_stopping_patience": 2}})
+        parse_recipe(
+            {
+                "name": "x",
+                "model": {"path": "m"},
+                "data": {"train": "a", "test": "b"},
+                "method": {"name": "adalora"},
+                "training": {"early_stopping_patience": 2},
+            }
+        )
 
 
 def test_virtual_token_methods_are_refused_outside_classification():
-    with pytest.raises(RecipeError, match=r"^recipe\.method\.name: prompt tuning exports .* for text-classification only; for text-generation use lora"):
-        parse_recipe({"name": "x", "task": "text-generation", "model": {"path": "m"}, "data": {"train": "a", "test": "b"},
-                      "method": {"name": "prompt"}, "training": {"metric": "perplexity"}})
+    with pytest.raises(
+        RecipeError, match=r"^recipe\.method\.name: prompt tuning exports .* for text-classification only; for text-generation use lora"
+    ):
+        parse_recipe(
+            {
+                "name": "x",
+                "task": "text-generation",
+                "model": {"path": "m"},
+                "data": {"train": "a", "test": "b"},
+                "method": {"name": "prompt"},
+                "training": {"metric": "perplexity"},
+            }
+        )
 
 
-@pytest.mark.parametrize("method", [
-    {"name": "full"},
-    {"name": "bitfit"},
-    {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
-    {"name": "adalora", "r": 8, "target_r": 2, "alpha": 8, "dropout": 0.0},
-    {"name": "ia3"},
-    {"name": "prefix", "num_virtual_tokens": 4},
-    {"name": "prompt", "num_virtual_tokens": 4},
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "full"},
+        {"name": "bitfit"},
+        {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        {"name": "adalora", "r": 8, "target_r": 2, "alpha": 8, "dropout": 0.0},
+        {"name": "ia3"},
+        {"name": "prefix", "num_virtual_tokens": 4},
+        {"name": "prompt", "num_virtual_tokens": 4},
+    ],
+)
 def test_method_runs_the_whole_chain(recipe_file, method):
     # Full and LoRA fine-tuning learn the tiny task from a random-init model in a few epochs.
     # The others re-use pretrained features (BitFit, IA3) or steer them (prefix, prompt), and a
@@ -117,7 +138,9 @@ def test_unmerged_adapter_graph_carries_the_virtual_tokens(recipe_file, name):
     with_tokens = _torch_logits(peft_model, tok, texts)
     onnx = Predictor.from_bundle(result.root / "onnx").logits(texts)
     np.testing.assert_allclose(onnx, with_tokens, atol=1e-4)
-    peft_model.prompt_encoder["default"].embedding.weight.data.zero_()  # same model, different virtual tokens: the ONNX answers must no longer match
+    peft_model.prompt_encoder[
+        "default"
+    ].embedding.weight.data.zero_()  # same model, different virtual tokens: the ONNX answers must no longer match
     assert np.abs(_torch_logits(peft_model, tok, texts) - onnx).max() > 1e-4
 
 
@@ -136,7 +159,9 @@ def test_merge_is_equivalent_and_not_a_no_op(recipe_file, name):
     tok = AutoTokenizer.from_pretrained(str(root / "merged"))
     merged = AutoModelForSequenceClassification.from_pretrained(str(root / "merged")).eval()
     torch.manual_seed(0)
-    base_model = AutoModelForSequenceClassification.from_pretrained(json.loads((root / "train" / "ftexport.json").read_text())["base_model"], num_labels=2).eval()
+    base_model = AutoModelForSequenceClassification.from_pretrained(
+        json.loads((root / "train" / "ftexport.json").read_text())["base_model"], num_labels=2
+    ).eval()
     base_model.classifier.load_state_dict(merged.classifier.state_dict())  # same head: only the adapter can differ
     texts = ["the film was good", "a very dull plot , really"]
     # merging holds to ~1e-8; the adapter itself moved the logits by far more than that
@@ -146,7 +171,9 @@ def test_merge_is_equivalent_and_not_a_no_op(recipe_file, name):
 def test_bitfit_and_freezing_keep_the_frozen_weights(recipe_file):
     from safetensors.torch import load_file
 
-    recipe = _recipe(recipe_file, {"name": "bitfit", "freeze": {"embeddings": True, "layers": 1}}, training__lr=5e-2, training__max_steps=12)
+    recipe = _recipe(
+        recipe_file, {"name": "bitfit", "freeze": {"embeddings": True, "layers": 1}}, training__lr=5e-2, training__max_steps=12
+    )
     out = recipe.output_dir() / "train"
     record = train(recipe, out, quiet=True)
     base = load_file(str(Path(record["base_model"]) / "model.safetensors"))
@@ -171,8 +198,13 @@ def test_resume_after_an_interruption(recipe_file, monkeypatch):
     checkpoint instead of step 0 and finishes the same number of steps."""
     import transformers
 
-    recipe = _recipe(recipe_file, {"name": "lora", "r": 4, "alpha": 8}, training__max_steps=12, training__eval_steps=4,
-                     training__early_stopping_patience=None)
+    recipe = _recipe(
+        recipe_file,
+        {"name": "lora", "r": 4, "alpha": 8},
+        training__max_steps=12,
+        training__eval_steps=4,
+        training__early_stopping_patience=None,
+    )
     out = recipe.output_dir() / "train"
     real_step, calls = transformers.Trainer.training_step, {"n": 0}
 

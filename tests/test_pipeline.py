@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ftexport_runtime import Bundle, Predictor
 
 from ftexport.cli import main
 from ftexport.pipeline import STAGES, run, stage_dirs
 from ftexport.recipe import load_recipe
-from ftexport_runtime import Bundle, Predictor
 
 
 def test_full_run_produces_a_validated_bundle(tiny_run):
@@ -145,9 +145,8 @@ def corrupt_int8(bundle_dir: Path, out: Path) -> Path:
 
     import numpy as np
     import onnx
-    from onnx import numpy_helper
-
     from ftexport_runtime.bundle import write_manifest
+    from onnx import numpy_helper
 
     shutil.copytree(bundle_dir, out)
     model = onnx.load(str(out / "model.int8.onnx"))
@@ -161,8 +160,20 @@ def corrupt_int8(bundle_dir: Path, out: Path) -> Path:
 def test_validate_gate_fails_with_exit_1_on_corrupted_model(tiny_run, tmp_path):
     recipe_path, result = tiny_run
     bad = corrupt_int8(result.root / "quantized", tmp_path / "bad")
-    out = CliRunner().invoke(main, ["-q", "validate", str(bad), "--reference", str(result.root / "merged"),
-                                    "--recipe", str(recipe_path), "-o", str(tmp_path / "parity")])
+    out = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "validate",
+            str(bad),
+            "--reference",
+            str(result.root / "merged"),
+            "--recipe",
+            str(recipe_path),
+            "-o",
+            str(tmp_path / "parity"),
+        ],
+    )
     assert out.exit_code == 1, out.output
     assert "FAIL: min_agreement" in out.output
     parity = json.loads((tmp_path / "parity" / "parity.json").read_text())
@@ -175,7 +186,17 @@ def test_validate_gate_fails_with_exit_1_on_corrupted_model(tiny_run, tmp_path):
 
 def test_validate_json_and_threshold_flags(tiny_run, tmp_path):
     recipe_path, result = tiny_run
-    args = ["-q", "validate", str(result.root / "quantized"), "--reference", str(result.root / "merged"), "--recipe", str(recipe_path), "-o", str(tmp_path / "p")]
+    args = [
+        "-q",
+        "validate",
+        str(result.root / "quantized"),
+        "--reference",
+        str(result.root / "merged"),
+        "--recipe",
+        str(recipe_path),
+        "-o",
+        str(tmp_path / "p"),
+    ]
     strict = CliRunner().invoke(main, args + ["--json", "--threshold", "int8.max_logit_diff=0"])
     assert strict.exit_code == 1
     report = json.loads(strict.output)
@@ -188,9 +209,32 @@ def test_validate_json_and_threshold_flags(tiny_run, tmp_path):
 def test_bench_cli_schema_and_bad_input(tiny_run, tmp_path):
     recipe_path, result = tiny_run
     bundle = result.root / "quantized"
-    out = CliRunner().invoke(main, ["-q", "bench", str(bundle), "--reference", str(result.root / "merged"), "--batch-sizes", "1,2",
-                                    "--seq-len", "8", "--iterations", "3", "--warmup", "1", "-o", str(tmp_path / "b"), "--json",
-                                    "--backends", "pytorch,ort-fp32,ort-int8", "--traffic", "fixed", "--no-cold-start"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "bench",
+            str(bundle),
+            "--reference",
+            str(result.root / "merged"),
+            "--batch-sizes",
+            "1,2",
+            "--seq-len",
+            "8",
+            "--iterations",
+            "3",
+            "--warmup",
+            "1",
+            "-o",
+            str(tmp_path / "b"),
+            "--json",
+            "--backends",
+            "pytorch,ort-fp32,ort-int8",
+            "--traffic",
+            "fixed",
+            "--no-cold-start",
+        ],
+    )
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
     assert report["schema_version"] == 2 and report["seq_len"] == 8 and report["machine"]["cores"] >= 1
@@ -198,7 +242,9 @@ def test_bench_cli_schema_and_bad_input(tiny_run, tmp_path):
     assert cells == {(b, n) for b in ("pytorch", "ort-fp32", "ort-int8") for n in (1, 2)}
     for r in report["results"]:
         assert r["p50_ms"] > 0 and r["p50_ms"] <= r["p99_ms"] and r["iterations"] == 3
-        assert r["speedup_vs_pytorch"] == pytest.approx(next(x["p50_ms"] for x in report["results"] if x["backend"] == "pytorch" and x["batch"] == r["batch"]) / r["p50_ms"])
+        assert r["speedup_vs_pytorch"] == pytest.approx(
+            next(x["p50_ms"] for x in report["results"] if x["backend"] == "pytorch" and x["batch"] == r["batch"]) / r["p50_ms"]
+        )
     too_long = CliRunner().invoke(main, ["-q", "bench", str(bundle), "--seq-len", "999", "-o", str(tmp_path / "c")])
     assert too_long.exit_code == 2 and "exceeds the bundle's max_length 32" in too_long.output
     zero = CliRunner().invoke(main, ["-q", "bench", str(bundle), "--batch-sizes", "1,0", "-o", str(tmp_path / "d")])
@@ -222,7 +268,10 @@ def test_export_refuses_a_path_that_is_not_a_model(tmp_path):
     (tmp_path / "notamodel" / "readme.txt").write_text("hi")
     out = CliRunner().invoke(main, ["-q", "export", str(tmp_path / "notamodel"), "-o", str(tmp_path / "b")])
     assert out.exit_code == 2
-    assert out.output.strip() == f"error: model dir: {tmp_path / 'notamodel'} is not a model: it has no config.json (expected a save_pretrained folder)"
+    assert (
+        out.output.strip()
+        == f"error: model dir: {tmp_path / 'notamodel'} is not a model: it has no config.json (expected a save_pretrained folder)"
+    )
     assert not (tmp_path / "b").exists()
 
 
@@ -314,8 +363,11 @@ def test_stage_keys_follow_content_not_how_paths_are_spelled(tiny_run, tmp_path,
     recipe_path, result = tiny_run
     data = yaml.safe_load(Path(recipe_path).read_text())
     monkeypatch.chdir(Path(data["data"]["root"]).parent)
-    relative = {**data, "data": {**data["data"], "root": os.path.relpath(data["data"]["root"])},
-                "model": {**data["model"], "path": os.path.relpath(data["model"]["path"])}}
+    relative = {
+        **data,
+        "data": {**data["data"], "root": os.path.relpath(data["data"]["root"])},
+        "model": {**data["model"], "path": os.path.relpath(data["model"]["path"])},
+    }
     assert relative["data"]["root"] != data["data"]["root"] and not Path(relative["data"]["root"]).is_absolute()
     other = tmp_path / "relative.yaml"
     other.write_text(yaml.safe_dump(relative))

@@ -17,10 +17,9 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+from ftexport_runtime import PredictError, Predictor
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from ftexport_runtime import PredictError, Predictor
 
 pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -32,18 +31,54 @@ with warnings.catch_warnings():  # Starlette 1.x: "use httpx2 with starlette.tes
 from ftexport_runtime.server import ServeConfig, create_app  # noqa: E402
 
 SETTINGS = settings(
-    max_examples=60, deadline=None, derandomize=True, database=None, print_blob=True,
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 # --- strategies ------------------------------------------------------------------------------
 
 SPECIAL = [
-    "\x00", "\x01", "\x07", "\x1b[31m", "\x7f", "\x85", "\u200b", "\u200d", "\u200e", "\u200f", "\u202e",
-    "\u2066", "\u2028", "\u2029", "\ufeff", "\ufffd", "\uffff", "\U0010ffff", "\U0001f600", "\U0001f468\u200d\U0001f469",
-    "\u0301", "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627", "\u4e2d\u6587", "\r\n", "\t",
-    "[CLS]", "[SEP]", "[PAD]", "[UNK]", "##", "good", "dull", " ",
-    "\ud800", "\udfff", "\udc80",  # lone surrogates: a str can hold them, UTF-8 cannot
+    "\x00",
+    "\x01",
+    "\x07",
+    "\x1b[31m",
+    "\x7f",
+    "\x85",
+    "\u200b",
+    "\u200d",
+    "\u200e",
+    "\u200f",
+    "\u202e",
+    "\u2066",
+    "\u2028",
+    "\u2029",
+    "\ufeff",
+    "\ufffd",
+    "\uffff",
+    "\U0010ffff",
+    "\U0001f600",
+    "\U0001f468\u200d\U0001f469",
+    "\u0301",
+    "\u05e9\u05dc\u05d5\u05dd",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "\u4e2d\u6587",
+    "\r\n",
+    "\t",
+    "[CLS]",
+    "[SEP]",
+    "[PAD]",
+    "[UNK]",
+    "##",
+    "good",
+    "dull",
+    " ",
+    "\ud800",
+    "\udfff",
+    "\udc80",  # lone surrogates: a str can hold them, UTF-8 cannot
 ]
 WHITESPACE = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2003\u200a\u2028\u2029\u202f\u205f\u3000"
 
@@ -92,8 +127,7 @@ def check_prediction(p: dict, labels: list[str]) -> None:
 
 def close(a: list[dict], b: list[dict], atol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(
-        x["label"] == y["label"] and all(abs(x["scores"][k] - y["scores"][k]) <= atol for k in x["scores"])
-        for x, y in zip(a, b)
+        x["label"] == y["label"] and all(abs(x["scores"][k] - y["scores"][k]) <= atol for k in x["scores"]) for x, y in zip(a, b)
     )
 
 
@@ -352,4 +386,3 @@ def test_a_lying_content_length_is_refused(default_client, fp32):
     )
     assert_error(r, 413)
     assert_still_serving(default_client, fp32)
-

@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from ftexport_runtime import Predictor
 
 from ftexport.cli import main
 from ftexport.core.errors import RecipeError
 from ftexport.export.quantize import quantize
 from ftexport.export.quantize.aware import layer_of
 from ftexport.recipe import Gate, QuantizeSection, load_recipe
-from ftexport_runtime import Predictor
 
 TEXTS = ["a wonderful , moving film", "dull and far too long", "the cast is superb"]
 
@@ -103,9 +103,15 @@ def test_dynamic_int8_ships_ort_cpu_rewrite_with_identical_outputs(tiny_run, tmp
     shipped = tmp_path / "q" / "model.int8.onnx"
     import onnxruntime as ort
 
-    assert manifest.default_variant == "int8" and manifest.backend_defaults == {"cuda": "fp32", "tensorrt": "fp32"}  # GPUs: not the CPU graph
-    assert manifest.variants["int8"].details["ort_graph"] == {"level": "extended", "execution_provider": "CPUExecutionProvider",
-                                                            "onnxruntime": ort.__version__}
+    assert manifest.default_variant == "int8" and manifest.backend_defaults == {
+        "cuda": "fp32",
+        "tensorrt": "fp32",
+    }  # GPUs: not the CPU graph
+    assert manifest.variants["int8"].details["ort_graph"] == {
+        "level": "extended",
+        "execution_provider": "CPUExecutionProvider",
+        "onnxruntime": ort.__version__,
+    }
     source = tmp_path / "q" / ("model.opt.onnx" if optimize else "model.onnx")
     if optimize:  # the quantizer reads the fused graph through symbolic shape inference
         from ftexport.export.quantize.int8 import typed as _typed
@@ -205,8 +211,25 @@ def test_accuracy_aware_needs_a_recipe(tiny_run, tmp_path):
 
 def test_quantize_cli_reads_the_recipe_and_flags(tiny_run, tmp_path):
     recipe_path, result = tiny_run
-    out = CliRunner().invoke(main, ["-q", "quantize", str(result.root / "onnx"), "-o", str(tmp_path / "q"), "--recipe", str(recipe_path),
-                                    "--mode", "static", "--format", "qoperator", "--calibration-samples", "8", "--per-tensor"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "quantize",
+            str(result.root / "onnx"),
+            "-o",
+            str(tmp_path / "q"),
+            "--recipe",
+            str(recipe_path),
+            "--mode",
+            "static",
+            "--format",
+            "qoperator",
+            "--calibration-samples",
+            "8",
+            "--per-tensor",
+        ],
+    )
     assert out.exit_code == 0, out.output
     details = json.loads((tmp_path / "q" / "manifest.json").read_text())["variants"]["int8-static"]["details"]
     assert details["format"] == "qoperator" and details["calibration"]["samples"] == 8 and details["per_channel"] is False
@@ -217,7 +240,9 @@ def test_bench_measures_the_plain_optimum_path_side_by_side(tiny_run, tmp_path):
     from ftexport.recipe import BenchSection
 
     result = tiny_run[1]
-    section = BenchSection(batch_sizes=[1], seq_len=8, iterations=3, warmup=1, cold_start=False, backends=["pytorch", "optimum-int8", "ort-int8"])
+    section = BenchSection(
+        batch_sizes=[1], seq_len=8, iterations=3, warmup=1, cold_start=False, backends=["pytorch", "optimum-int8", "ort-int8"]
+    )
     report = bench(result.root / "quantized", result.root / "merged", section, tmp_path / "b")
     rows = {r["backend"]: r for r in report["results"]}
     assert set(rows) == {"pytorch", "optimum-int8", "ort-int8"}

@@ -12,10 +12,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from conftest import REPO, shared_data
 
 pytestmark = pytest.mark.slow
@@ -27,7 +25,9 @@ DATA = shared_data()
 def test_quickstart_recipe_end_to_end(tmp_path):
     env = {**os.environ, "FTEXPORT_DATA": str(DATA), "HF_HUB_OFFLINE": "1"}
     ftexport = [sys.executable, "-m", "ftexport.cli"]
-    run = subprocess.run([*ftexport, "run", str(REPO / "recipes" / "quickstart.yaml")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [*ftexport, "run", str(REPO / "recipes" / "quickstart.yaml")], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| ONNX int8" in run.stdout and "p50 ms (batch 1, seq 128)" in run.stdout
     assert "bundle: runs/quickstart/bundle" in run.stdout
@@ -42,6 +42,7 @@ def test_quickstart_recipe_end_to_end(tmp_path):
     assert parity["reference"]["accuracy"] - int8["accuracy"] <= 0.01
     assert parity["variants"]["fp32"]["max_logit_diff"] < 1e-3
 
-    predict = subprocess.run([sys.executable, "-m", "ftexport_runtime.cli", "predict", str(bundle), "a wonderful, moving film"],
-                             capture_output=True, text=True)
+    predict = subprocess.run(
+        [sys.executable, "-m", "ftexport_runtime.cli", "predict", str(bundle), "a wonderful, moving film"], capture_output=True, text=True
+    )
     assert predict.returncode == 0 and predict.stdout.startswith("positive\t"), predict.stdout + predict.stderr

@@ -24,9 +24,16 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         ({"training__lr": "fast"}, "recipe.training.lr: expected a number, got 'fast'"),
         ({"training__batch_size": 2.5}, "recipe.training.batch_size: expected an integer, got 2.5 (float)"),
         ({"training__lrr": 0.1}, "recipe.training.lrr: unknown key; did you mean 'lr'?"),
-        ({"method__name": "qlora"}, "recipe.method.name: expected one of 'full', 'bitfit', 'lora', 'adalora', 'ia3', 'prefix' or 'prompt', got 'qlora'; did you mean 'lora'?"),
+        (
+            {"method__name": "qlora"},
+            "recipe.method.name: expected one of 'full', 'bitfit', 'lora', 'adalora', 'ia3', 'prefix' or 'prompt', got 'qlora'; did you "
+            "mean 'lora'?",
+        ),
         ({"training__batch_size": 0}, "recipe.training.batch_size: input should be greater than 0, got 0 (int)"),
-        ({"validate__int8__min_agreement": 1.5}, "recipe.validate.int8.min_agreement: input should be less than or equal to 1, got 1.5 (float)"),
+        (
+            {"validate__int8__min_agreement": 1.5},
+            "recipe.validate.int8.min_agreement: input should be less than or equal to 1, got 1.5 (float)",
+        ),
         ({"quantize__per_channel": "maybe"}, "recipe.quantize.per_channel: expected true or false, got 'maybe'"),
         ({"bench__batch_sizes": [1, -8]}, "recipe.bench.batch_sizes: expected a non-empty list of positive sizes, got [1, -8]"),
     ],
@@ -87,7 +94,9 @@ def test_cli_reports_one_line_and_exit_2(recipe_file):
     assert result.output.strip() == "error: recipe.training.lr: expected a number, got 'fast'"
 
 
-@pytest.mark.parametrize("shipped", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "shipped", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_recipe_parses(shipped, monkeypatch, tmp_path):
     """The schema accepts each recipe as shipped (its files are checked where they run)."""
     import yaml

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ftexport_runtime import Bundle, BundleError, PredictError, Predictor
 from ftexport_runtime.bundle import make_tarball
 
@@ -68,11 +67,14 @@ def test_overlong_text_is_truncated_to_max_length(bundle):
     assert p.predict(["good " * 500])[0].label in p.labels
 
 
-@pytest.mark.parametrize("texts, message", [
-    ([], "empty list of texts"),
-    ("just a string", "takes a list of texts, got a single string"),
-    (["ok", 3], "text #1 is a int, not a string"),
-])
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        ([], "empty list of texts"),
+        ("just a string", "takes a list of texts, got a single string"),
+        (["ok", 3], "text #1 is a int, not a string"),
+    ],
+)
 def test_bad_predict_input(bundle, texts, message):
     with pytest.raises(PredictError, match=message):
         Predictor.from_bundle(bundle).predict(texts)
@@ -100,7 +102,6 @@ def test_verify_used_hashes_only_the_files_it_loads(bundle, tmp_path):
         Predictor.from_bundle(b, variant="fp32", verify="used")
     with pytest.raises(PredictError, match="verify must be"):
         Predictor.from_bundle(b, verify="some")
-
 
 
 @pytest.mark.parametrize("verify", ["all", "used"])
@@ -157,6 +158,7 @@ def test_the_session_does_not_keep_a_copy_of_the_model(bundle):
     assert getattr(p.session, "_model_bytes", None) is None  # ORT would hold them for the session's life
     assert p.predict(["a good film"])[0].label in ("positive", "negative")
 
+
 def test_truncated_onnx_is_refused(bundle, tmp_path):
     b = copy(bundle, tmp_path)
     data = (b / "model.int8.onnx").read_bytes()
@@ -176,8 +178,11 @@ def test_truncated_onnx_is_refused(bundle, tmp_path):
     assert manifest["variants"]["int8"]["details"]["ort_graph"]["onnxruntime"]
     manifest["variants"]["int8"]["details"]["ort_graph"]["onnxruntime"] = "99.1.0"
     (b / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"cannot load this model \(.*\); this graph was written by onnxruntime 99\.1\.0 and this is "
-                                          r"[\d.]+: pip install 'onnxruntime>=99\.1\.0', or re-quantize") as e:
+    with pytest.raises(
+        BundleError,
+        match=r"cannot load this model \(.*\); this graph was written by onnxruntime 99\.1\.0 and this is "
+        r"[\d.]+: pip install 'onnxruntime>=99\.1\.0', or re-quantize",
+    ) as e:
         Predictor.from_bundle(b)
     assert "\n" not in str(e.value)
 
@@ -299,7 +304,6 @@ def test_silent_gpu_fallback_is_refused(monkeypatch, bundle):
     """ORT builds a CUDA session that quietly runs on the CPU when the CUDA/cuDNN libraries
     do not load; the runtime must raise instead of running slowly."""
     import onnxruntime as ort
-
     from ftexport_runtime.engines import get_backend
     from ftexport_runtime.engines.ort import check_session
     from ftexport_runtime.errors import BackendUnavailable
@@ -343,8 +347,23 @@ def _validate_on_cuda(tiny_run, tmp_path):
     from ftexport.cli import main
 
     recipe_path, result = tiny_run
-    out = CliRunner().invoke(main, ["-q", "validate", str(result.root / "quantized"), "--reference", str(result.root / "merged"),
-                                    "--recipe", str(recipe_path), "--backend", "cuda", "-o", str(tmp_path / "p"), "--json"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "validate",
+            str(result.root / "quantized"),
+            "--reference",
+            str(result.root / "merged"),
+            "--recipe",
+            str(recipe_path),
+            "--backend",
+            "cuda",
+            "-o",
+            str(tmp_path / "p"),
+            "--json",
+        ],
+    )
     return out, json.loads((tmp_path / "p" / "parity.json").read_text())
 
 

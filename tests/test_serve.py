@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from ftexport_runtime import PredictError, Predictor
 
 httpx = pytest.importorskip("httpx")
@@ -27,10 +26,22 @@ uvicorn = pytest.importorskip("uvicorn")
 from ftexport_runtime.server import ServeConfig, bind, create_app  # noqa: E402
 
 TEXTS = [
-    "the film is wonderful and moving", "the plot is dull and tedious", "a charming , lovely story",
-    "the acting was awful", "really quite good music", "bland , weak and boring", "superb cast", "",
-    "the ending was very brilliant", "a clumsy movie", "fine", "poor", "the story is delightful",
-    "terrible terrible terrible", "great great", "the music was tedious and the plot bad",
+    "the film is wonderful and moving",
+    "the plot is dull and tedious",
+    "a charming , lovely story",
+    "the acting was awful",
+    "really quite good music",
+    "bland , weak and boring",
+    "superb cast",
+    "",
+    "the ending was very brilliant",
+    "a clumsy movie",
+    "fine",
+    "poor",
+    "the story is delightful",
+    "terrible terrible terrible",
+    "great great",
+    "the music was tedious and the plot bad",
 ]
 
 
@@ -41,8 +52,7 @@ def answers(predictor, texts: list[str]) -> list[dict]:
 
 def close(a: list[dict], b: list[dict], atol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(
-        x["label"] == y["label"] and all(abs(x["scores"][k] - y["scores"][k]) <= atol for k in x["scores"])
-        for x, y in zip(a, b)
+        x["label"] == y["label"] and all(abs(x["scores"][k] - y["scores"][k]) <= atol for k in x["scores"]) for x, y in zip(a, b)
     )
 
 
@@ -149,8 +159,11 @@ def test_health_metadata_and_openapi(client, fp32):
     assert client.get("/healthz").json() == {"status": "ok"}
     meta = client.get("/v1/metadata").json()
     assert {k: meta[k] for k in ("task", "labels", "max_length", "variant", "backend")} == {
-        "task": "text-classification", "labels": ["negative", "positive"], "max_length": fp32.max_length,
-        "variant": "fp32", "backend": "cpu",
+        "task": "text-classification",
+        "labels": ["negative", "positive"],
+        "max_length": fp32.max_length,
+        "variant": "fp32",
+        "backend": "cpu",
     }
     assert meta["serving"]["max_request_items"] == 4 and meta["serving"]["batching"] is True
     spec = json.loads(client.get("/openapi.json").text)
@@ -298,7 +311,9 @@ def test_full_queue_answers_503_at_once_and_never_grows(fp32):
 def _start(bundle: Path, *options: str) -> tuple[subprocess.Popen, str, queue.Queue]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "ftexport_runtime.cli", "serve", str(bundle), "--port", "0", *options],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
@@ -370,10 +385,26 @@ def test_loadtest_tool_runs_and_checks_every_answer(tiny_run, tmp_path):
     texts.write_text("\n".join(TEXTS[:8]) + "\n")
     out = tmp_path / "result.json"
     r = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parents[1] / "tools" / "loadtest.py"), str(tiny_run[1].bundle),
-         "--duration", "1", "--warmup", "0", "--concurrency", "4", "--texts", str(texts),
-         "--modes", "batching,no-batching@fp32", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "tools" / "loadtest.py"),
+            str(tiny_run[1].bundle),
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--concurrency",
+            "4",
+            "--texts",
+            str(texts),
+            "--modes",
+            "batching,no-batching@fp32",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     modes = json.loads(out.read_text())["modes"]

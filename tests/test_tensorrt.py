@@ -17,20 +17,28 @@ import shutil
 import sys
 from pathlib import Path
 
+import ftexport_runtime.engines.tensorrt as te
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-import ftexport_runtime.engines.tensorrt as te
 from fake_tensorrt import FAKE_VERSION, FakeCudart, fake_tensorrt
-from ftexport.cli import main
-from ftexport.core.errors import BundleError, RecipeError
-from ftexport.export.quantize import quantize
-from ftexport.recipe import QuantizeSection, load_recipe
-from ftexport.export.tensorrt import build_engine, build_engines, int8_problems, plan_engines, profile_from_lengths, timing_cache_path, token_lengths
 from ftexport_runtime import Predictor
 from ftexport_runtime.bundle import Bundle, sha256_file
 from ftexport_runtime.errors import BackendUnavailable, PredictError
+
+from ftexport.cli import main
+from ftexport.core.errors import BundleError, RecipeError
+from ftexport.export.quantize import quantize
+from ftexport.export.tensorrt import (
+    build_engine,
+    build_engines,
+    int8_problems,
+    plan_engines,
+    profile_from_lengths,
+    timing_cache_path,
+    token_lengths,
+)
+from ftexport.recipe import QuantizeSection, load_recipe
 
 HERE = {"tensorrt": FAKE_VERSION, "gpu": "Fake GPU", "compute_capability": "9.0", "driver": "unknown"}
 TEXTS = ["a wonderful , moving film", "dull and far too long", "the cast is superb", "bad"]
@@ -89,7 +97,9 @@ def test_plan_picks_a_source_and_flags_for_each_engine(qbundle):
     assert (plans["int8"].source, plans["int8"].flags) == ("int8-static", ("INT8", "FP16"))
     assert (plans["fp32"].source, plans["fp32"].flags) == ("fp32", ())
     assert plans["fp16"].workspace_bytes == 2 * 2**30 and plans["fp16"].inputs == ["input_ids", "attention_mask", "token_type_ids"]
-    with pytest.raises(RecipeError, match=r"no int8 variant TensorRT can build from \(int8-static: .*zero points.*--mode static --symmetric"):
+    with pytest.raises(
+        RecipeError, match=r"no int8 variant TensorRT can build from \(int8-static: .*zero points.*--mode static --symmetric"
+    ):
         plan_engines(Bundle.open(asym), ["int8"], profile)
     gen = Bundle.open(sym)
     gen.manifest.task = "text-generation"
@@ -133,8 +143,16 @@ def _with_engine(src: Path, dst: Path, fingerprint: dict, profile=None, **extra)
     (dst / "engines").mkdir()
     (dst / "engines" / "model.fp16.plan").write_bytes(b"ENGINE:FP16")
     m = json.loads((dst / "manifest.json").read_text())
-    m["engines"] = {"fp16": {"file": "engines/model.fp16.plan", "precision": "fp16", "source": "fp32",
-                             "profile": profile or {"batch": [1, 1, 4], "seq": [1, 16, 32]}, "fingerprint": fingerprint, **extra}}
+    m["engines"] = {
+        "fp16": {
+            "file": "engines/model.fp16.plan",
+            "precision": "fp16",
+            "source": "fp32",
+            "profile": profile or {"batch": [1, 1, 4], "seq": [1, 16, 32]},
+            "fingerprint": fingerprint,
+            **extra,
+        }
+    }
     m["files"]["engines/model.fp16.plan"] = sha256_file(dst / "engines" / "model.fp16.plan")
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst
@@ -147,11 +165,13 @@ def test_manifest_engines_are_checked_like_every_other_file(qbundle, tmp_path):
     (b / "engines" / "model.fp16.plan").write_bytes(b"ENGINE:TAMPERED")
     with pytest.raises(BundleError, match="'engines/model.fp16.plan' was modified after the bundle was packed"):
         Bundle.open(b)
-    bad = [({"source": "int4"}, "source 'int4' is not one of the variants"),
-           ({"file": "../x.plan"}, "escapes the bundle directory"),
-           ({"profile": {"batch": [4, 1, 8], "seq": [1, 2, 3]}}, "need 1 <= min <= opt <= max"),
-           ({"fingerprint": {"gpu": "x"}}, "fingerprint must give tensorrt"),
-           ({"on_longer": "split"}, "on_longer must be one of error, truncate")]
+    bad = [
+        ({"source": "int4"}, "source 'int4' is not one of the variants"),
+        ({"file": "../x.plan"}, "escapes the bundle directory"),
+        ({"profile": {"batch": [4, 1, 8], "seq": [1, 2, 3]}}, "need 1 <= min <= opt <= max"),
+        ({"fingerprint": {"gpu": "x"}}, "fingerprint must give tensorrt"),
+        ({"on_longer": "split"}, "on_longer must be one of error, truncate"),
+    ]
     for i, (change, message) in enumerate(bad):
         d = _with_engine(qbundle[0], tmp_path / f"bad{i}", HERE)
         m = json.loads((d / "manifest.json").read_text())
@@ -218,8 +238,10 @@ def _check_fallback_to_cuda(b: Path) -> None:
             Predictor.from_bundle(b, backend="tensorrt", fallback="cuda")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
-                    reason="tensorrt is installed here: test_with_tensorrt_an_engine_from_another_machine_is_refused_or_falls_back")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None,
+    reason="tensorrt is installed here: test_with_tensorrt_an_engine_from_another_machine_is_refused_or_falls_back",
+)
 def test_without_tensorrt_an_engine_is_refused_or_falls_back_only_when_asked(qbundle, tmp_path):
     b = _with_engine(qbundle[0], tmp_path / "b", HERE)
     with pytest.raises(BackendUnavailable, match=r"tensorrt package is not installed; pip install 'ftexport-runtime\[trt\]'"):
@@ -247,7 +269,10 @@ def test_with_tensorrt_an_engine_from_another_machine_is_refused_or_falls_back(q
 
 def test_an_engine_from_another_gpu_is_refused_with_the_rebuild_command(qbundle, tmp_path, fake_gpu):
     b = _with_engine(qbundle[0], tmp_path / "b", {**HERE, "gpu": "NVIDIA A10", "compute_capability": "8.6"})
-    with pytest.raises(BackendUnavailable, match=rf"built for another machine \(compute_capability '9.0' here, '8.6' in the engine; .*ftexport export --trt --bundle {b}"):
+    with pytest.raises(
+        BackendUnavailable,
+        match=rf"built for another machine \(compute_capability '9.0' here, '8.6' in the engine; .*ftexport export --trt --bundle {b}",
+    ):
         Predictor.from_bundle(b, backend="tensorrt")
     from ftexport.judge.runners import engine_skip_reason
 
@@ -326,14 +351,21 @@ def test_build_engines_writes_a_verified_bundle_and_a_timing_cache(qbundle, tmp_
 # ---- the command line -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
-                    reason="tensorrt is installed here: tests/test_gpu.py builds real engines")
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here: tests/test_gpu.py builds real engines"
+)
 def test_trt_without_tensorrt_is_one_line_and_exit_2(qbundle, tmp_path, tiny_run):
     runner = CliRunner()
-    for args in (["export", "--trt", "--bundle", str(qbundle[0])], ["export", str(tiny_run[1].root / "merged"), "-o", str(tmp_path / "o"), "--trt"]):
+    for args in (
+        ["export", "--trt", "--bundle", str(qbundle[0])],
+        ["export", str(tiny_run[1].root / "merged"), "-o", str(tmp_path / "o"), "--trt"],
+    ):
         out = runner.invoke(main, ["-q", *args])
         assert out.exit_code == 2, out.output
-        assert out.output.strip() == "error: export --trt: the tensorrt package is not installed; pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"
+        assert (
+            out.output.strip()
+            == "error: export --trt: the tensorrt package is not installed; pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"
+        )
     assert not (tmp_path / "o").exists()  # refused before exporting anything
     out = runner.invoke(main, ["-q", "export", "--bundle", str(qbundle[0])])
     assert out.exit_code == 2 and "give --trt too" in out.output

@@ -48,7 +48,7 @@ def parse_pbtxt(text: str) -> dict[str, list[Any]]:
         if not m or m.end() == pos:
             if text[pos:].strip() == "":
                 break
-            raise ValueError(f"unexpected character at {pos}: {text[pos:pos + 20]!r}")
+            raise ValueError(f"unexpected character at {pos}: {text[pos : pos + 20]!r}")
         pos = m.end()
         if m.group(1) is None and m.group(0).strip():
             tokens.append(m.group(0).strip())
@@ -209,7 +209,11 @@ def test_repository_model_gives_the_predictor_logits(repo, bundle):
     what the bundle's Predictor computes."""
     tok = Tokenizer.from_file(str(repo / "tokenizer.json"))
     encs = tok.encode_batch(TEXTS + ["long " * 200])
-    fields = {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs], "token_type_ids": [e.type_ids for e in encs]}
+    fields = {
+        "input_ids": [e.ids for e in encs],
+        "attention_mask": [e.attention_mask for e in encs],
+        "token_type_ids": [e.type_ids for e in encs],
+    }
     session = ort.InferenceSession(str(model_dir(repo) / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {i.name: np.asarray(fields[i.name], dtype=np.int64) for i in session.get_inputs()}
     assert feeds["input_ids"].shape[1] == json.loads((bundle / "manifest.json").read_text())["max_length"]  # truncated as Predictor does
@@ -232,9 +236,15 @@ def test_variant_name_batch_and_gpu_options(bundle, tmp_path):
     session = ort.InferenceSession(str(out / "sentiment" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     encs = tok.encode_batch(TEXTS)
-    feeds = {i.name: np.asarray([getattr(e, {"input_ids": "ids", "token_type_ids": "type_ids"}.get(i.name, i.name)) for e in encs], dtype=np.int64)
-             for i in session.get_inputs()}
-    np.testing.assert_allclose(session.run(None, feeds)[0], Predictor.from_bundle(bundle, variant="fp32").logits(TEXTS), rtol=1e-5, atol=1e-5)
+    feeds = {
+        i.name: np.asarray(
+            [getattr(e, {"input_ids": "ids", "token_type_ids": "type_ids"}.get(i.name, i.name)) for e in encs], dtype=np.int64
+        )
+        for i in session.get_inputs()
+    }
+    np.testing.assert_allclose(
+        session.run(None, feeds)[0], Predictor.from_bundle(bundle, variant="fp32").logits(TEXTS), rtol=1e-5, atol=1e-5
+    )
     if ModelConfig := triton_model_config():
         from google.protobuf import text_format
 
@@ -289,8 +299,23 @@ def test_errors_leave_nothing_behind(bundle, tmp_path):
 
 
 def test_cli_pack_triton(bundle, tmp_path):
-    out = CliRunner().invoke(main, ["-q", "pack", str(bundle), "--triton", str(tmp_path / "t"), "--triton-variant", "fp32",
-                                    "--triton-name", "sst2", "--triton-max-batch", "16", "--triton-gpu"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "pack",
+            str(bundle),
+            "--triton",
+            str(tmp_path / "t"),
+            "--triton-variant",
+            "fp32",
+            "--triton-name",
+            "sst2",
+            "--triton-max-batch",
+            "16",
+            "--triton-gpu",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert out.stdout.strip() == str(tmp_path / "t")
     cfg = parse_pbtxt((tmp_path / "t" / "sst2" / "config.pbtxt").read_text())
@@ -342,6 +367,8 @@ def test_cli_errors_are_one_line_exit_2(bundle, tmp_path, case, message):
 
 
 def test_cli_refuses_a_bad_triton_option_before_packing(bundle, tmp_path):
-    out = CliRunner().invoke(main, ["-q", "pack", str(bundle), "-o", str(tmp_path / "final"), "--triton", str(tmp_path / "t"), "--triton-variant", "fp16"])
+    out = CliRunner().invoke(
+        main, ["-q", "pack", str(bundle), "-o", str(tmp_path / "final"), "--triton", str(tmp_path / "t"), "--triton-variant", "fp16"]
+    )
     assert out.exit_code == 2 and "no variant 'fp16'" in out.stderr
     assert not (tmp_path / "final").exists()

@@ -49,7 +49,12 @@ def main() -> None:
     out = {"machine": machine_info(), "python": platform.python_version(), "repeats": a.repeats, "bundles": {}}
     for name, values in seconds.items():
         med = statistics.median(values)
-        out["bundles"][name] = {"path": pairs[name], "median_s": round(med, 4), "ratio": round(med / base, 3), "all_s": [round(v, 4) for v in values]}
+        out["bundles"][name] = {
+            "path": pairs[name],
+            "median_s": round(med, 4),
+            "ratio": round(med / base, 3),
+            "all_s": [round(v, 4) for v in values],
+        }
         print(f"{name:>12}: median {med:.3f} s  ({med / base:.2f}x)  {pairs[name]}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -35,12 +35,11 @@ def main() -> None:
 
     import numpy as np
 
-    from ftexport.data import load_data
-    from ftexport.core.hf import load_reference
-    from ftexport.recipe import load_recipe, parse_recipe
+    from ftexport.core.hf import load_reference, load_tokenizer, predict_logits
     from ftexport.core.machine import machine_info
+    from ftexport.data import load_data
+    from ftexport.recipe import load_recipe, parse_recipe
     from ftexport.tasks import get_task
-    from ftexport.core.hf import load_tokenizer, predict_logits
     from ftexport.train.trainer import train
 
     lrs = {**DEFAULT_LR, **{k: float(v) for k, v in (x.split("=", 1) for x in args.lr)}}
@@ -63,18 +62,41 @@ def main() -> None:
         logits = predict_logits(model, load_tokenizer(out), test.texts, recipe.model.max_length)
         scores = task.metrics(logits, np.asarray(test.labels), len(record["labels"]))
         params = record["metrics"]["trainable_parameters"]
-        rows.append({"method": name, "lr": lrs[name], "trainable": params["trainable"], "share": params["share"],
-                     "train_s": round(seconds, 1), "steps": record["metrics"]["steps"], **scores})
+        rows.append(
+            {
+                "method": name,
+                "lr": lrs[name],
+                "trainable": params["trainable"],
+                "share": params["share"],
+                "train_s": round(seconds, 1),
+                "steps": record["metrics"]["steps"],
+                **scores,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(out, ignore_errors=True)
-    report = {"recipe": args.recipe, "model": base.model.path, "train_samples": args.train_samples, "epochs": args.epochs,
-              "test_examples": len(test.texts), "machine": machine_info(), "rows": rows}
+    report = {
+        "recipe": args.recipe,
+        "model": base.model.path,
+        "train_samples": args.train_samples,
+        "epochs": args.epochs,
+        "test_examples": len(test.texts),
+        "machine": machine_info(),
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"Fine-tuning methods on {base.model.path}: {args.train_samples} training examples, {args.epochs:g} epoch, "
-             f"test accuracy on {len(test.texts)} examples (PyTorch, unmerged). Machine: {report['machine'].get('cpu', '?')}.", "",
-             "| method | lr | trainable params | share | train s | test accuracy |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['lr']:g} | {r['trainable']:,} | {100 * r['share']:.2f}% | {r['train_s']:.0f} | {100 * r['accuracy']:.2f} |" for r in rows]
+    lines = [
+        f"Fine-tuning methods on {base.model.path}: {args.train_samples} training examples, {args.epochs:g} epoch, "
+        f"test accuracy on {len(test.texts)} examples (PyTorch, unmerged). Machine: {report['machine'].get('cpu', '?')}.",
+        "",
+        "| method | lr | trainable params | share | train s | test accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['lr']:g} | {r['trainable']:,} | {100 * r['share']:.2f}% | {r['train_s']:.0f} | {100 * r['accuracy']:.2f} |"
+        for r in rows
+    ]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -33,8 +33,9 @@ def docker(*args: str, timeout: float = 1500) -> str:
 
 
 def post(base: str, texts: list[str]) -> list[str]:
-    req = urllib.request.Request(f"{base}/v1/predict", data=json.dumps({"texts": texts}).encode(),
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"{base}/v1/predict", data=json.dumps({"texts": texts}).encode(), headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return [p["label"] for p in json.loads(r.read())["predictions"]]
 
@@ -48,20 +49,23 @@ def main() -> None:
     a = ap.parse_args()
     bundle = a.bundle.resolve()
     if not bundle.is_relative_to(REPO) or not (bundle / "manifest.json").is_file():
-        sys.exit(f"error: --bundle {a.bundle}: not a bundle inside the repository ({REPO}); the build context is the repository, "
-                 "so copy or pack the bundle under runs/NAME/")
+        sys.exit(
+            f"error: --bundle {a.bundle}: not a bundle inside the repository ({REPO}); the build context is the repository, "
+            "so copy or pack the bundle under runs/NAME/"
+        )
     rel = bundle.relative_to(REPO)
     with a.texts.open(newline="") as f:
         texts = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
 
     sys.path.insert(0, str(REPO / "runtime"))
-    from ftexport.core.machine import machine_info
     from ftexport_runtime import Predictor
+
+    from ftexport.core.machine import machine_info
 
     # The same 32-text model calls as the requests below: a dynamic int8 model's answers depend
     # on the batch it runs in (docs/serving.md), so the host must batch the way the server does.
     predictor = Predictor.from_bundle(bundle)
-    host = [p.label for i in range(0, len(texts), CHUNK) for p in predictor.predict_batch(texts[i:i + CHUNK])]
+    host = [p.label for i in range(0, len(texts), CHUNK) for p in predictor.predict_batch(texts[i : i + CHUNK])]
 
     tag = f"ftexport-runtime-check:{uuid.uuid4().hex[:8]}"
     build = ["build", "-f", "docker/runtime-cpu.Dockerfile", "--build-arg", f"BUNDLE={rel}", "-t", tag]
@@ -71,8 +75,9 @@ def main() -> None:
     info = json.loads(docker("image", "inspect", tag))[0]
     container = None
     try:
-        probe = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", "import torch"],
-                               capture_output=True, text=True, timeout=120)
+        probe = subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "python", tag, "-c", "import torch"], capture_output=True, text=True, timeout=120
+        )
         if probe.returncode and "No module named 'torch'" not in probe.stderr:
             sys.exit(f"error: could not run python in the image: {(probe.stderr.strip().splitlines() or ['no output'])[-1]}")
         torch = probe.returncode == 0
@@ -92,7 +97,7 @@ def main() -> None:
         ready_s = time.monotonic() - t0
         got = []
         for i in range(0, len(texts), CHUNK):
-            got += post(base, texts[i:i + CHUNK])
+            got += post(base, texts[i : i + CHUNK])
         health = None
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120:  # HEALTHCHECK runs every 30 s
@@ -106,9 +111,14 @@ def main() -> None:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
     result = {
         "machine": machine_info(),
-        "bundle": str(rel), "texts": len(texts), "same_label": sum(g == h for g, h in zip(got, host)),
-        "image_mb": round(info["Size"] / 2**20), "user": info["Config"]["User"], "torch_in_image": torch,
-        "ready_s": round(ready_s, 2), "docker_health": health,
+        "bundle": str(rel),
+        "texts": len(texts),
+        "same_label": sum(g == h for g, h in zip(got, host)),
+        "image_mb": round(info["Size"] / 2**20),
+        "user": info["Config"]["User"],
+        "torch_in_image": torch,
+        "ready_s": round(ready_s, 2),
+        "docker_health": health,
         "base": a.python_image or "python:3.11-slim-bookworm",
     }
     print(json.dumps(result, indent=2))

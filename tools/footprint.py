@@ -95,7 +95,8 @@ def closure(roots: list[str]) -> dict[str, int]:
 
 def closure_in(python: str, roots: list[str]) -> dict[str, int]:
     """closure(roots) as seen by another interpreter (another virtual environment)."""
-    code = f"import sys, json; sys.path.insert(0, {str(Path(__file__).parent)!r}); import footprint; print(json.dumps(footprint.closure(sys.argv[1:])))"
+    here = str(Path(__file__).parent)
+    code = f"import sys, json; sys.path.insert(0, {here!r}); import footprint; print(json.dumps(footprint.closure(sys.argv[1:])))"
     proc = subprocess.run([python, "-c", code, *roots], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"--torch-python {python}: cannot read its installed packages ({(proc.stderr.strip().splitlines() or ['no output'])[-1]})")
@@ -120,14 +121,23 @@ def cold_start(stack: str, args: list[str], repeats: int) -> dict[str, Any]:
     runs, walls = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", CHILDREN[stack], *args], capture_output=True, text=True,
-                              env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"})
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILDREN[stack], *args],
+            capture_output=True,
+            text=True,
+            env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"},
+        )
         walls.append(time.perf_counter() - t)
         if proc.returncode != 0:
             return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return {"seconds": statistics.median(r["seconds"] for r in runs), "all_seconds": [r["seconds"] for r in runs],
-            "process_wall_s": statistics.median(walls), "label": runs[0]["label"], "torch_loaded": runs[0]["torch_loaded"]}
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "all_seconds": [r["seconds"] for r in runs],
+        "process_wall_s": statistics.median(walls),
+        "label": runs[0]["label"],
+        "torch_loaded": runs[0]["torch_loaded"],
+    }
 
 
 def main() -> None:
@@ -154,15 +164,29 @@ def main() -> None:
         print(f"| {stack} | {s['bytes'] / 2**20:.0f} | {s['distributions']} | {s['bytes'] / runtime_bytes:.1f}x |")
     print("\n| stack | cold start s (import + load + first answer) | process wall s | imports torch |\n|---|---|---|---|")
     for stack, c in starts.items():
-        print(f"| {stack} | {c['seconds']:.3f} | {c['process_wall_s']:.3f} | {'yes' if c['torch_loaded'] else 'no'} |" if "error" not in c
-              else f"| {stack} | failed: {c['error']} | | |")
+        print(
+            f"| {stack} | {c['seconds']:.3f} | {c['process_wall_s']:.3f} | {'yes' if c['torch_loaded'] else 'no'} |"
+            if "error" not in c
+            else f"| {stack} | failed: {c['error']} | | |"
+        )
     if a.json:
         import platform
 
         from ftexport.core.machine import machine_info
 
-        Path(a.json).write_text(json.dumps({"machine": machine_info(), "python": platform.python_version(), "repeats": a.repeats,
-                                            "installed": sizes, "cold_start": starts}, indent=2) + "\n")
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "machine": machine_info(),
+                    "python": platform.python_version(),
+                    "repeats": a.repeats,
+                    "installed": sizes,
+                    "cold_start": starts,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

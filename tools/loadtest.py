@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -210,8 +210,7 @@ def start_server(args: argparse.Namespace, batching: bool, variant: str | None) 
     sys.exit("error: serve did not start:\n" + "\n".join(log[-10:]))
 
 
-def run_mode(args: argparse.Namespace, batching: bool, variant: str | None, texts: list[str],
-             expected: list[dict], precision: str) -> dict:
+def run_mode(args: argparse.Namespace, batching: bool, variant: str | None, texts: list[str], expected: list[dict], precision: str) -> dict:
     strict = not batching or precision != "int8"
     proc, url, log = start_server(args, batching, variant)
     try:
@@ -276,14 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each measurement (default: 3)")
     ap.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default: 16)")
     ap.add_argument("--texts", help="file with one text per line (default: the SST-2 test split)")
-    ap.add_argument("--atol", type=float, default=1e-4,
-                    help="strict check: largest score difference from the direct answer (default: 1e-4)")
-    ap.add_argument("--loose-atol", type=float, default=0.5,
-                    help="int8 with batching: a larger score difference is an answer meant for another text (default: 0.5)")
+    ap.add_argument(
+        "--atol", type=float, default=1e-4, help="strict check: largest score difference from the direct answer (default: 1e-4)"
+    )
+    ap.add_argument(
+        "--loose-atol",
+        type=float,
+        default=0.5,
+        help="int8 with batching: a larger score difference is an answer meant for another text (default: 0.5)",
+    )
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as lost (default: 30)")
-    ap.add_argument("--modes", default="batching,no-batching,batching@fp32",
-                    help="runs, comma-separated: batching | no-batching, each optionally @VARIANT "
-                         "(default: batching,no-batching,batching@fp32)")
+    ap.add_argument(
+        "--modes",
+        default="batching,no-batching,batching@fp32",
+        help="runs, comma-separated: batching | no-batching, each optionally @VARIANT (default: batching,no-batching,batching@fp32)",
+    )
     ap.add_argument("--threads", type=int, help="serve --threads")
     ap.add_argument("--max-batch", type=int, help="serve --max-batch")
     ap.add_argument("--max-wait-ms", type=float, help="serve --max-wait-ms")
@@ -307,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         if variant not in references:
             t = time.perf_counter()
             references[variant] = reference(args.bundle, variant, texts)
-            print(f"reference ({variant or 'default variant'}): {len(texts)} texts from {source}, predicted one at a time "
-                  f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            print(
+                f"reference ({variant or 'default variant'}): {len(texts)} texts from {source}, predicted one at a time "
+                f"in {time.perf_counter() - t:.1f} s",
+                file=sys.stderr,
+            )
         expected, precision = references[variant]
         print(f"{mode}: {args.concurrency} clients for {args.warmup:g} s warm-up + {args.duration:g} s ...", file=sys.stderr)
         results[mode] = run_mode(args, kind == "batching", variant, texts, expected, precision)
@@ -331,12 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         "atol": args.atol,
         "modes": results,
     }
-    print(f"\n{'mode':<16} {'variant':<8} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'mean batch':>10} "
-          f"{'lost':>5} {'wrong':>6} {'label changes':>13} {'other load':>10}")
+    print(
+        f"\n{'mode':<16} {'variant':<8} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'mean batch':>10} "
+        f"{'lost':>5} {'wrong':>6} {'label changes':>13} {'other load':>10}"
+    )
     for mode, r in results.items():
-        print(f"{mode:<16} {r['variant']:<8} {r['measured_requests']:>9} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['throughput_rps']:>8.1f} {r['mean_batch']:>10.2f} {r['lost']:>5} {r['wrong']:>6} {r['label_changes']:>13} "
-              f"{r['cpu'].get('other_cores', float('nan')):>10.2f}")
+        print(
+            f"{mode:<16} {r['variant']:<8} {r['measured_requests']:>9} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['throughput_rps']:>8.1f} {r['mean_batch']:>10.2f} {r['lost']:>5} {r['wrong']:>6} {r['label_changes']:>13} "
+            f"{r['cpu'].get('other_cores', float('nan')):>10.2f}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -34,8 +34,21 @@ def main() -> None:
             html = Path(tmp) / f"plot{i}.html"
             html.write_text(f'<!doctype html><html><body style="margin:0">{svg}</body></html>')
             out = prefix.parent / f"{prefix.name}-{i}.png"
-            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={w},{h}",
-                            f"--screenshot={out.resolve()}", html.as_uri()], check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [
+                    browser,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--hide-scrollbars",
+                    f"--window-size={w},{h}",
+                    f"--screenshot={out.resolve()}",
+                    html.as_uri(),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             print(out)
 
 

@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
 
-    from ftexport.recipe import load_recipe, parse_recipe
     from ftexport.core.machine import machine_info
+    from ftexport.recipe import load_recipe, parse_recipe
     from ftexport.train.trainer import train
 
     base = load_recipe(args.recipe)
@@ -42,24 +42,49 @@ def main() -> None:
         data = base.model_dump(by_alias=True)
         data["data"]["max_train_samples"] = args.steps * base.training.batch_size
         data["data"]["validation"] = None  # time training only
-        data["training"].update(max_steps=args.steps, epochs=1, eval_steps=None, early_stopping_patience=None, device=args.device, **setting)
+        data["training"].update(
+            max_steps=args.steps, epochs=1, eval_steps=None, early_stopping_patience=None, device=args.device, **setting
+        )
         out = work / name.replace(" ", "_").replace(",", "")
         record = train(parse_recipe(data), out, quiet=True)
         m = record["metrics"]
-        rows.append({"setting": name, **setting, "samples_per_s": m["train_samples_per_second"], "runtime_s": m["train_runtime_s"],
-                     "steps": m["steps"], "device": m["device"], "precision": m["precision"], "tf32": m["tf32"], "optimizer": m["optimizer"]})
+        rows.append(
+            {
+                "setting": name,
+                **setting,
+                "samples_per_s": m["train_samples_per_second"],
+                "runtime_s": m["train_runtime_s"],
+                "steps": m["steps"],
+                "device": m["device"],
+                "precision": m["precision"],
+                "tf32": m["tf32"],
+                "optimizer": m["optimizer"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(out, ignore_errors=True)
     ratio = rows[1]["samples_per_s"] / rows[0]["samples_per_s"]
-    report = {"recipe": args.recipe, "model": base.model.path, "max_length": base.model.max_length, "batch_size": base.training.batch_size,
-              "steps": args.steps, "machine": machine_info(), "rows": rows, "speedup": ratio}
+    report = {
+        "recipe": args.recipe,
+        "model": base.model.path,
+        "max_length": base.model.max_length,
+        "batch_size": base.training.batch_size,
+        "steps": args.steps,
+        "machine": machine_info(),
+        "rows": rows,
+        "speedup": ratio,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(report, indent=2) + "\n")
     machine = report["machine"]
     where = rows[0]["device"] if rows[0]["device"] != "cpu" else machine.get("cpu", "CPU")
-    lines = [f"Training throughput, {base.model.path}, batch {base.training.batch_size}, max_length {base.model.max_length}, "
-             f"{args.steps} steps per row, on {where} ({rows[0]['precision']}, TF32 {rows[0]['tf32']}, {rows[0]['optimizer']}).", "",
-             "| padding | samples/s | time s |", "|---|---|---|"]
+    lines = [
+        f"Training throughput, {base.model.path}, batch {base.training.batch_size}, max_length {base.model.max_length}, "
+        f"{args.steps} steps per row, on {where} ({rows[0]['precision']}, TF32 {rows[0]['tf32']}, {rows[0]['optimizer']}).",
+        "",
+        "| padding | samples/s | time s |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['setting']} | {r['samples_per_s']:.1f} | {r['runtime_s']:.1f} |" for r in rows]
     lines += ["", f"Dynamic, length-grouped padding: **{ratio:.2f}x** the samples/s of max_length padding."]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")

@@ -29,7 +29,19 @@ from typing import Any
 
 RECORD = "ftexport.json"
 RECORD_VERSION = 1
-_PACKAGES = ("ftexport", "torch", "transformers", "peft", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers", "tensorrt")
+_PACKAGES = (
+    "ftexport",
+    "torch",
+    "transformers",
+    "peft",
+    "optimum",
+    "optimum-onnx",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tokenizers",
+    "tensorrt",
+)
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)$")
 
 

@@ -54,8 +54,9 @@ def compare(reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
     }
 
 
-def apply_gate(result: dict[str, Any], reference_metric: float, gate: Any, fields: tuple[GateField, ...] = COMMON_GATE_FIELDS,
-               metric: str = "accuracy") -> list[dict[str, Any]]:
+def apply_gate(
+    result: dict[str, Any], reference_metric: float, gate: Any, fields: tuple[GateField, ...] = COMMON_GATE_FIELDS, metric: str = "accuracy"
+) -> list[dict[str, Any]]:
     """One check per threshold the gate sets; each says value, limit and whether it passed.
     `metric` is the task score the accuracy fields judge (entity F1 for token classification).
     A threshold whose value the result lacks fails: a gate never passes unmeasured."""

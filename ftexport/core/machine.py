@@ -61,7 +61,7 @@ def machine_info() -> dict[str, Any]:
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["cuda"] = torch.version.cuda
-            info["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability(0)
+            info["compute_capability"] = "{}.{}".format(*torch.cuda.get_device_capability(0))
             driver = gpu_driver()
             if driver:
                 info["gpu_driver"] = driver

@@ -42,8 +42,14 @@ class VariantResult(JsonView):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VariantResult:
         known = {"precision", "backend", "checks", "passed", "error"}
-        return cls(data.get("precision", "?"), data.get("backend", "cpu"), list(data.get("checks", [])), bool(data.get("passed")),
-                   data.get("error"), {k: v for k, v in data.items() if k not in known})
+        return cls(
+            data.get("precision", "?"),
+            data.get("backend", "cpu"),
+            list(data.get("checks", [])),
+            bool(data.get("passed")),
+            data.get("error"),
+            {k: v for k, v in data.items() if k not in known},
+        )
 
 
 @dataclass
@@ -68,16 +74,31 @@ class ParityReport(JsonView):
         return str(self.details.get("metric", "accuracy"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema_version": self.schema_version, "task": self.task, **self.details, "split": self.split, "examples": self.examples,
-                "labels": list(self.labels), "reference": self.reference, "variants": {k: v.to_json() for k, v in self.variants.items()},
-                "passed": self.passed}
+        return {
+            "schema_version": self.schema_version,
+            "task": self.task,
+            **self.details,
+            "split": self.split,
+            "examples": self.examples,
+            "labels": list(self.labels),
+            "reference": self.reference,
+            "variants": {k: v.to_json() for k, v in self.variants.items()},
+            "passed": self.passed,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ParityReport:
         head = {"schema_version", "task", "split", "examples", "labels", "reference", "variants", "passed"}
-        return cls(data.get("task"), data["split"], int(data["examples"]), list(data.get("labels", [])), dict(data["reference"]),
-                   {k: VariantResult.from_json(v) for k, v in data["variants"].items()},
-                   {k: v for k, v in data.items() if k not in head}, int(data.get("schema_version", 0)))
+        return cls(
+            data.get("task"),
+            data["split"],
+            int(data["examples"]),
+            list(data.get("labels", [])),
+            dict(data["reference"]),
+            {k: VariantResult.from_json(v) for k, v in data["variants"].items()},
+            {k: v for k, v in data.items() if k not in head},
+            int(data.get("schema_version", 0)),
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> ParityReport:

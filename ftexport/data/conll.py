@@ -107,14 +107,20 @@ def _rows(section: Any, df: pd.DataFrame, split: str, source: str, names: list[s
     lines_col = df[LINES].tolist() if LINES in df.columns else [None] * len(df)
     for row, (words, tags, lines) in enumerate(zip(df[section.text_column].tolist(), df[section.label_column].tolist(), lines_col)):
         if not isinstance(words, (list, tuple, np.ndarray)) or not isinstance(tags, (list, tuple, np.ndarray)):
-            raise DataError(f"recipe.data.{split}: row {row + 1} of {source} is not a list of words and a list of tags "
-                            f"(columns {section.text_column!r}, {section.label_column!r}); every row of a token split needs both")
+            raise DataError(
+                f"recipe.data.{split}: row {row + 1} of {source} is not a list of words and a list of tags "
+                f"(columns {section.text_column!r}, {section.label_column!r}); every row of a token split needs both"
+            )
         words, tags = [str(w) for w in words], list(tags)
         if not words or len(words) != len(tags):
-            raise DataError(f"recipe.data.{split}: row {row + 1} of {source} has {len(words)} words and {len(tags)} tags; give one tag per word")
+            raise DataError(
+                f"recipe.data.{split}: row {row + 1} of {source} has {len(words)} words and {len(tags)} tags; give one tag per word"
+            )
         if any(not isinstance(t, str) for t in tags):  # hub data: integer class ids
             if names is None:
-                raise DataError(f"recipe.data.label_names: {source} holds integer tags; give the tag names in id order (O, B-PER, I-PER, ...)")
+                raise DataError(
+                    f"recipe.data.label_names: {source} holds integer tags; give the tag names in id order (O, B-PER, I-PER, ...)"
+                )
             try:
                 tags = [names[int(t)] for t in tags]
             except (IndexError, ValueError):

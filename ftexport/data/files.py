@@ -11,8 +11,17 @@ import pandas as pd
 
 from ..core.errors import DataError, first_line
 
-_SUFFIX = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
-           ".conll": "conll", ".txt": "conll", ".iob": "conll"}
+_SUFFIX = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".conll": "conll",
+    ".txt": "conll",
+    ".iob": "conll",
+}
 
 
 def detect_format(path: Path, fmt: str, section: str = "data") -> str:
@@ -22,12 +31,15 @@ def detect_format(path: Path, fmt: str, section: str = "data") -> str:
         return "disk"
     kind = _SUFFIX.get(path.suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: cannot tell the file format from its suffix; set {section}.format (csv, tsv, jsonl, parquet, conll, disk)")
+        raise DataError(
+            f"{path}: cannot tell the file format from its suffix; set {section}.format (csv, tsv, jsonl, parquet, conll, disk)"
+        )
     return kind
 
 
-def read_table(path: Path, fmt: str = "auto", split: str = "train", columns: tuple[str, str] = ("text", "label"),
-               section: str | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, fmt: str = "auto", split: str = "train", columns: tuple[str, str] = ("text", "label"), section: str | None = None
+) -> pd.DataFrame:
     """Read one split into a DataFrame; every failure names the file and what to do.
     `columns` names the word and tag columns a CoNLL file (which has no header) is read into;
     `section` is the recipe section that names the file (default: data.SPLIT)."""

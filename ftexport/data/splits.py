@@ -114,10 +114,11 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
         out[split] = Split(split, texts, _to_ids(df[section.label_column], names, split, where) if labelled else [])
     if labelled and "train" in out and len(set(out["train"].labels)) < 2:
         only = names[out["train"].labels[0]]
-        raise DataError(f"recipe.data.train: every training row has the label {only!r}; a classifier needs examples of at least two labels "
-                        "(check data.label_column, or max_train_samples if it cut the split)")
+        raise DataError(
+            f"recipe.data.train: every training row has the label {only!r}; a classifier needs examples of at least two labels "
+            "(check data.label_column, or max_train_samples if it cut the split)"
+        )
     return Data(names, out)
-
 
 
 def split_path(section: Any, split: str) -> Path | None:

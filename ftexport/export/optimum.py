@@ -41,8 +41,14 @@ def _optimum_export(model_dir: Path, task: Any, tmp: Path, opset: int, trust_rem
     try:
         with quiet_exporters():
             main_export(
-                str(model_dir), output=str(raw), task=task.optimum_task, opset=opset, device="cpu",
-                do_validation=False, library_name="transformers", trust_remote_code=trust_remote_code,
+                str(model_dir),
+                output=str(raw),
+                task=task.optimum_task,
+                opset=opset,
+                device="cpu",
+                do_validation=False,
+                library_name="transformers",
+                trust_remote_code=trust_remote_code,
             )
     except (ValueError, KeyError, OSError) as e:
         raise ModelError(f"{model_dir}: Optimum cannot export this model to ONNX ({first_line(e)})") from None
@@ -102,4 +108,6 @@ def plain_optimum_int8(model_dir: Path, workdir: Path, threads: int | None = Non
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads  # the same thread count as every other backend
-        return ORTModelForSequenceClassification.from_pretrained(str(workdir / "int8"), file_name="model_quantized.onnx", session_options=opts)
+        return ORTModelForSequenceClassification.from_pretrained(
+            str(workdir / "int8"), file_name="model_quantized.onnx", session_options=opts
+        )

@@ -39,8 +39,14 @@ def export_key(model_dir: Path, opset: int, max_length: int | None) -> str:
     return make_key("export", key_of(model_dir) or str(Path(model_dir).resolve()), opset, max_length)
 
 
-def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_length: int | None = None, name: str | None = None,
-           task_name: str | None = None) -> Manifest:
+def export(
+    model_dir: str | Path,
+    output: str | Path,
+    opset: int = 17,
+    max_length: int | None = None,
+    name: str | None = None,
+    task_name: str | None = None,
+) -> Manifest:
     """Export a model directory (dense, or an unmerged prefix/prompt adapter) to an ONNX bundle at `output`."""
     model_dir, output = Path(model_dir), Path(output)
     check_reference(model_dir, "model dir")
@@ -62,8 +68,10 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
         raise ModelError(f"max_length {max_len} exceeds the model's {limit} positions; use at most {limit}")
 
     how = f"tracing the unmerged {record.method or 'adapter'} model with torch.onnx" if adapter else f"through {exporter.name}"
-    progress.step(f"export: ONNX (opset {opset}) {how}, dynamic batch and sequence axes"
-                  + (" with the key/value cache" if task.optimum_task.endswith("-with-past") else ""))
+    progress.step(
+        f"export: ONNX (opset {opset}) {how}, dynamic batch and sequence axes"
+        + (" with the key/value cache" if task.optimum_task.endswith("-with-past") else "")
+    )
     with stage_dir(output) as tmp:
         if adapter:
             trace_adapter(model_dir, task, tokenizer, tmp / MODEL_FILE, opset)
@@ -92,8 +100,8 @@ def export(model_dir: str | Path, output: str | Path, opset: int = 17, max_lengt
             **task.manifest_extras(tmp / MODEL_FILE, config, tokenizer),
         )
         write_manifest(tmp, manifest)
-        StageRecord("export", export_key(model_dir, opset, max_length), {"model": record.key or None}, {"opset": opset, "max_length": max_len}).write(tmp)
+        StageRecord(
+            "export", export_key(model_dir, opset, max_length), {"model": record.key or None}, {"opset": opset, "max_length": max_len}
+        ).write(tmp)
     progress.info(f"wrote {output / MODEL_FILE} ({(output / MODEL_FILE).stat().st_size / 2**20:.1f} MiB)")
     return manifest
-
-

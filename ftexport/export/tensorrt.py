@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ftexport_runtime.bundle import Bundle, Manifest, write_manifest
 from ftexport_runtime.engines.tensorrt import MUST_MATCH, EngineSpec, Profile, current_fingerprint, import_tensorrt
 from ftexport_runtime.tokenizer import load_tokenizer
@@ -44,16 +43,27 @@ PRECISIONS = ("fp16", "int8", "fp32")
 INSTALL = "pip install 'ftexport[trt]' --extra-index-url https://pypi.nvidia.com"
 ENGINE_DIR = "engines"
 # int8 ops TensorRT cannot take: dynamic quantization and ORT's QOperator format
-_NOT_QDQ = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "QLinearAdd",
-            "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm"}
+_NOT_QDQ = {
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "QLinearAdd",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QGemm",
+}
 
 
 def round_up(n: float, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-def profile_from_lengths(lengths: list[int] | np.ndarray, max_length: int, batch: tuple[int, int, int] = (1, 1, 64),
-                         seq: tuple[int, int, int] | None = None) -> Profile:
+def profile_from_lengths(
+    lengths: list[int] | np.ndarray, max_length: int, batch: tuple[int, int, int] = (1, 1, 64), seq: tuple[int, int, int] | None = None
+) -> Profile:
     """The optimization profile: `seq` as given, or from the token lengths of real texts."""
     if seq is None:
         lengths = np.asarray(lengths)
@@ -86,10 +96,14 @@ def int8_problems(onnx_path: Path) -> list[str]:
     problems = []
     not_qdq = sorted(set(ops) & _NOT_QDQ)
     if not_qdq:
-        problems.append(f"it is dynamic or QOperator int8 ({', '.join(not_qdq)}); TensorRT reads QuantizeLinear/DequantizeLinear (QDQ) graphs only")
+        problems.append(
+            f"it is dynamic or QOperator int8 ({', '.join(not_qdq)}); TensorRT reads QuantizeLinear/DequantizeLinear (QDQ) graphs only"
+        )
     contrib = sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"} - _NOT_QDQ)
     if contrib:
-        problems.append(f"it holds ONNX Runtime contrib ops ({', '.join(contrib)}) from graph optimization, which TensorRT's parser does not read")
+        problems.append(
+            f"it holds ONNX Runtime contrib ops ({', '.join(contrib)}) from graph optimization, which TensorRT's parser does not read"
+        )
     if not not_qdq and not ops.get("QuantizeLinear"):
         problems.append("it has no QuantizeLinear nodes")
     inits = {i.name: i for i in model.graph.initializer}
@@ -121,8 +135,10 @@ def plan_engines(bundle: Bundle, precisions: list[str], profile: Profile, worksp
     task = get_task(m.task)
     if not task.tensorrt:
         able = ", ".join(t.name for t in TASKS.values() if t.tensorrt)
-        raise RecipeError(f"export --trt: TensorRT engines are built for encoder bundles ({able}); "
-                          f"a {task.name} bundle runs on ONNX Runtime (--backend cpu or cuda)")
+        raise RecipeError(
+            f"export --trt: TensorRT engines are built for encoder bundles ({able}); "
+            f"a {task.name} bundle runs on ONNX Runtime (--backend cpu or cuda)"
+        )
     unknown = sorted(set(precisions) - set(PRECISIONS))
     if unknown or not precisions:
         raise RecipeError(f"export --trt: precision must be among {', '.join(PRECISIONS)}, got {', '.join(unknown) or 'none'}")
@@ -139,7 +155,8 @@ def plan_engines(bundle: Bundle, precisions: list[str], profile: Profile, worksp
                 seen = "; ".join(f"{name}: {p[0]}" for name, p in why.items()) or "the bundle has no int8 variant"
                 raise RecipeError(
                     f"export --trt: no int8 variant TensorRT can build from ({seen}); make one with "
-                    "`ftexport quantize B -o B2 --recipe R --mode static --symmetric` (static QDQ, symmetric int8, calibrated on training texts)"
+                    "`ftexport quantize B -o B2 --recipe R --mode static --symmetric` (static QDQ, symmetric int8, calibrated on training "
+                    "texts)"
                 )
             source, flags = usable[0], ("INT8", "FP16")  # FP16 too: layers left unquantized run in fp16, not fp32
         plans.append(EnginePlan(precision, source, bundle.path_of(m.variants[source].file), flags, profile, list(m.inputs), workspace))
@@ -172,14 +189,23 @@ def build_engine(trt: Any, plan: EnginePlan, timing_cache: bytes | None) -> tupl
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BundleError(f"{plan.onnx.name}: TensorRT could not build a {plan.name} engine (see its log above); "
-                          "try a larger --workspace-gib or a smaller profile")
+        raise BundleError(
+            f"{plan.onnx.name}: TensorRT could not build a {plan.name} engine (see its log above); "
+            "try a larger --workspace-gib or a smaller profile"
+        )
     return bytes(serialized), bytes(config.get_timing_cache().serialize())
 
 
-def settings_of(precisions: list[str], batch: tuple[int, ...], seq: tuple[int, ...] | None, on_longer: str, workspace_gib: float) -> dict[str, Any]:
-    return {"precisions": list(dict.fromkeys(precisions)), "batch": list(batch), "seq": list(seq) if seq else None,
-            "on_longer": on_longer, "workspace_gib": workspace_gib}
+def settings_of(
+    precisions: list[str], batch: tuple[int, ...], seq: tuple[int, ...] | None, on_longer: str, workspace_gib: float
+) -> dict[str, Any]:
+    return {
+        "precisions": list(dict.fromkeys(precisions)),
+        "batch": list(batch),
+        "seq": list(seq) if seq else None,
+        "on_longer": on_longer,
+        "workspace_gib": workspace_gib,
+    }
 
 
 def engines_key(bundle_dir: Path, settings: dict[str, Any], here: dict[str, str] | None = None) -> str:
@@ -235,8 +261,10 @@ def build_engines(
     fingerprint = current_fingerprint()
     cache_file = timing_cache_path(output)
     cache = cache_file.read_bytes() if cache_file.is_file() else None
-    progress.info(f"TensorRT {fingerprint['tensorrt']} on {fingerprint['gpu']} (sm {fingerprint['compute_capability']}), "
-                  f"timing cache {'reused' if cache else 'new'}: {cache_file}")
+    progress.info(
+        f"TensorRT {fingerprint['tensorrt']} on {fingerprint['gpu']} (sm {fingerprint['compute_capability']}), "
+        f"timing cache {'reused' if cache else 'new'}: {cache_file}"
+    )
     with stage_dir(output) as tmp:
         link_tree(bundle_dir, tmp, skip=("ftexport.json", "manifest.json"))
         (tmp / ENGINE_DIR).mkdir(exist_ok=True)
@@ -247,13 +275,26 @@ def build_engines(
             target = tmp / rel
             target.unlink(missing_ok=True)  # a hard link into the source bundle: replace, never write through
             target.write_bytes(engine)
-            manifest.engines[plan.name] = EngineSpec(plan.name, rel, plan.name, plan.source, profile, fingerprint, on_longer,
-                                                     {"flags": list(plan.flags), "workspace_gib": workspace_gib, "profile_from": origin})
+            manifest.engines[plan.name] = EngineSpec(
+                plan.name,
+                rel,
+                plan.name,
+                plan.source,
+                profile,
+                fingerprint,
+                on_longer,
+                {"flags": list(plan.flags), "workspace_gib": workspace_gib, "profile_from": origin},
+            )
             progress.info(f"{rel}: {len(engine) / 2**20:.1f} MiB")
         write_manifest(tmp, manifest)
         settings = settings_of(precisions or ["fp16"], batch, seq, on_longer, workspace_gib)
-        StageRecord("tensorrt", engines_key(bundle_dir, settings, fingerprint), {"bundle": key_of(bundle_dir)},
-                    {**settings, "profile": profile.to_json(), "profile_from": origin}, {"fingerprint": fingerprint}).write(tmp)
+        StageRecord(
+            "tensorrt",
+            engines_key(bundle_dir, settings, fingerprint),
+            {"bundle": key_of(bundle_dir)},
+            {**settings, "profile": profile.to_json(), "profile_from": origin},
+            {"fingerprint": fingerprint},
+        ).write(tmp)
     if cache:
         tmp_cache = cache_file.with_name(f".{cache_file.name}.tmp-{os.getpid()}")
         tmp_cache.write_bytes(cache)

@@ -35,10 +35,17 @@ def trace_adapter(model_dir: Path, task: Any, tokenizer: Any, path: Path, opset:
     try:
         with quiet_exporters():
             torch.onnx.export(
-                Logits(model).eval(), tuple(sample[n] for n in names), str(path), input_names=names, output_names=[task.output_name],
-                dynamic_axes={**axes, task.output_name: {0: "batch_size"}}, opset_version=opset, dynamo=False,
+                Logits(model).eval(),
+                tuple(sample[n] for n in names),
+                str(path),
+                input_names=names,
+                output_names=[task.output_name],
+                dynamic_axes={**axes, task.output_name: {0: "batch_size"}},
+                opset_version=opset,
+                dynamo=False,
             )
     except (RuntimeError, ValueError, TypeError) as e:
-        raise ModelError(f"{model_dir}: this {type(model).__name__} adapter cannot be traced to ONNX faithfully ({first_line(e)}); train with lora, adalora or ia3 to export") from None
-
-
+        raise ModelError(
+            f"{model_dir}: this {type(model).__name__} adapter cannot be traced to ONNX faithfully ({first_line(e)}); train with lora, "
+            f"adalora or ia3 to export"
+        ) from None

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ftexport_runtime import Predictor
 from ftexport_runtime.bundle import Bundle
 from ftexport_runtime.errors import BackendUnavailable
@@ -67,8 +66,9 @@ def bench_key(bundle_dir: Path, reference_dir: Path, section: Any) -> str:
     return make_key("bench", keys, section.model_dump())
 
 
-def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: Any, probe: Any,
-             failed: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def run_cell(
+    cell: Cell, runners: dict[str, Runner], baseline: str, section: Any, probe: Any, failed: dict[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Parity first (a backend whose answers differ from the baseline's gets no speed figure),
     then timing in `repeats` rounds with the backends interleaved."""
     where = {"batch": cell.batch, "seq_len": cell.seq_len}
@@ -90,8 +90,10 @@ def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: Any
         check = {"against": baseline, **check}
         if not ok:
             refused.append({"backend": name, **where, **check, "tolerance": section.parity_tolerance})
-            progress.info(f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  REFUSED: answers differ from {baseline} "
-                          f"(mean |dp| {check.get('mean_prob_diff', float('nan')):.3f})")
+            progress.info(
+                f"{name:16s} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  REFUSED: answers differ from {baseline} "
+                f"(mean |dp| {check.get('mean_prob_diff', float('nan')):.3f})"
+            )
         else:
             parity[name] = check
     names = list(parity)
@@ -112,11 +114,19 @@ def run_cell(cell: Cell, runners: dict[str, Runner], baseline: str, section: Any
         for phase in phases:
             stats = summarize(times[(name, phase)], cell.batch)
             r = rounds[(name, phase)]
-            stats.update({"round_p50_ms": r, "noise": (max(r) - min(r)) / float(np.median(r)) if len(r) > 1 else 0.0,
-                          "tokens": cell.tokens, "parity": parity[name]})
+            stats.update(
+                {
+                    "round_p50_ms": r,
+                    "noise": (max(r) - min(r)) / float(np.median(r)) if len(r) > 1 else 0.0,
+                    "tokens": cell.tokens,
+                    "parity": parity[name],
+                }
+            )
             timed.append({"backend": name, **({"phase": phase} if phase else {}), **where, **stats, "_times": times[(name, phase)]})
-            progress.info(f"{name:16s}{(' ' + phase) if phase else ''} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  p50 {stats['p50_ms']:8.2f} ms  "
-                          f"p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} /s  noise {stats['noise']:.1%}")
+            progress.info(
+                f"{name:16s}{(' ' + phase) if phase else ''} batch {cell.batch:3d} seq {cell.seq_len!s:>4}  p50 {stats['p50_ms']:8.2f} ms  "
+                f"p99 {stats['p99_ms']:8.2f} ms  {stats['throughput_per_s']:8.1f} /s  noise {stats['noise']:.1%}"
+            )
     return timed, refused
 
 
@@ -125,12 +135,16 @@ def cold_start(runner: Runner, cells: list[Cell], workdir: Path) -> dict[str, An
     runs each cell once: time from process start to the first answer, and peak RSS per cell."""
     cells_file = workdir / "cells.json"
     if not cells_file.exists():
-        cells_file.write_text(json.dumps([{"batch": c.batch, "seq_len": c.seq_len, "batches": c.batches, "tokens": c.tokens} for c in cells]))
+        cells_file.write_text(
+            json.dumps([{"batch": c.batch, "seq_len": c.seq_len, "batches": c.batches, "tokens": c.tokens} for c in cells])
+        )
     spec_file = workdir / f"{runner.name}.json"
     spec_file.write_text(json.dumps({**runner.spec, "cells_file": str(cells_file)}))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ftexport.judge.coldstart", str(spec_file)], capture_output=True, text=True, env=env, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftexport.judge.coldstart", str(spec_file)], capture_output=True, text=True, env=env, timeout=1800
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"the cold-start process failed: {tail[:300]}"}
@@ -139,8 +153,14 @@ def cold_start(runner: Runner, cells: list[Cell], workdir: Path) -> dict[str, An
     return out
 
 
-def bench(bundle_dir: str | Path, reference_dir: str | Path | None, section: Any, output: str | Path, texts_pool: list[str] | None = None,
-          parity: Any = None) -> BenchReport:
+def bench(
+    bundle_dir: str | Path,
+    reference_dir: str | Path | None,
+    section: Any,
+    output: str | Path,
+    texts_pool: list[str] | None = None,
+    parity: Any = None,
+) -> BenchReport:
     """Time every requested backend in each cell; write bench.json, bench.md and report.html
     (plots; with `parity`, the accuracy-vs-latency scatter too)."""
     import torch
@@ -215,15 +235,28 @@ def bench(bundle_dir: str | Path, reference_dir: str | Path | None, section: Any
     sizes = {b: bundle.path_of(bundle.variant(parse_backend(b)[2]).file).stat().st_size for b in backends if parse_backend(b)[0] == "ort"}
     seq_len, batch_sizes = probe.headline(section, max_length, cells)
     report = BenchReport(
-        machine=machine_info(), threads=threads, seq_len=seq_len, batch_sizes=batch_sizes, warmup=section.warmup, iterations=section.iterations, repeats=section.repeats, baseline=baseline, results=results,
-        skipped=skipped, notes=notes, cold_start=cold, refused=refused,
+        machine=machine_info(),
+        threads=threads,
+        seq_len=seq_len,
+        batch_sizes=batch_sizes,
+        warmup=section.warmup,
+        iterations=section.iterations,
+        repeats=section.repeats,
+        baseline=baseline,
+        results=results,
+        skipped=skipped,
+        notes=notes,
+        cold_start=cold,
+        refused=refused,
         details={"task": task.name, **probe.report_fields(section, max_length), "model_bytes": sizes},
     )
     with stage_dir(output) as tmp:
         (tmp / BENCH_JSON).write_text(report.dumps())
         (tmp / BENCH_MD).write_text(task.bench_table(report) + "\n")
         (tmp / REPORT_HTML).write_text(bench_html(report, task, parity))
-        StageRecord("bench", bench_key(bundle_dir, reference or bundle_dir, section), {"bundle": key_of(bundle_dir)}, section.model_dump()).write(tmp)
+        StageRecord(
+            "bench", bench_key(bundle_dir, reference or bundle_dir, section), {"bundle": key_of(bundle_dir)}, section.model_dump()
+        ).write(tmp)
     return report
 
 
@@ -242,13 +275,32 @@ def compare_reports(old: Any, new: Any, tolerance: float) -> list[dict[str, Any]
         if o is None:
             continue
         change = r["p50_ms"] / o["p50_ms"] - 1.0
-        rows.append({"backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""), "batch": r["batch"], "seq_len": r["seq_len"],
-                     "old_p50_ms": o["p50_ms"], "new_p50_ms": r["p50_ms"], "change": change, "regression": change > tolerance})
+        rows.append(
+            {
+                "backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""),
+                "batch": r["batch"],
+                "seq_len": r["seq_len"],
+                "old_p50_ms": o["p50_ms"],
+                "new_p50_ms": r["p50_ms"],
+                "change": change,
+                "regression": change > tolerance,
+            }
+        )
     return rows
 
 
 def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
-    body = [[r["backend"], r["batch"], r["seq_len"], ms(r["old_p50_ms"]), ms(r["new_p50_ms"]), f"{r['change']:+.1%}",
-             "REGRESSION" if r["regression"] else "ok"] for r in rows]
+    body = [
+        [
+            r["backend"],
+            r["batch"],
+            r["seq_len"],
+            ms(r["old_p50_ms"]),
+            ms(r["new_p50_ms"]),
+            f"{r['change']:+.1%}",
+            "REGRESSION" if r["regression"] else "ok",
+        ]
+        for r in rows
+    ]
     head = f"p50 change per cell (regression: slower by more than {tolerance:.0%})\n\n"
     return head + markdown_table(["backend", "batch", "seq", "old p50 ms", "new p50 ms", "change", "verdict"], body)

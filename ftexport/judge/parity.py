@@ -29,8 +29,9 @@ from ..tasks.base import Incomparable
 PARITY_MD = "parity.md"
 
 
-def validate_key(bundle_dir: Path, reference_dir: Path, data: Any, split: str, gates: dict[str, Any], backends: list[str],
-                 settings: Any = None) -> str:
+def validate_key(
+    bundle_dir: Path, reference_dir: Path, data: Any, split: str, gates: dict[str, Any], backends: list[str], settings: Any = None
+) -> str:
     keys = [key_of(d) or str(Path(d).resolve()) for d in (bundle_dir, reference_dir)]
     extra = [settings.model_dump()] if settings is not None else []  # a task's own parity settings (a decoder's greedy check)
     return make_key("validate", keys, fingerprint(data), split, {k: g.model_dump() for k, g in gates.items()}, backends, *extra)
@@ -40,7 +41,9 @@ def result_name(variant: str, backend: str) -> str:
     return variant if backend == "cpu" else f"{variant}@{backend}"
 
 
-def each_predictor(bundle: Bundle, names: list[str], backends: Any, batch_size: int, report: ParityReport) -> Iterator[tuple[str, str, Any, Predictor]]:
+def each_predictor(
+    bundle: Bundle, names: list[str], backends: Any, batch_size: int, report: ParityReport
+) -> Iterator[tuple[str, str, Any, Predictor]]:
     """A Predictor for every (variant, backend) pair to judge. A backend this machine cannot
     run goes into the report as a failed result (a GPU build that never ran must not pass)."""
     for backend in backends:
@@ -104,7 +107,8 @@ def validate(
         (tmp / PARITY_JSON).write_text(report.dumps())
         (tmp / PARITY_MD).write_text(task.parity_table(report) + "\n")
         StageRecord(
-            "validate", validate_key(bundle_dir, reference_dir, data, split, gates, list(backends), settings),
+            "validate",
+            validate_key(bundle_dir, reference_dir, data, split, gates, list(backends), settings),
             {"bundle": key_of(bundle_dir), "reference": key_of(reference_dir)},
             {"split": split, "gates": {k: g.model_dump() for k, g in gates.items()}, "backends": list(backends)},
             {"passed": report.passed},

@@ -26,14 +26,32 @@ from ..core import progress
 from ..core.hf import is_adapter_dir, load_reference, load_tokenizer
 from ..tasks.base import Calls
 
-BACKEND_PATTERN = r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*|trt-[a-z0-9][a-z0-9_-]*)$"
+BACKEND_PATTERN = (
+    r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*"
+    r"|trt-[a-z0-9][a-z0-9_-]*)$"
+)
 # Every backend ftexport can time; those the machine or the bundle lacks are skipped with the reason.
-BENCH_BACKENDS = ("pytorch", "pytorch-compile", "ort-fp32", "ort-opt", "ort-int8", "ort-int8-static",
-                  "pytorch-cuda", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp32", "trt-fp16", "trt-int8")
+BENCH_BACKENDS = (
+    "pytorch",
+    "pytorch-compile",
+    "ort-fp32",
+    "ort-opt",
+    "ort-int8",
+    "ort-int8-static",
+    "pytorch-cuda",
+    "ort-cuda-fp32",
+    "ort-cuda-fp16",
+    "ort-tensorrt-fp32",
+    "trt-fp16",
+    "trt-int8",
+)
 
 
 def backend_help() -> str:
-    return "pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT, ort-tensorrt-VARIANT or trt-ENGINE (the bundle's TensorRT engine)"
+    return (
+        "pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT, ort-tensorrt-VARIANT "
+        "or trt-ENGINE (the bundle's TensorRT engine)"
+    )
 
 
 @dataclass
@@ -112,7 +130,8 @@ def engine_skip_reason(bundle: Any, name: str) -> str | None:
 
     engine = bundle.manifest.engines.get(name)
     if engine is None:
-        return f"the bundle has no TensorRT engine {name!r} (it has: {', '.join(bundle.manifest.engines) or 'none'}; build them with ftexport export --trt --bundle B)"
+        have = ", ".join(bundle.manifest.engines) or "none"
+        return f"the bundle has no TensorRT engine {name!r} (it has: {have}; build them with ftexport export --trt --bundle B)"
     try:
         problems = fingerprint_mismatch(engine.fingerprint, current_fingerprint(driver=False))
     except BackendUnavailable as e:
@@ -124,9 +143,16 @@ def build_runner(name: str, bundle: Any, bundle_dir: Path, reference: Path | Non
     """Load the backend `name` and ask the task's probe how it answers."""
     kind, device, variant = parse_backend(name)
     probe = task.bench_probe()
-    spec: dict[str, Any] = {"kind": kind, "device": device, "variant": variant, "bundle": str(bundle_dir.resolve()), "threads": threads,
-                            "reference": str(reference.resolve()) if reference else None, "max_length": bundle.manifest.max_length,
-                            "task": bundle.manifest.task}
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "device": device,
+        "variant": variant,
+        "bundle": str(bundle_dir.resolve()),
+        "threads": threads,
+        "reference": str(reference.resolve()) if reference else None,
+        "max_length": bundle.manifest.max_length,
+        "task": bundle.manifest.task,
+    }
     if kind in ("ort", "trt"):
         p = Predictor(bundle, variant=variant, backend=device, threads=threads)
         return Runner(name, probe.ort(p), spec, p)

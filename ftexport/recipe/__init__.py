@@ -21,7 +21,23 @@ from .schema import (
 )
 
 __all__ = [
-    "AccuracyAware", "BenchSection", "Calibration", "DataSection", "DistillSection", "ExportSection", "Gate", "GenerationCheck",
-    "MethodSection", "ModelSection", "QuantizeSection", "Recipe", "TensorRTSection", "TrainingSection", "ValidateSection",
-    "check_files", "format_error", "load_recipe", "parse_recipe",
+    "AccuracyAware",
+    "BenchSection",
+    "Calibration",
+    "DataSection",
+    "DistillSection",
+    "ExportSection",
+    "Gate",
+    "GenerationCheck",
+    "MethodSection",
+    "ModelSection",
+    "QuantizeSection",
+    "Recipe",
+    "TensorRTSection",
+    "TrainingSection",
+    "ValidateSection",
+    "check_files",
+    "format_error",
+    "load_recipe",
+    "parse_recipe",
 ]

@@ -144,7 +144,10 @@ def check_distill_files(recipe: Recipe) -> None:
     if d.unlabeled is not None:
         path = recipe.unlabeled_path()
         if not path.is_file():
-            raise RecipeError(f"recipe.distill.unlabeled.path: {path} " + ("is a folder; give one file of texts (csv, tsv, jsonl, parquet)" if path.is_dir() else "does not exist"))
+            raise RecipeError(
+                f"recipe.distill.unlabeled.path: {path} "
+                + ("is a folder; give one file of texts (csv, tsv, jsonl, parquet)" if path.is_dir() else "does not exist")
+            )
     if d.student.from_teacher is not None and resolve_model_path(recipe.model.path).resolve() != teacher.resolve():
         raise RecipeError(
             f"recipe.model.path: the student is cut from the teacher (distill.student.from_teacher), so model.path must be the teacher "

@@ -15,12 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from ftexport_runtime.engines import BACKENDS as RUNTIME_BACKENDS
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from ftexport_runtime.engines import BACKENDS as RUNTIME_BACKENDS
-
 from ..core.gates import COMMON_GATE_FIELDS
-from ..export import exporter_names
 from ..export.quantize import mode_names
 from ..judge.runners import BACKEND_PATTERN, BENCH_BACKENDS, backend_help
 from ..tasks import DEFAULT_TASK, TASKS, get_task, task_names
@@ -41,8 +39,10 @@ class ScratchModel(Section):
     these GPT2Config fields, with a byte-level BPE tokenizer trained on the train split."""
 
     vocab_size: int = Field(8000, ge=300, description="BPE vocabulary trained on data.train (special tokens included)")
-    config: dict[str, Any] = Field(default_factory=lambda: {"n_layer": 4, "n_head": 4, "n_embd": 256},
-                                   description="GPT2Config fields (n_layer, n_head, n_embd, ...); n_positions defaults to model.max_length")
+    config: dict[str, Any] = Field(
+        default_factory=lambda: {"n_layer": 4, "n_head": 4, "n_embd": 256},
+        description="GPT2Config fields (n_layer, n_head, n_embd, ...); n_positions defaults to model.max_length",
+    )
     seed: int = 0
 
 
@@ -50,7 +50,9 @@ class ModelSection(Section):
     path: str | None = Field(None, description="model directory, or package:NAME/dir for weights inside a Python package")
     max_length: int = Field(128, gt=1, description="tokens per text; longer texts are truncated")
     trust_remote_code: bool = False
-    scratch: ScratchModel | None = Field(None, description="text-generation only: train a GPT-2 from random init instead of loading model.path")
+    scratch: ScratchModel | None = Field(
+        None, description="text-generation only: train a GPT-2 from random init instead of loading model.path"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
@@ -76,7 +78,8 @@ class DataSection(Section):
     validation: str | None = None
     test: str | None = None
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet", "disk", "conll"] = Field(
-        "auto", description="auto: by suffix (.txt/.conll/.iob are CoNLL: one 'token TAG' per line, blank line between sentences)")
+        "auto", description="auto: by suffix (.txt/.conll/.iob are CoNLL: one 'token TAG' per line, blank line between sentences)"
+    )
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] | None = Field(None, description="names for integer labels 0..K-1, or the allowed string labels")
@@ -85,7 +88,10 @@ class DataSection(Section):
     max_test_samples: int | None = Field(None, gt=0)
     sample_seed: int = 0
     bio: Literal["strict", "repair"] = Field(
-        "strict", description="token-classification: an I-X that does not continue an X entity is an error (strict), or is read as B-X (repair: conlleval's rule)")
+        "strict",
+        description="token-classification: an I-X that does not continue an X entity is an error (strict), "
+        "or is read as B-X (repair: conlleval's rule)",
+    )
     hub: HubSource | None = None
 
     @model_validator(mode="after")
@@ -110,12 +116,16 @@ class FreezeSection(Section):
 
 class MethodSection(Section):
     name: _one_of(METHODS) = Field(  # type: ignore[valid-type]
-        "lora", description="full, bitfit (biases + head), lora, adalora, ia3 (merged into dense weights), prefix, prompt (exported unmerged)")
+        "lora",
+        description="full, bitfit (biases + head), lora, adalora, ia3 (merged into dense weights), prefix, prompt (exported unmerged)",
+    )
     r: int = Field(8, gt=0, description="lora rank; adalora's initial rank")
     target_r: int = Field(4, gt=0, description="adalora: the average rank it prunes to")
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | None = Field(None, description="module names to adapt (lora, adalora, ia3); default: every linear layer (ia3: peft's per-model default)")
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt (lora, adalora, ia3); default: every linear layer (ia3: peft's per-model default)"
+    )
     feedforward_modules: list[str] | None = Field(None, description="ia3: which target_modules are feed-forward (scaled on their input)")
     num_virtual_tokens: int = Field(20, gt=0, description="prefix and prompt tuning: learned tokens per layer / input")
     freeze: FreezeSection = FreezeSection()
@@ -143,11 +153,18 @@ class TrainingSection(Section):
     eval_steps: int | None = Field(None, gt=0, description="evaluate on the dev split every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evaluations without improvement")
     metric: _one_of(list(dict.fromkeys(m for t in TASKS.values() for m in t.metrics_computed))) = Field(  # type: ignore[valid-type]
-        "accuracy", description="dev metric that picks the best checkpoint; f1 = entity-level F1 (token-classification); perplexity (text-generation, lower is better)")
+        "accuracy",
+        description="dev metric that picks the best checkpoint; f1 = entity-level F1 (token-classification); "
+        "perplexity (text-generation, lower is better)",
+    )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    group_by_length: bool | None = Field(None, description="batch texts of similar length together, so dynamic padding pads less (default: on with CUDA, off on the CPU)")
-    padding: Literal["longest", "max_length"] = Field("longest", description="pad each batch to its longest text, or every text to model.max_length")
+    group_by_length: bool | None = Field(
+        None, description="batch texts of similar length together, so dynamic padding pads less (default: on with CUDA, off on the CPU)"
+    )
+    padding: Literal["longest", "max_length"] = Field(
+        "longest", description="pad each batch to its longest text, or every text to model.max_length"
+    )
     dataloader_workers: int = Field(0, ge=0)
 
 
@@ -174,15 +191,20 @@ class AccuracyAware(Section):
 
 class QuantizeSection(Section):
     modes: list[_one_of(mode_names())] = Field(  # type: ignore[valid-type]
-        ["dynamic"], description="variants to add: dynamic (int8, activations scaled at run time), static (int8, calibrated), fp16 (GPU); [] for none"
+        ["dynamic"],
+        description="variants to add: dynamic (int8, activations scaled at run time), static (int8, calibrated), fp16 (GPU); [] for none",
     )
     optimize: Literal["O1", "O2", "O3", "O4"] | None = Field(
         None, description="ORT graph optimization through Optimum before int8 (O1 basic, O2 + fusions, O3 + fast GELU; O4 = O3 + fp16, GPU)"
     )
     format: Literal["qdq", "qoperator"] = Field("qdq", description="static int8 graph format: QDQ (portable, feeds TensorRT) or QOperator")
-    per_channel: bool = Field(True, description="one weight scale per output channel: on MiniLM it keeps top-1 agreement at 0.99 instead of 0.93")
+    per_channel: bool = Field(
+        True, description="one weight scale per output channel: on MiniLM it keeps top-1 agreement at 0.99 instead of 0.93"
+    )
     reduce_range: bool = Field(False, description="7-bit weights, for old CPUs whose int8 kernels saturate; costs accuracy elsewhere")
-    symmetric: bool = Field(False, description="static int8 with symmetric int8 activations (zero point 0): what TensorRT's int8 engines (export --trt) need")
+    symmetric: bool = Field(
+        False, description="static int8 with symmetric int8 activations (zero point 0): what TensorRT's int8 engines (export --trt) need"
+    )
     calibration: Calibration = Calibration()
     accuracy_aware: AccuracyAware = AccuracyAware()
 
@@ -204,10 +226,16 @@ class TensorRTSection(Section):
 
     enabled: bool = Field(False, description="`ftexport run` builds engines after quantize (needs TensorRT 10 and a GPU)")
     precisions: list[Literal["fp16", "int8", "fp32"]] = Field(
-        ["fp16"], description="engines to build: fp16 from the fp32 ONNX model; int8 from the static symmetric QDQ variant (quantize.symmetric)")
+        ["fp16"],
+        description="engines to build: fp16 from the fp32 ONNX model; int8 from the static symmetric QDQ variant (quantize.symmetric)",
+    )
     batch: tuple[int, int, int] = Field((1, 1, 64), description="optimization profile batch [min, opt, max]")
-    seq: tuple[int, int, int] | None = Field(None, description="profile tokens [min, opt, max] (default: 1, the median and the longest training text rounded up to 32)")
-    on_longer: Literal["error", "truncate"] = Field("error", description="a text over the profile's max tokens: refuse it, or cut it to the max")
+    seq: tuple[int, int, int] | None = Field(
+        None, description="profile tokens [min, opt, max] (default: 1, the median and the longest training text rounded up to 32)"
+    )
+    on_longer: Literal["error", "truncate"] = Field(
+        "error", description="a text over the profile's max tokens: refuse it, or cut it to the max"
+    )
     workspace_gib: float = Field(4.0, gt=0, description="builder workspace memory")
 
     _check_triples = field_validator("batch", "seq", mode="before")(classmethod(lambda cls, v: _triple(v)))
@@ -225,8 +253,9 @@ def _gate_model() -> type[Section]:
         """The task-specific thresholds this gate sets."""
         return [n for n in type(self).model_fields if n not in common and getattr(self, n) is not None]
 
-    model = create_model("Gate", __base__=Section, __doc__="Pass/fail thresholds for one precision; a field left out is not checked.",
-                         **fields)
+    model = create_model(
+        "Gate", __base__=Section, __doc__="Pass/fail thresholds for one precision; a field left out is not checked.", **fields
+    )
     model.task_fields_set = task_fields_set  # type: ignore[attr-defined]
     return model
 
@@ -247,7 +276,9 @@ class ValidateSection(Section):
     split: Literal["test", "validation"] = "test"
     batch_size: int = Field(64, gt=0)
     generation: GenerationCheck = GenerationCheck()
-    backends: list[_one_of(list(RUNTIME_BACKENDS))] = Field(["cpu"], description="run every variant on each; a GPU backend that falls back to CPU fails")  # type: ignore[valid-type]
+    backends: list[_one_of(list(RUNTIME_BACKENDS))] = Field(
+        ["cpu"], description="run every variant on each; a GPU backend that falls back to CPU fails"
+    )  # type: ignore[valid-type]
     fp32: Gate = Gate(max_logit_diff=1e-3, min_agreement=0.999)
     fp16: Gate = Gate(min_agreement=0.995, max_accuracy_drop=0.005)
     int8: Gate = Gate(min_agreement=0.97, max_accuracy_drop=0.01)
@@ -260,7 +291,8 @@ class FromTeacher(Section):
     """A student cut from the teacher: the same model with only some encoder layers."""
 
     layers: Literal["every_other"] | list[int] = Field(
-        "every_other", description="encoder layers of the teacher to keep: every_other (0, 2, 4, ...) or a list of indices")
+        "every_other", description="encoder layers of the teacher to keep: every_other (0, 2, 4, ...) or a list of indices"
+    )
 
     @field_validator("layers")
     @classmethod
@@ -272,7 +304,8 @@ class FromTeacher(Section):
 
 class StudentSection(Section):
     from_teacher: FromTeacher | None = Field(
-        None, description="cut the student from the teacher; without it the student is model.path (a smaller pretrained model)")
+        None, description="cut the student from the teacher; without it the student is model.path (a smaller pretrained model)"
+    )
 
 
 # Optional fields added after recipes were already being run: left unset, they leave a stage's
@@ -285,7 +318,9 @@ class UnlabeledSection(Section):
     labels are few and texts many, this is what distillation can use and plain fine-tuning
     cannot."""
 
-    path: str = Field(description="a file of texts (csv, tsv, jsonl, parquet...), relative to data.root; its labels, if any, are never read")
+    path: str = Field(
+        description="a file of texts (csv, tsv, jsonl, parquet...), relative to data.root; its labels, if any, are never read"
+    )
     text_column: str | None = Field(None, description="column holding the texts (default: data.text_column)")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
     max_samples: int | None = Field(None, gt=0, description="a random sample of this many texts (data.sample_seed)")
@@ -299,21 +334,35 @@ class DistillSection(Section):
     student: StudentSection = StudentSection()
     alpha: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy on the labels; 1 - alpha goes to the teacher's soft targets")
     temperature: float = Field(2.0, gt=0, description="softens both distributions before their KL divergence (scaled by T^2)")
-    hidden_mse: float = Field(0.0, ge=0, description="weight of an MSE between the student's and teacher's last [CLS] hidden states "
-                              "(through a learned projection when widths differ); 0 = off")
+    hidden_mse: float = Field(
+        0.0,
+        ge=0,
+        description="weight of an MSE between the student's and teacher's last [CLS] hidden states "
+        "(through a learned projection when widths differ); 0 = off",
+    )
     level: Literal["token", "text"] = Field(
-        "token", description="token: teacher and student share a tokenizer (checked); text: the teacher reads each text with its own tokenizer")
+        "token",
+        description="token: teacher and student share a tokenizer (checked); text: the teacher reads each text with its own tokenizer",
+    )
     baseline: bool = Field(True, description="also fine-tune the same student without the teacher (same settings, seed), for the report")
     unlabeled: UnlabeledSection | None = Field(
-        None, description="extra texts the teacher labels: the student learns from its soft targets there (no cross-entropy); the baseline never sees them")
+        None,
+        description="extra texts the teacher labels: the student learns from its soft targets there (no cross-entropy); "
+        "the baseline never sees them",
+    )
 
     @model_validator(mode="after")
     def _hidden_needs_tokens(self) -> DistillSection:
         if self.hidden_mse > 0 and self.level == "text":
-            raise ValueError("hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: token")
+            raise ValueError(
+                "hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: "
+                "token"
+            )
         if self.unlabeled is not None and self.alpha == 1 and self.hidden_mse == 0:
-            raise ValueError("distill.unlabeled needs alpha < 1 or hidden_mse > 0: with alpha 1 the teacher's soft targets weigh nothing, "
-                             "and unlabeled texts have nothing else to learn from")
+            raise ValueError(
+                "distill.unlabeled needs alpha < 1 or hidden_mse > 0: with alpha 1 the teacher's soft targets weigh nothing, "
+                "and unlabeled texts have nothing else to learn from"
+            )
         return self
 
 
@@ -324,17 +373,30 @@ HEADLINE_SEQ_LEN = 128
 
 class BenchSection(Section):
     batch_sizes: list[int] = Field(DEFAULT_BATCH_SIZES, description="grid of batch sizes")
-    seq_len: int | None = Field(None, gt=1, description="the headline sequence length (the run's closing table); alone, the whole grid is this one length")
-    seq_lens: list[int] | None = Field(None, description="grid of sequence lengths (default: 16, 64, 128, 256 up to the model's max_length, or [seq_len])")
+    seq_len: int | None = Field(
+        None, gt=1, description="the headline sequence length (the run's closing table); alone, the whole grid is this one length"
+    )
+    seq_lens: list[int] | None = Field(
+        None, description="grid of sequence lengths (default: 16, 64, 128, 256 up to the model's max_length, or [seq_len])"
+    )
     traffic: Literal["fixed", "real", "both"] = Field(
-        "both", description="fixed: texts cut to exactly each seq_len; real: held-out texts as they come (dynamic padding); both")
+        "both", description="fixed: texts cut to exactly each seq_len; real: held-out texts as they come (dynamic padding); both"
+    )
     warmup: int = Field(5, ge=0)
     iterations: int = Field(50, gt=0, description="timed calls per cell, split over the repeats")
-    repeats: int = Field(3, ge=1, description="timing rounds per cell, backends interleaved; the spread of their p50s is the reported noise")
+    repeats: int = Field(
+        3, ge=1, description="timing rounds per cell, backends interleaved; the spread of their p50s is the reported noise"
+    )
     max_seconds: float | None = Field(None, gt=0, description="time budget per cell: stop timing a cell early once it is spent")
     threads: int | None = Field(None, gt=0, description="threads for every backend (default: physical cores)")
     cold_start: bool = Field(True, description="per backend, in a fresh process: start to first prediction, and peak RSS per cell")
-    parity_tolerance: float = Field(0.1, ge=0, le=1, description="largest mean |difference| of class probabilities to the baseline (over the cell's texts) before a cell is refused a speed figure")
+    parity_tolerance: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="largest mean |difference| of class probabilities to the baseline (over the cell's texts) "
+        "before a cell is refused a speed figure",
+    )
     backends: list[str] = Field(
         list(BENCH_BACKENDS),
         description=backend_help() + "; ones this machine or bundle lacks are skipped with the reason",
@@ -383,7 +445,9 @@ class Recipe(Section):
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     bench: BenchSection = BenchSection()
     tensorrt: TensorRTSection = TensorRTSection()
-    distill: DistillSection | None = Field(None, description="distil a teacher into the model (the student); `ftexport run` then distils instead of training")
+    distill: DistillSection | None = Field(
+        None, description="distil a teacher into the model (the student); `ftexport run` then distils instead of training"
+    )
     output: str | None = Field(None, description="pipeline folder (default: runs/NAME)")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -406,9 +470,15 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _trt_int8_needs_symmetric(self) -> Recipe:
-        if self.tensorrt.enabled and "int8" in self.tensorrt.precisions and not ("static" in self.quantize.modes and self.quantize.symmetric):
-            raise ValueError("tensorrt.precisions: an int8 engine is built from the static symmetric QDQ model; "
-                             "add static to quantize.modes and set quantize.symmetric: true")
+        if (
+            self.tensorrt.enabled
+            and "int8" in self.tensorrt.precisions
+            and not ("static" in self.quantize.modes and self.quantize.symmetric)
+        ):
+            raise ValueError(
+                "tensorrt.precisions: an int8 engine is built from the static symmetric QDQ model; "
+                "add static to quantize.modes and set quantize.symmetric: true"
+            )
         return self
 
     @model_validator(mode="after")
@@ -446,7 +516,12 @@ class Recipe(Section):
 
 
 # Where-is-it fields, left out of settings hashes (their files' contents are hashed instead).
-PATH_FIELDS = (("data", "root"), ("data", "train"), ("data", "validation"), ("data", "test"), ("model", "path"),
-               ("distill", "teacher"), ("distill", "unlabeled.path"))
-
-
+PATH_FIELDS = (
+    ("data", "root"),
+    ("data", "train"),
+    ("data", "validation"),
+    ("data", "test"),
+    ("model", "path"),
+    ("distill", "teacher"),
+    ("distill", "unlabeled.path"),
+)

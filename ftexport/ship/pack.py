@@ -37,7 +37,10 @@ def latency_summary(bench: BenchReport) -> dict[str, Any]:
     return {
         "machine": {k: bench["machine"].get(k) for k in ("cpu", "cores", "cpu_flags", "gpu")},
         "threads": bench["threads"],
-        "results": [{k: r[k] for k in ("backend", "phase", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s") if k in r} for r in bench["results"]],
+        "results": [
+            {k: r[k] for k in ("backend", "phase", "batch", "seq_len", "p50_ms", "p90_ms", "p99_ms", "throughput_per_s") if k in r}
+            for r in bench["results"]
+        ],
         "skipped": bench.get("skipped", {}),
     }
 
@@ -60,8 +63,14 @@ def keep_variants(root: Path, manifest: Manifest, keep: list[str]) -> None:
     manifest.backend_defaults = {b: v for b, v in manifest.backend_defaults.items() if v in keep}
 
 
-def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | None = None, bench_dir: str | Path | None = None,
-         tar: bool = False, variants: list[str] | None = None) -> Path:
+def pack(
+    bundle_dir: str | Path,
+    output: str | Path,
+    parity_dir: str | Path | None = None,
+    bench_dir: str | Path | None = None,
+    tar: bool = False,
+    variants: list[str] | None = None,
+) -> Path:
     bundle_dir, output = Path(bundle_dir), Path(output)
     bundle = Bundle.open(bundle_dir)
     if variants:
@@ -98,8 +107,12 @@ def pack(bundle_dir: str | Path, output: str | Path, parity_dir: str | Path | No
             (tmp / REPORT_MD).write_text(f"# {manifest.name}\n\n" + "\n\n".join(sections) + "\n")
             manifest.files[REPORT_MD] = ""
         write_manifest(tmp, manifest)
-        StageRecord("pack", pack_key(bundle_dir, Path(parity_dir) if parity_dir else None, Path(bench_dir) if bench_dir else None, tar, variants),
-                    {"bundle": key_of(bundle_dir)}, {"tar": tar, "variants": variants}).write(tmp)
+        StageRecord(
+            "pack",
+            pack_key(bundle_dir, Path(parity_dir) if parity_dir else None, Path(bench_dir) if bench_dir else None, tar, variants),
+            {"bundle": key_of(bundle_dir)},
+            {"tar": tar, "variants": variants},
+        ).write(tmp)
     if tar:
         archive = make_tarball(output, output.parent / f"{output.name}.tar.gz")
         progress.info(f"wrote {archive}")

@@ -37,9 +37,20 @@ DEFAULT_QUEUE_DELAY_US = 1000
 
 # ONNX TensorProto element type -> Triton model_config.proto DataType
 _TRITON_TYPES = {
-    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16", 6: "TYPE_INT32",
-    7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 12: "TYPE_UINT32",
-    13: "TYPE_UINT64", 16: "TYPE_BF16",
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    8: "TYPE_STRING",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
 }
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _TENSOR = re.compile(r'[^"\\\x00-\x1f]+')
@@ -120,14 +131,25 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return sorted({max(1, max_batch // 4), max(1, max_batch // 2), max_batch})
 
 
-def _readme(name: str, manifest: Any, variant: Any, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], max_batch: int, gpu: bool, digest: str) -> str:
-    ins = "\n".join(f"    {t['name']:<16} {t['data_type']:<10} [batch, {', '.join('seq' if d == -1 else str(d) for d in t['dims'])}]" for t in inputs)
+def _readme(
+    name: str,
+    manifest: Any,
+    variant: Any,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    max_batch: int,
+    gpu: bool,
+    digest: str,
+) -> str:
+    ins = "\n".join(
+        f"    {t['name']:<16} {t['data_type']:<10} [batch, {', '.join('seq' if d == -1 else str(d) for d in t['dims'])}]" for t in inputs
+    )
     outs = "\n".join(f"    {t['name']:<16} {t['data_type']:<10} [batch, {', '.join(str(d) for d in t['dims'])}]" for t in outputs)
     first_out = outputs[0]["name"]
     return f"""Triton Inference Server model repository written by `ftexport pack --triton`.
 
 Model {name!r}: variant {variant.name!r} ({variant.precision}) of bundle {manifest.name!r},
-ONNX Runtime backend on {'GPU' if gpu else 'CPU'}, dynamic batching up to {max_batch} items.
+ONNX Runtime backend on {"GPU" if gpu else "CPU"}, dynamic batching up to {max_batch} items.
 {name}/{VERSION}/{MODEL_FILE} sha256 {digest}
 
 Start the server:
@@ -149,7 +171,7 @@ padded to different lengths run in separate batches. To let it batch every reque
 of them to one length (tok.enable_padding(length={manifest.max_length}, ...)): more work per
 item, fewer and fuller batches; measure which suits your traffic.
 
-The labels, in output order, are in {name}/{LABELS_FILE}: {', '.join(manifest.labels)}.
+The labels, in output order, are in {name}/{LABELS_FILE}: {", ".join(manifest.labels)}.
 Ask for them with Triton's classification extension, e.g. over HTTP:
 
     {{"inputs": [...], "outputs": [{{"name": "{first_out}", "parameters": {{"classification": 1}}}}]}}
@@ -213,8 +235,10 @@ def check_options(
     bundle = Bundle.open(bundle_dir, verify="none")
     if not get_task(bundle.manifest.task).triton:  # the repository is a classifier's: logits + labels.txt
         able = ", ".join(t.name for t in TASKS.values() if t.triton)
-        raise TritonError(f"{bundle_dir}: task {bundle.manifest.task} has no Triton export yet (it is written for {able}: logits and "
-                          "labels.txt); ship the bundle to ftexport-runtime")
+        raise TritonError(
+            f"{bundle_dir}: task {bundle.manifest.task} has no Triton export yet (it is written for {able}: logits and "
+            "labels.txt); ship the bundle to ftexport-runtime"
+        )
     chosen = bundle.variant(variant, "cuda" if gpu else "cpu")
     name = model_name or bundle.manifest.name
     if not _NAME.fullmatch(name):
@@ -259,7 +283,9 @@ def write_triton_repo(
     graph_in = [t["name"] for t in inputs]
     missing = [n for n in manifest.inputs if n not in graph_in]
     if missing:
-        raise BundleError(f"{model_path}: the manifest lists inputs {missing} that the ONNX graph lacks (it has {graph_in}); re-export the bundle")
+        raise BundleError(
+            f"{model_path}: the manifest lists inputs {missing} that the ONNX graph lacks (it has {graph_in}); re-export the bundle"
+        )
     bad = [t["name"] for t in inputs + outputs if not _TENSOR.fullmatch(t["name"])]
     if bad:
         raise BundleError(f"{model_path}: tensor names {bad} cannot be written to config.pbtxt (quotes, backslashes or control characters)")

@@ -178,27 +178,38 @@ class Task:
                 raise RecipeError(f"recipe.training.metric: {self.name} is scored by {self.forced_metric}, not {t.metric}")
             t.metric = self.forced_metric
         elif t.metric not in self.metrics_computed:
-            raise RecipeError(f"recipe: training.metric {t.metric!r} is not computed for task {self.name}; "
-                              f"use one of {', '.join(self.metrics_computed)}")
+            raise RecipeError(
+                f"recipe: training.metric {t.metric!r} is not computed for task {self.name}; use one of {', '.join(self.metrics_computed)}"
+            )
         if recipe.model.scratch is not None:
             if not self.scratch:
                 raise RecipeError(f"recipe.model.scratch: random-init models are not built for task {self.name}; give model.path")
             if recipe.method.name != "full":
-                raise RecipeError(f"recipe.method.name: a model.scratch model starts from random weights; train it with method 'full' "
-                                  f"({recipe.method.name} needs pretrained weights)")
+                raise RecipeError(
+                    f"recipe.method.name: a model.scratch model starts from random weights; train it with method 'full' "
+                    f"({recipe.method.name} needs pretrained weights)"
+                )
         if recipe.method.name in ("prefix", "prompt") and not self.traced_adapters:
-            raise RecipeError(f"recipe.method.name: {recipe.method.name} tuning exports (virtual tokens traced into the graph) for "
-                              f"text-classification only; for {self.name} use lora, adalora, ia3, bitfit or full")
-        unsupported = [m for m in q.modes if m not in self.quantize_modes] + ([f"optimize {q.optimize}"] if q.optimize and not self.graph_optimization else [])
+            raise RecipeError(
+                f"recipe.method.name: {recipe.method.name} tuning exports (virtual tokens traced into the graph) for "
+                f"text-classification only; for {self.name} use lora, adalora, ia3, bitfit or full"
+            )
+        unsupported = [m for m in q.modes if m not in self.quantize_modes] + (
+            [f"optimize {q.optimize}"] if q.optimize and not self.graph_optimization else []
+        )
         if unsupported or (q.accuracy_aware.enabled and not self.accuracy_aware):
             what = ", ".join(unsupported) or "accuracy_aware"
-            raise RecipeError(f"recipe.quantize: {self.name} supports {', '.join(self.quantize_modes)} int8"
-                              f"{'' if self.graph_optimization else ' only'} (not {what})")
+            raise RecipeError(
+                f"recipe.quantize: {self.name} supports {', '.join(self.quantize_modes)} int8"
+                f"{'' if self.graph_optimization else ' only'} (not {what})"
+            )
         if recipe.tensorrt.enabled and not self.tensorrt:
             raise RecipeError(f"recipe.tensorrt.enabled: TensorRT engines are not built for {self.name} bundles; they run on ONNX Runtime")
         if recipe.distill is not None and not self.distill:
-            raise RecipeError(f"recipe.distill: distillation distils one label per text (task: text-classification); task {self.name} "
-                              "is not supported, train it with `ftexport train` instead")
+            raise RecipeError(
+                f"recipe.distill: distillation distils one label per text (task: text-classification); task {self.name} "
+                "is not supported, train it with `ftexport train` instead"
+            )
         own = {f.name for f in self.gate_fields}
         for precision, gate in recipe.validate_.gates().items():
             for other in gate.task_fields_set():
@@ -248,8 +259,10 @@ class Task:
 
     def check_reference_labels(self, reference_labels: list[str], bundle_labels: list[str]) -> None:
         if self.labelled and reference_labels and reference_labels != bundle_labels:
-            raise ModelError(f"reference model labels {reference_labels} differ from the bundle's {bundle_labels}; "
-                             "compare the model the bundle was exported from")
+            raise ModelError(
+                f"reference model labels {reference_labels} differ from the bundle's {bundle_labels}; "
+                "compare the model the bundle was exported from"
+            )
 
     # ---- judging --------------------------------------------------------------------------
 

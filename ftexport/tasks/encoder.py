@@ -138,8 +138,11 @@ class EncoderProbe(BenchProbe):
         # now and then (that is the parity gate's business); a broken backend moves them all.
         reference, outputs = np.concatenate(reference), np.concatenate(outputs)  # one array per batch of the cell
         gap = np.abs(outputs - reference).max(-1)
-        check = {"mean_prob_diff": float(gap.mean()), "max_prob_diff": float(gap.max()),
-                 "agreement": float((outputs.argmax(-1) == reference.argmax(-1)).mean())}
+        check = {
+            "mean_prob_diff": float(gap.mean()),
+            "max_prob_diff": float(gap.max()),
+            "agreement": float((outputs.argmax(-1) == reference.argmax(-1)).mean()),
+        }
         return check["mean_prob_diff"] <= tolerance, check
 
     def report_fields(self, section: Any, max_length: int) -> dict[str, Any]:
@@ -149,29 +152,57 @@ class EncoderProbe(BenchProbe):
 def bench_table(report: Any) -> str:
     """The latency table of an encoder's bench.json, with cold start and notes."""
     rows = [
-        [r["backend"], r["batch"], r["seq_len"], *(ms(r.get(k)) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms")),
-         f"{r['noise']:.1%}" if r.get("noise") is not None else None, f"{r['throughput_per_s']:.1f}",
-         f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None,
-         f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else None]
+        [
+            r["backend"],
+            r["batch"],
+            r["seq_len"],
+            *(ms(r.get(k)) for k in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "std_ms")),
+            f"{r['noise']:.1%}" if r.get("noise") is not None else None,
+            f"{r['throughput_per_s']:.1f}",
+            f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None,
+            f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else None,
+        ]
         for r in report["results"]
     ]
     m = report["machine"]
     flags = ", ".join(m.get("cpu_flags") or []) or "no AVX2"
     where = f"{m['cpu']} [{flags}]" + (f" + {m['gpu']}" if m.get("gpu") else "")
     rounds = f" in {report['repeats']} interleaved rounds" if report.get("repeats", 1) > 1 else ""
-    head = (f"Latency on {where} ({m['cores']} cores, {report['threads']} threads), {report['iterations']} timed calls per cell{rounds} "
-            f"after {report['warmup']} warm-up; seq 'real' = held-out texts as they come (padded per batch)\n\n")
-    table = markdown_table(["backend", "batch", "seq", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "stdev ms", "noise", "seq/s", "vs PyTorch", "peak RSS MB"], rows)
+    head = (
+        f"Latency on {where} ({m['cores']} cores, {report['threads']} threads), {report['iterations']} timed calls per cell{rounds} "
+        f"after {report['warmup']} warm-up; seq 'real' = held-out texts as they come (padded per batch)\n\n"
+    )
+    table = markdown_table(
+        ["backend", "batch", "seq", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "stdev ms", "noise", "seq/s", "vs PyTorch", "peak RSS MB"], rows
+    )
     parts = [head + table]
     if report.get("cold_start"):
-        cold = [[b, None, None, None, None, None, c["error"]] if "error" in c else
-                [b, f"{c['cold_start_s']:.2f}", f"{c['import_s']:.2f}", f"{c['load_s']:.2f}", f"{c['first_prediction_s'] * 1e3:.1f}", f"{c['rss_mb']:.0f}", ""]
-                for b, c in report["cold_start"].items()]
-        parts.append("Cold start, one fresh process per backend (process start to the first answer)\n\n"
-                     + markdown_table(["backend", "cold start s", "import s", "load s", "first answer ms", "RSS after first answer MB", "note"], cold))
+        cold = [
+            [b, None, None, None, None, None, c["error"]]
+            if "error" in c
+            else [
+                b,
+                f"{c['cold_start_s']:.2f}",
+                f"{c['import_s']:.2f}",
+                f"{c['load_s']:.2f}",
+                f"{c['first_prediction_s'] * 1e3:.1f}",
+                f"{c['rss_mb']:.0f}",
+                "",
+            ]
+            for b, c in report["cold_start"].items()
+        ]
+        parts.append(
+            "Cold start, one fresh process per backend (process start to the first answer)\n\n"
+            + markdown_table(
+                ["backend", "cold start s", "import s", "load s", "first answer ms", "RSS after first answer MB", "note"], cold
+            )
+        )
     notes = [f"- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items()]
-    notes += [f"- REFUSED {r['backend']} batch {r['batch']} seq {r['seq_len']}: answers differ from {r['against']} "
-              f"(mean |Δp| {r['mean_prob_diff']:.3f} > {r['tolerance']}, top-1 agreement {r['agreement']:.0%}): no speed figure" for r in report.get("refused", [])]
+    notes += [
+        f"- REFUSED {r['backend']} batch {r['batch']} seq {r['seq_len']}: answers differ from {r['against']} "
+        f"(mean |Δp| {r['mean_prob_diff']:.3f} > {r['tolerance']}, top-1 agreement {r['agreement']:.0%}): no speed figure"
+        for r in report.get("refused", [])
+    ]
     notes += [f"- FLAG {r['backend']} batch {r['batch']} seq {r['seq_len']}: {r['flag']}" for r in report["results"] if r.get("flag")]
     notes += [f"- {n}" for n in report.get("notes", [])]
     if notes:
@@ -185,7 +216,10 @@ def summary_table(parity: Any, bench: Any, title: str) -> str:
     def latency(backend: str) -> float | None:
         if not bench:
             return None
-        return next((r["p50_ms"] for r in bench["results"] if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == bench["seq_len"]), None)
+        return next(
+            (r["p50_ms"] for r in bench["results"] if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == bench["seq_len"]),
+            None,
+        )
 
     metric = parity["metric"] if "metric" in parity else "accuracy"
     if not bench:

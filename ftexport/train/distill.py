@@ -18,7 +18,6 @@ logits and the baseline.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -104,8 +103,9 @@ class TeacherCollator:
         return batch
 
 
-def distill_trainer_class(settings: Any, logits: np.ndarray, hidden: np.ndarray | None,
-                          unlabeled: tuple[Any, list[str], int] | None = None) -> Any:
+def distill_trainer_class(
+    settings: Any, logits: np.ndarray, hidden: np.ndarray | None, unlabeled: tuple[Any, list[str], int] | None = None
+) -> Any:
     """A Trainer whose loss is the distillation loss; evaluation (no teacher columns) is plain CE.
     `unlabeled` = (task, texts, max_length): transfer-set texts appended to the training
     split, labelled UNLABELED; `logits` (and `hidden`) cover the training rows, then these."""
@@ -161,6 +161,7 @@ def distill_trainer_class(settings: Any, logits: np.ndarray, hidden: np.ndarray 
 
 # ---- teacher and student ------------------------------------------------------------------
 
+
 def _layer_list(model: Any) -> Any:
     from torch import nn
 
@@ -213,9 +214,15 @@ def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
     names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
     generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
     if labels and not generic and names != list(labels):
-        raise RecipeError(f"recipe.distill.teacher: the teacher predicts {names}, the recipe's labels are {list(labels)}; the label lists must match in order")
+        raise RecipeError(
+            f"recipe.distill.teacher: the teacher predicts {names}, the recipe's labels are {list(labels)}; the label lists must match in "
+            f"order"
+        )
     if labels and config.num_labels != len(labels):
-        raise RecipeError(f"recipe.distill.teacher: the teacher has {config.num_labels} outputs, the recipe {len(labels)} labels; use a teacher fine-tuned on these labels")
+        raise RecipeError(
+            f"recipe.distill.teacher: the teacher has {config.num_labels} outputs, the recipe {len(labels)} labels; use a teacher "
+            f"fine-tuned on these labels"
+        )
     if d.student.from_teacher is not None:
         kept_layers(d.student.from_teacher.layers, config.num_hidden_layers)
     if d.level == "token":
@@ -230,8 +237,9 @@ def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
             )
 
 
-def teacher_outputs(teacher_dir: Path, texts: list[str], max_length: int, with_hidden: bool, batch_size: int = 64,
-                    trust_remote_code: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def teacher_outputs(
+    teacher_dir: Path, texts: list[str], max_length: int, with_hidden: bool, batch_size: int = 64, trust_remote_code: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher logits (and last-layer [CLS] states) for `texts`, read with the teacher's own
     tokenizer, in inference mode, shortest texts batched together (less padding)."""
     import torch
@@ -258,6 +266,7 @@ def teacher_outputs(teacher_dir: Path, texts: list[str], max_length: int, with_h
 
 # ---- the transfer set ---------------------------------------------------------------------
 
+
 def load_unlabeled(recipe: Any, train_texts: list[str]) -> list[str]:
     """The texts of distill.unlabeled: read from its file (the text column only), empty and
     duplicate texts dropped, and (skip_training_texts) those already in the labelled
@@ -268,7 +277,9 @@ def load_unlabeled(recipe: Any, train_texts: list[str]) -> list[str]:
     where = "distill.unlabeled"
     df = read_table(path, u.format, columns=(column, "label"), section=where)
     if column not in df.columns:
-        raise RecipeError(f"recipe.{where}: {path} has no column {column!r} (it has: {', '.join(map(str, df.columns[:10]))}); set {where}.text_column")
+        raise RecipeError(
+            f"recipe.{where}: {path} has no column {column!r} (it has: {', '.join(map(str, df.columns[:10]))}); set {where}.text_column"
+        )
     seen = set(train_texts) if u.skip_training_texts else set()
     texts = []
     for t in df[column].tolist():
@@ -276,8 +287,10 @@ def load_unlabeled(recipe: Any, train_texts: list[str]) -> list[str]:
             seen.add(t)
             texts.append(t)
     if not texts:
-        raise RecipeError(f"recipe.{where}: {path} has no texts left in column {column!r}"
-                          + (" once those of the training split are left out (skip_training_texts)" if u.skip_training_texts else ""))
+        raise RecipeError(
+            f"recipe.{where}: {path} has no texts left in column {column!r}"
+            + (" once those of the training split are left out (skip_training_texts)" if u.skip_training_texts else "")
+        )
     if u.max_samples is not None and u.max_samples < len(texts):
         rng = np.random.default_rng(recipe.data.sample_seed)
         texts = [texts[i] for i in sorted(rng.choice(len(texts), u.max_samples, replace=False))]
@@ -299,6 +312,7 @@ def _transfer_key(recipe: Any) -> tuple[str, ...]:
 
 # ---- the stage ----------------------------------------------------------------------------
 
+
 def _paths(recipe: Any) -> tuple[Path, Path | None]:
     d = recipe.distill
     if d is None:
@@ -312,7 +326,9 @@ def distill_key(recipe: Any, hashes: tuple[str, str, tuple[str, ...], tuple[str,
     them already (each one reads files: the data, the teacher's and student's weights, the
     transfer set). Contents, not paths: the same files under another path keep the key."""
     data_fp, t_hash, transfer, s_hash = hashes or _input_hashes(recipe)
-    return make_key("distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), data_fp, t_hash, *transfer, *s_hash)
+    return make_key(
+        "distill", recipe.section_hash("task", "model", "data", "method", "training", "distill"), data_fp, t_hash, *transfer, *s_hash
+    )
 
 
 def _input_hashes(recipe: Any) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
@@ -365,14 +381,22 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
         z = np.load(cache)
         logits, hidden = z["logits"], (z["hidden"] if with_hidden else None)
     else:
-        progress.step(f"distill: teacher {teacher_dir.name} reads {len(train_texts)} training texts" + (f" and {len(extra)} unlabeled ones" if extra else "") + " (once)")
-        logits, hidden = teacher_outputs(teacher_dir, train_texts + extra, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code)
+        progress.step(
+            f"distill: teacher {teacher_dir.name} reads {len(train_texts)} training texts"
+            + (f" and {len(extra)} unlabeled ones" if extra else "")
+            + " (once)"
+        )
+        logits, hidden = teacher_outputs(
+            teacher_dir, train_texts + extra, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code
+        )
         work.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
         np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
         tmp.replace(cache)
     if len(logits) != len(train_texts) + len(extra):
-        raise ModelError(f"distill: the teacher cache {cache} holds {len(logits)} rows, not {len(train_texts) + len(extra)}; delete it and re-run")
+        raise ModelError(
+            f"distill: the teacher cache {cache} holds {len(logits)} rows, not {len(train_texts) + len(extra)}; delete it and re-run"
+        )
     teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
     progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
 
@@ -382,13 +406,17 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     if is_fresh(kd_dir, kd_key):
         progress.step("distill: student (with the teacher) up to date, reused")
     else:
-        progress.step(f"distill: training the student with the teacher (alpha {d.alpha}, T {d.temperature}"
-                      + (f", hidden MSE {d.hidden_mse}" if with_hidden else "")
-                      + (f"; {len(train_texts)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "") + ")")
+        progress.step(
+            f"distill: training the student with the teacher (alpha {d.alpha}, T {d.temperature}"
+            + (f", hidden MSE {d.hidden_mse}" if with_hidden else "")
+            + (f"; {len(train_texts)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "")
+            + ")"
+        )
         transfer = (get_task(recipe.task), extra, max_len) if extra else None
         train(student_recipe, kd_dir, quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
-    baseline_key = make_key("distill-baseline", student_recipe.section_hash("task", "data", "method", "training"),
-                            data_fp, model_hash(student_dir), max_len)
+    baseline_key = make_key(
+        "distill-baseline", student_recipe.section_hash("task", "data", "method", "training"), data_fp, model_hash(student_dir), max_len
+    )
     if d.baseline:
         if is_fresh(base_dir, baseline_key):
             progress.step("distill: baseline student (no teacher) up to date, reused")
@@ -400,14 +428,16 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
     rows = {"teacher": teacher_dir, "student": kd_dir, **({"baseline": base_dir} if d.baseline else {})}
     report = compare_models(rows, data["test"].texts, data["test"].labels, len(data.label_names), max_len, recipe.task)
-    report.update({
-        "settings": d.model_dump(mode="json"),
-        "student_layers_from_teacher": layers,
-        "train_rows": len(train_texts),
-        "unlabeled_rows": len(extra),
-        "teacher_logits": {"cache": str(cache), "reused": cached, "teacher_train_accuracy": teacher_train_acc},
-        "test_rows": len(data["test"]),
-    })
+    report.update(
+        {
+            "settings": d.model_dump(mode="json"),
+            "student_layers_from_teacher": layers,
+            "train_rows": len(train_texts),
+            "unlabeled_rows": len(extra),
+            "teacher_logits": {"cache": str(cache), "reused": cached, "teacher_train_accuracy": teacher_train_acc},
+            "test_rows": len(data["test"]),
+        }
+    )
     s, t = report["models"]["student"], report["models"]["teacher"]
     report["student_minus_teacher"] = s["accuracy"] - t["accuracy"]
     if d.baseline:
@@ -419,18 +449,40 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
         (tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "distill.md").write_text(distill_markdown(report) + "\n")
         StageRecord(
-            "distill", key,
-            inputs={"teacher": str(teacher_dir), "teacher_hash": t_hash, "student": str(student_dir), "data": data_fp, "unlabeled": transfer[0] if transfer else "none"},
+            "distill",
+            key,
+            inputs={
+                "teacher": str(teacher_dir),
+                "teacher_hash": t_hash,
+                "student": str(student_dir),
+                "data": data_fp,
+                "unlabeled": transfer[0] if transfer else "none",
+            },
             settings={"distill": d.model_dump(mode="json"), "training": recipe.training.model_dump(), "max_length": max_len},
-            metrics={**(kd_record.metrics if kd_record else {}), "test": {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in report["models"].items()}},
-            method="full", base_model=str(student_dir), labels=data.label_names, task=recipe.task,
-            max_length=max_len, trust_remote_code=recipe.model.trust_remote_code,
+            metrics={
+                **(kd_record.metrics if kd_record else {}),
+                "test": {k: {m: v[m] for m in ("accuracy", "macro_f1")} for k, v in report["models"].items()},
+            },
+            method="full",
+            base_model=str(student_dir),
+            labels=data.label_names,
+            task=recipe.task,
+            max_length=max_len,
+            trust_remote_code=recipe.model.trust_remote_code,
         ).write(tmp)
     return report
 
 
-def compare_models(models: dict[str, Path], texts: list[str], labels: list[int], num_labels: int, max_length: int, task_name: str,
-                   iterations: int = 30, rounds: int = 3) -> dict[str, Any]:
+def compare_models(
+    models: dict[str, Path],
+    texts: list[str],
+    labels: list[int],
+    num_labels: int,
+    max_length: int,
+    task_name: str,
+    iterations: int = 30,
+    rounds: int = 3,
+) -> dict[str, Any]:
     """Accuracy and macro-F1 of each model on `texts`, and PyTorch p50 latency at batch 1 and
     8 measured in the same run (models interleaved round by round, so a busy machine slows
     them alike); speed-up is the teacher's p50 over each model's."""
@@ -448,7 +500,9 @@ def compare_models(models: dict[str, Path], texts: list[str], labels: list[int],
         scores = task.metrics(logits, labels, num_labels)
         correct[name] = logits.argmax(-1) == np.asarray(labels)
         out["models"][name] = {
-            "path": str(path), **scores, "parameters": sum(p.numel() for p in model.parameters()),
+            "path": str(path),
+            **scores,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "layers": getattr(model.config, "num_hidden_layers", None),
         }
         loaded[name] = torch_probs(model, tok, max_length, "cpu")
@@ -467,7 +521,12 @@ def compare_models(models: dict[str, Path], texts: list[str], labels: list[int],
         m["size_vs_teacher"] = m["parameters"] / out["models"]["teacher"]["parameters"]
     if "baseline" in correct:
         out["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
-    out["latency"] = {"backend": "pytorch fp32, CPU", "threads": torch.get_num_threads(), "p50_of": iterations, "texts": "held-out split, as they come"}
+    out["latency"] = {
+        "backend": "pytorch fp32, CPU",
+        "threads": torch.get_num_threads(),
+        "p50_of": iterations,
+        "texts": "held-out split, as they come",
+    }
     return out
 
 
@@ -488,29 +547,55 @@ TITLES = {"teacher": "teacher", "student": "student (distilled)", "baseline": "s
 def distill_markdown(report: dict[str, Any]) -> str:
     rows = []
     for name, m in report["models"].items():
-        rows.append([
-            TITLES.get(name, name), m["layers"], f"{m['parameters'] / 1e6:.1f}M", f"{100 * m['accuracy']:.2f}%", f"{100 * m['macro_f1']:.2f}",
-            f"{m['latency_ms']['1']:.2f}", f"{m['latency_ms']['8']:.2f}", f"{m['speedup_vs_teacher']['1']:.2f}x / {m['speedup_vs_teacher']['8']:.2f}x",
-        ])
+        rows.append(
+            [
+                TITLES.get(name, name),
+                m["layers"],
+                f"{m['parameters'] / 1e6:.1f}M",
+                f"{100 * m['accuracy']:.2f}%",
+                f"{100 * m['macro_f1']:.2f}",
+                f"{m['latency_ms']['1']:.2f}",
+                f"{m['latency_ms']['8']:.2f}",
+                f"{m['speedup_vs_teacher']['1']:.2f}x / {m['speedup_vs_teacher']['8']:.2f}x",
+            ]
+        )
     s = report["settings"]
     lines = [
         "# Distillation",
         "",
         f"{report['test_rows']} held-out texts; teacher {report['models']['teacher']['path']}; "
-        f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled training rows"
-        + (f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student (the baseline sees only the labelled rows)."
-           if report.get("unlabeled_rows") else "."),
+        f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled "
+        f"training rows"
+        + (
+            f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student (the baseline sees only the labelled "
+            f"rows)."
+            if report.get("unlabeled_rows")
+            else "."
+        ),
         "",
-        markdown_table(["model", "layers", "params", "accuracy", "macro-F1", "p50 ms b1", "p50 ms b8", "speed-up vs teacher (b1 / b8)"], rows),
+        markdown_table(
+            ["model", "layers", "params", "accuracy", "macro-F1", "p50 ms b1", "p50 ms b8", "speed-up vs teacher (b1 / b8)"], rows
+        ),
         "",
         f"student - teacher: {100 * report['student_minus_teacher']:+.2f} points accuracy",
     ]
     if "student_minus_baseline" in report:
-        lines.append(f"student - student without KD: {100 * report['student_minus_baseline']:+.2f} points accuracy (what distillation bought)")
+        lines.append(
+            f"student - student without KD: {100 * report['student_minus_baseline']:+.2f} points accuracy (what distillation bought)"
+        )
         if "student_vs_baseline" in report:
             t = report["student_vs_baseline"]
-            lines.append(f"texts only the student gets right: {t['student_only_right']}, only the baseline: {t['baseline_only_right']} "
-                         f"(exact McNemar p = {t['mcnemar_p']:.3f}: " + ("a difference this uneven is unlikely to be chance)" if t["mcnemar_p"] < 0.05
-                                                                        else "a split this even could well be chance; more test texts would tell)"))
-    lines.append(f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls per cell, models interleaved in one run.")
+            lines.append(
+                f"texts only the student gets right: {t['student_only_right']}, only the baseline: {t['baseline_only_right']} "
+                f"(exact McNemar p = {t['mcnemar_p']:.3f}: "
+                + (
+                    "a difference this uneven is unlikely to be chance)"
+                    if t["mcnemar_p"] < 0.05
+                    else "a split this even could well be chance; more test texts would tell)"
+                )
+            )
+    lines.append(
+        f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls "
+        f"per cell, models interleaved in one run."
+    )
     return "\n".join(lines)

@@ -54,15 +54,29 @@ def merge(train_dir: str | Path, output: str | Path, texts: list[str] | None = N
     method = record.method or "lora"
     if method not in MERGEABLE:
         adapter = method not in DENSE
-        why = "cannot be merged into dense weights, passing the adapter through to export" if adapter else "nothing to merge (passing the model through)"
+        why = (
+            "cannot be merged into dense weights, passing the adapter through to export"
+            if adapter
+            else "nothing to merge (passing the model through)"
+        )
         progress.step(f"merge: {method} {why}")
         if not adapter:
             check_model_dir(train_dir, "train dir")
         with stage_dir(output) as tmp:
             link_tree(train_dir, tmp)
-            done = StageRecord("merge", key, {"train": record.key}, {"merged": False}, {}, labels=labels, task=record.task,
-                               max_length=record.max_length, method=method, base_model=record.base_model,
-                               trust_remote_code=record.trust_remote_code).write(tmp)
+            done = StageRecord(
+                "merge",
+                key,
+                {"train": record.key},
+                {"merged": False},
+                {},
+                labels=labels,
+                task=record.task,
+                max_length=record.max_length,
+                method=method,
+                base_model=record.base_model,
+                trust_remote_code=record.trust_remote_code,
+            ).write(tmp)
         return done
 
     from peft import PeftModel
@@ -85,10 +99,21 @@ def merge(train_dir: str | Path, output: str | Path, texts: list[str] | None = N
     diff = float((before - after).abs().max())
     progress.info(f"merged vs unmerged max |logit diff| = {diff:.2e} (tolerance {MERGE_TOLERANCE:.0e})")
     if not diff <= MERGE_TOLERANCE:
-        raise GateFailed(f"merge: merged model differs from the adapter model by {diff:.3g} > {MERGE_TOLERANCE:g}; the merge is not faithful")
+        raise GateFailed(
+            f"merge: merged model differs from the adapter model by {diff:.3g} > {MERGE_TOLERANCE:g}; the merge is not faithful"
+        )
     with stage_dir(output) as tmp:
         merged.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        done = StageRecord("merge", key, {"train": record.key}, {"merged": True}, {"max_logit_diff": diff}, labels=labels,
-                           task=record.task, max_length=record.max_length, method=method).write(tmp)
+        done = StageRecord(
+            "merge",
+            key,
+            {"train": record.key},
+            {"merged": True},
+            {"max_logit_diff": diff},
+            labels=labels,
+            task=record.task,
+            max_length=record.max_length,
+            method=method,
+        ).write(tmp)
     return done

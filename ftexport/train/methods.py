@@ -74,17 +74,29 @@ def peft_config(method: Any, task: Any, total_steps: int) -> Any:
     targets = m.target_modules or "all-linear"
     exclude = task.lora_exclude if not m.target_modules else None  # modules "all-linear" must leave alone for this task
     if m.name == "lora":
-        return peft.LoraConfig(task_type=task_type, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=targets,
-                               exclude_modules=exclude)
+        return peft.LoraConfig(
+            task_type=task_type, r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout, target_modules=targets, exclude_modules=exclude
+        )
     if m.name == "adalora":
         # AdaLoRA starts every adapter at rank r and prunes to an average of target_r over
         # the middle of training; it must know the step count to schedule that budget.
         tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
         if total_steps - tinit - tfinal < 1:
-            raise RecipeError(f"recipe.method.name: adalora needs more training steps than {total_steps} to schedule its rank budget; train longer")
+            raise RecipeError(
+                f"recipe.method.name: adalora needs more training steps than {total_steps} to schedule its rank budget; train longer"
+            )
         return peft.AdaLoraConfig(
-            task_type=task_type, init_r=m.r, target_r=m.target_r, lora_alpha=m.alpha, lora_dropout=m.dropout,
-            target_modules=targets, exclude_modules=exclude, total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 20),
+            task_type=task_type,
+            init_r=m.r,
+            target_r=m.target_r,
+            lora_alpha=m.alpha,
+            lora_dropout=m.dropout,
+            target_modules=targets,
+            exclude_modules=exclude,
+            total_step=total_steps,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=max(1, total_steps // 20),
         )
     if m.name == "ia3":
         kw: dict[str, Any] = {}

@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from ..core import progress
 from ..core.artifacts import StageRecord, make_key, read_record, stage_dir
 from ..core.errors import RecipeError
@@ -62,7 +61,9 @@ def _progress_callback() -> Any:
                 return
             if getattr(self, "training_bar", None) is not None and "loss" in logs:
                 self.training_bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
-            scores = {k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_f1")}
+            scores = {
+                k.removeprefix("eval_"): v for k, v in logs.items() if k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "eval_f1")
+            }
             if "loss" in scores and not any(k in logs for k in ("eval_accuracy", "eval_macro_f1", "eval_f1")):
                 scores["perplexity"] = math.exp(min(scores["loss"], 50.0))  # a language model's dev score
             if scores:
@@ -104,7 +105,8 @@ def per_device_batch(batch_size: int, world_size: int) -> int:
         near = [n for n in (batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size) if n > 0]
         raise RecipeError(
             f"recipe.training.batch_size: {batch_size} is the global batch and does not split evenly over {world_size} processes; "
-            f"set it to a multiple of {world_size} ({' or '.join(map(str, near))}) or launch a number of processes that divides {batch_size}"
+            f"set it to a multiple of {world_size} ({' or '.join(map(str, near))}) or launch a number of processes that divides "
+            f"{batch_size}"
         )
     return batch_size // world_size
 
@@ -173,7 +175,10 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
     scratch_dir = output.parent / f".{output.name}.scratch"
     if recipe.model.scratch is not None:  # a random-init model (the task builds it): the "pretrained" model, built here
         if world_size > 1:  # every rank would build (and delete) the same folder
-            raise RecipeError("recipe.model.scratch: train a scratch model in one process (ranks would race on building it); run `ftexport train` without a launcher")
+            raise RecipeError(
+                "recipe.model.scratch: train a scratch model in one process (ranks would race on building it); run `ftexport train` "
+                "without a launcher"
+            )
 
         progress.step(f"train: building a random-init model {recipe.model.scratch.config} and a tokenizer from the train split")
         shutil.rmtree(scratch_dir, ignore_errors=True)
@@ -184,7 +189,9 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
 
     tokenizer = task.prepare_tokenizer(load_tokenizer(base))
     progress.step(
-        f"train: {len(data['train'])} examples" + (f", labels {data.label_names}" if task.labelled else "") + f", method {recipe.method.name}, device {device}"
+        f"train: {len(data['train'])} examples"
+        + (f", labels {data.label_names}" if task.labelled else "")
+        + f", method {recipe.method.name}, device {device}"
         + (f", {world_size} processes x batch {device_batch}" if world_size > 1 else "")
     )
     transformers.set_seed(t.seed)
@@ -195,7 +202,9 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
         dropout_override(model, t.dropout)
     model = apply_method(model, recipe.method, task, total_steps(t, len(data["train"]), device_batch, world_size))
     params = trainable_parameters(model)
-    progress.info(f"{recipe.method.name}: trainable parameters {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)")
+    progress.info(
+        f"{recipe.method.name}: trainable parameters {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)"
+    )
 
     train_ds = task.dataset(tokenizer, data["train"].inputs, data["train"].labels, max_len)
     dev_ds = task.dataset(tokenizer, dev.inputs, dev.labels, max_len) if dev is not None else None

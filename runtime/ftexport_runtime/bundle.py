@@ -349,9 +349,7 @@ class Bundle:
         """The named variant, or the bundle's default for `backend` (e.g. int8 on CPU, fp16 on CUDA)."""
         name = name or self.manifest.backend_defaults.get(backend) or self.manifest.default_variant
         if name not in self.manifest.variants:
-            raise BundleError(
-                f"{self.root}: no variant {name!r} in this bundle (it has: {', '.join(self.manifest.variants)})"
-            )
+            raise BundleError(f"{self.root}: no variant {name!r} in this bundle (it has: {', '.join(self.manifest.variants)})")
         return self.manifest.variants[name]
 
 

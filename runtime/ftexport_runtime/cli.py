@@ -33,8 +33,14 @@ def _predict(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback)
     results = predictor.generate(
-        list(args.prompts), max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
+        list(args.prompts),
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_cache=not args.no_cache,
     )
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
@@ -89,7 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
     ).check()
     predictor = Predictor.from_bundle(
-        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, max_batch=args.max_batch, fallback=args.fallback,
+        args.bundle,
+        variant=args.variant,
+        backend=args.backend,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        fallback=args.fallback,
         session_options=serving_session_options(),
     )
     head = predictor.head
@@ -103,20 +114,28 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", help="model variant from the manifest (default: the bundle's default); with --backend "
-                   "tensorrt and a bundle that holds TensorRT engines, the engine (fp16, int8, ...)")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "tensorrt"],
-                   help="execution backend; tensorrt runs the bundle's TensorRT engine, or ONNX Runtime's TensorRT provider when it has none")
-    p.add_argument("--fallback", choices=["cuda"],
-                   help="with --backend tensorrt: when the engine was built for another GPU or TensorRT version (or TensorRT is "
-                        "missing), run its ONNX model on ONNX Runtime CUDA instead of refusing")
+    p.add_argument(
+        "--variant",
+        help="model variant from the manifest (default: the bundle's default); with --backend "
+        "tensorrt and a bundle that holds TensorRT engines, the engine (fp16, int8, ...)",
+    )
+    p.add_argument(
+        "--backend",
+        default="cpu",
+        choices=["cpu", "cuda", "tensorrt"],
+        help="execution backend; tensorrt runs the bundle's TensorRT engine, or ONNX Runtime's TensorRT provider when it has none",
+    )
+    p.add_argument(
+        "--fallback",
+        choices=["cuda"],
+        help="with --backend tensorrt: when the engine was built for another GPU or TensorRT version (or TensorRT is "
+        "missing), run its ONNX model on ONNX Runtime CUDA instead of refusing",
+    )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(
-        prog="ftexport-runtime", description="Run ftexport bundles with ONNX Runtime (no torch)."
-    )
+    parser = argparse.ArgumentParser(prog="ftexport-runtime", description="Run ftexport bundles with ONNX Runtime (no torch).")
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, argparse.ArgumentParser] = {}
 
@@ -161,15 +180,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port, printed at start)")
     _backend_args(p)
     p.add_argument("--max-batch", type=int, default=32, help="most texts per model call (default: 32)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a batch under --max-batch waits for more requests (default: 5)")
-    p.add_argument("--queue-size", type=int, default=256,
-                   help="most texts waiting; beyond it requests get 503 (default: 256)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch under --max-batch waits for more requests (default: 5)")
+    p.add_argument("--queue-size", type=int, default=256, help="most texts waiting; beyond it requests get 503 (default: 256)")
     p.add_argument("--max-text-chars", type=int, default=10_000, help="longest text accepted (default: 10000)")
     p.add_argument("--max-request-items", type=int, default=64, help="most texts per request (default: 64)")
     p.add_argument("--no-batching", action="store_true", help="run each request as its own model call")
-    p.add_argument("--graceful-timeout", type=float, default=30.0,
-                   help="seconds to finish in-flight requests after SIGTERM/SIGINT (default: 30)")
+    p.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests after SIGTERM/SIGINT (default: 30)"
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=_serve)
     return parser, commands

@@ -75,8 +75,15 @@ class Predictor:
         self.variant: Variant = bundle.variant(variant, self.backend.name)
         self.tokenizer = self._load_tokenizer()
         self.threads = threads
-        runner = OrtEngine.from_bundle(bundle, self.variant, self.backend, session_options, threads, verify=verify_loaded,
-                                       io_binding=head.encoder and self.backend.name != "cpu")
+        runner = OrtEngine.from_bundle(
+            bundle,
+            self.variant,
+            self.backend,
+            session_options,
+            threads,
+            verify=verify_loaded,
+            io_binding=head.encoder and self.backend.name != "cpu",
+        )
         self._runner = runner
         self.session = runner.session
         unknown = set(runner.input_types) - set(ENCODER_INPUTS)
@@ -250,8 +257,17 @@ class Predictor:
                     ) from None
         return texts
 
-    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> list[Any]:
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> list[Any]:
         """text-generation bundles: continue each prompt (greedy, or sampled with temperature,
         top-k and top-p from a numpy RNG seeded with `seed`); see ftexport_runtime.heads.generate."""
         return self._head_method("generate")(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, use_cache)

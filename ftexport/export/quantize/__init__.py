@@ -96,7 +96,11 @@ def quantize_key(bundle_dir: Path, section: Any, data: Any = None, gate: Any = N
 
     needs_data = any(MODES[m].static for m in section.modes) or section.accuracy_aware.enabled
     return make_key(
-        "quantize", key_of(bundle_dir) or str(bundle_dir.resolve()), section.model_dump(), OUTPUT_FORMAT, ort.__version__,
+        "quantize",
+        key_of(bundle_dir) or str(bundle_dir.resolve()),
+        section.model_dump(),
+        OUTPUT_FORMAT,
+        ort.__version__,
         fingerprint(data) if needs_data and data is not None else None,
         gate.model_dump() if gate is not None and section.accuracy_aware.enabled else None,
     )
@@ -117,20 +121,28 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
     int8_modes = [m for m in modes if m.int8]
     calibrated = any(m.static for m in modes)
     if calibrated and (data is None or (data.hub is None and data.split_path(section.calibration.split) is None)):
-        raise RecipeError(f"quantize: static int8 needs calibration data; give a recipe whose data.{section.calibration.split} split exists (--recipe R)")
+        raise RecipeError(
+            f"quantize: static int8 needs calibration data; give a recipe whose data.{section.calibration.split} split exists (--recipe R)"
+        )
     if section.accuracy_aware.enabled and (data is None or gate is None or not int8_modes):
         raise RecipeError("quantize: accuracy-aware int8 needs a recipe (validation texts and the int8 gate) and an int8 mode")
 
     bundle = Bundle.open(bundle_dir)  # refuses a tampered or truncated model before any work
     task = get_task(bundle.manifest.task)
-    unsupported = [m.name for m in modes if m.name not in task.quantize_modes] + ([f"optimize {section.optimize}"] if section.optimize and not task.graph_optimization else [])
+    unsupported = [m.name for m in modes if m.name not in task.quantize_modes] + (
+        [f"optimize {section.optimize}"] if section.optimize and not task.graph_optimization else []
+    )
     if unsupported:
-        raise RecipeError(f"quantize: a {task.name} bundle takes {', '.join(task.quantize_modes)} only, not {', '.join(unsupported)} "
-                          f"(use --mode {task.quantize_modes[0]})")
+        raise RecipeError(
+            f"quantize: a {task.name} bundle takes {', '.join(task.quantize_modes)} only, not {', '.join(unsupported)} "
+            f"(use --mode {task.quantize_modes[0]})"
+        )
     if section.accuracy_aware.enabled and not task.accuracy_aware:
         able = ", ".join(t.name for t in TASKS.values() if t.accuracy_aware)
-        raise RecipeError(f"quantize.accuracy_aware: supported for {able} only, not {task.name}; "
-                          "turn it off (validate's int8 gate still judges the int8 model)")
+        raise RecipeError(
+            f"quantize.accuracy_aware: supported for {able} only, not {task.name}; "
+            "turn it off (validate's int8 gate still judges the int8 model)"
+        )
     src = bundle.variant("fp32")
     onnx_io(bundle.path_of(src.file))
     manifest = bundle.manifest
@@ -158,7 +170,9 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
                 aa = section.accuracy_aware
                 split = load_data(data.model_copy(update={"max_eval_samples": aa.samples}), ("validation",)).splits.get("validation")
                 if split is None:
-                    raise RecipeError("quantize: accuracy-aware int8 needs a data.validation split to measure on (the test split stays unseen)")
+                    raise RecipeError(
+                        "quantize: accuracy-aware int8 needs a data.validation split to measure on (the test split stays unseen)"
+                    )
                 scorer = Scorer(predictor, split.texts, split.labels, None)
                 timing = predictor.encode([max(split.texts, key=len)])
 
@@ -172,7 +186,9 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
                 return int8_onnx(int8_source, dst, static, section, reader, only, exclude)
 
             if scorer is not None and gate is not None:
-                detail = accuracy_aware(int8_source, tmp / mode.file, build, mode.ops, scorer, gate, section.accuracy_aware.max_fp32_layers, timing)
+                detail = accuracy_aware(
+                    int8_source, tmp / mode.file, build, mode.ops, scorer, gate, section.accuracy_aware.max_fp32_layers, timing
+                )
             else:
                 detail = build(tmp / mode.file, None, [])
             if fused:
@@ -191,7 +207,9 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
                 break
         _gpu_defaults(manifest, tmp)
         write_manifest(tmp, manifest)
-        StageRecord("quantize", quantize_key(bundle_dir, section, data, gate), {"bundle": key_of(bundle_dir)}, section.model_dump()).write(tmp)
+        StageRecord("quantize", quantize_key(bundle_dir, section, data, gate), {"bundle": key_of(bundle_dir)}, section.model_dump()).write(
+            tmp
+        )
     return manifest
 
 
@@ -223,7 +241,9 @@ def _texts(data: Any, split: str, n: int) -> list[str]:
     return loaded.texts
 
 
-def _add_optimized(manifest: Manifest, tmp: Path, src_file: str, level: str, name: str, file: str, precision: str, extra: dict[str, Any]) -> None:
+def _add_optimized(
+    manifest: Manifest, tmp: Path, src_file: str, level: str, name: str, file: str, precision: str, extra: dict[str, Any]
+) -> None:
     """Optimize the fp32 model at `level` (Optimum) into `file` and record it as variant `name`."""
     work = tmp / f"_{name}"
     produced, detail = optimize_onnx(tmp, src_file, work, level)

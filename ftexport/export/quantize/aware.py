@@ -101,7 +101,9 @@ def accuracy_aware(
         shutil.rmtree(work)
         return {**detail, "accuracy_aware": report}
 
-    progress.info(f"accuracy-aware: all-int8 fails {', '.join(first['failed'])} (agreement {first['agreement']:.4f}); measuring layer sensitivity")
+    progress.info(
+        f"accuracy-aware: all-int8 fails {', '.join(first['failed'])} (agreement {first['agreement']:.4f}); measuring layer sensitivity"
+    )
     layers = quantizable_layers(src, op_types)
     sensitivity = []
     for name, nodes in layers.items():
@@ -142,5 +144,3 @@ def accuracy_aware(
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in ("agreement", "accuracy", "accuracy_drop", "max_logit_diff", "mean_logit_diff", "passed")}
-
-

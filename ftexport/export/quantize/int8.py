@@ -56,25 +56,48 @@ def int8_onnx(
     # Contrib ops of a fused graph (Attention, SkipLayerNormalization, ...) have no ONNX
     # type inference; without a default type the quantizer cannot find their weights' types.
     extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    common = dict(per_channel=section.per_channel, reduce_range=section.reduce_range, weight_type=QuantType.QInt8,
-                  nodes_to_quantize=nodes_to_quantize or [], nodes_to_exclude=nodes_to_exclude or [], extra_options=extra)
+    common = dict(
+        per_channel=section.per_channel,
+        reduce_range=section.reduce_range,
+        weight_type=QuantType.QInt8,
+        nodes_to_quantize=nodes_to_quantize or [],
+        nodes_to_exclude=nodes_to_exclude or [],
+        extra_options=extra,
+    )
     root = logging.getLogger()  # the quantizer warns through the root logger, one line per tensor
     level = root.level
     root.setLevel(logging.ERROR)
     try:
         if static:
             if reader is None:
-                raise RecipeError("static int8 needs calibration texts; give a recipe with a data.train split (ftexport quantize --recipe R)")
+                raise RecipeError(
+                    "static int8 needs calibration texts; give a recipe with a data.train split (ftexport quantize --recipe R)"
+                )
             reader.rewind()
             cal = section.calibration
             # symmetric: int8 activations with zero point 0, the only int8 TensorRT's explicit quantization reads
             extra.update({"ActivationSymmetric": section.symmetric, "WeightSymmetric": True, "CalibPercentile": cal.percentile})
-            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[cal.method]
+            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[
+                cal.method
+            ]
             fmt = QuantFormat.QDQ if section.format == "qdq" else QuantFormat.QOperator
-            quantize_static(str(src), str(dst), reader, quant_format=fmt, op_types_to_quantize=STATIC_OPS,
-                            activation_type=QuantType.QInt8 if section.symmetric else QuantType.QUInt8, calibrate_method=method, **common)
-            detail = {"mode": "static", "format": section.format, "calibration": cal.model_dump(), "operators": STATIC_OPS,
-                      "activations": "int8 symmetric (calibrated)" if section.symmetric else "uint8 (calibrated)"}
+            quantize_static(
+                str(src),
+                str(dst),
+                reader,
+                quant_format=fmt,
+                op_types_to_quantize=STATIC_OPS,
+                activation_type=QuantType.QInt8 if section.symmetric else QuantType.QUInt8,
+                calibrate_method=method,
+                **common,
+            )
+            detail = {
+                "mode": "static",
+                "format": section.format,
+                "calibration": cal.model_dump(),
+                "operators": STATIC_OPS,
+                "activations": "int8 symmetric (calibrated)" if section.symmetric else "uint8 (calibrated)",
+            }
         else:
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=DYNAMIC_OPS, **common)
             detail = {"mode": "dynamic", "format": "qoperator", "operators": DYNAMIC_OPS, "activations": "uint8 (scaled at run time)"}
@@ -124,5 +147,3 @@ def typed(src: Path, dst: Path) -> Path:
         progress.info(f"shape inference on the fused graph failed ({str(e)[:120]}); quantizing with default types")
         return src
     return dst
-
-

@@ -32,9 +32,14 @@ class ClassifyCase(ParityCase):
         self.examples = len(self.texts)
         self.details = {}
         model = reference_device(load_reference(reference_dir, task))
-        self.reference_logits = predict_logits(model, load_tokenizer(reference_dir, "reference model"), self.texts, manifest.max_length, batch_size)
-        self.reference = {"backend": "pytorch", "device": str(next(model.parameters()).device),
-                          **task.metrics(self.reference_logits, self.gold, len(self.labels))}
+        self.reference_logits = predict_logits(
+            model, load_tokenizer(reference_dir, "reference model"), self.texts, manifest.max_length, batch_size
+        )
+        self.reference = {
+            "backend": "pytorch",
+            "device": str(next(model.parameters()).device),
+            **task.metrics(self.reference_logits, self.gold, len(self.labels)),
+        }
         progress.info(f"pytorch   accuracy {self.reference['accuracy']:.4f} on {self.examples} examples")
 
     def score(self, predictor: Any) -> dict[str, Any]:
@@ -79,8 +84,9 @@ class TextClassification(Task):
 
         return compute
 
-    def metrics(self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None,
-                label_names: list[str] | None = None) -> dict[str, float]:
+    def metrics(
+        self, logits: np.ndarray, labels: np.ndarray | list[int], num_labels: int | None = None, label_names: list[str] | None = None
+    ) -> dict[str, float]:
         from sklearn.metrics import f1_score
 
         labels = np.asarray(labels)
@@ -108,9 +114,22 @@ class TextClassification(Task):
                 continue
             failed = [c["name"] for c in v["checks"] if not c["passed"]]
             verdict = "PASS" if v["passed"] else "FAIL: " + ", ".join(failed)
-            rows.append([f"onnx {name}", v["precision"], v["accuracy"], v["macro_f1"], v["accuracy_drop"], v["agreement"], f"{v['max_logit_diff']:.2e}", verdict])
+            rows.append(
+                [
+                    f"onnx {name}",
+                    v["precision"],
+                    v["accuracy"],
+                    v["macro_f1"],
+                    v["accuracy_drop"],
+                    v["agreement"],
+                    f"{v['max_logit_diff']:.2e}",
+                    verdict,
+                ]
+            )
         head = f"Parity on the {report['split']} split ({report['examples']} examples)\n\n"
-        return head + markdown_table(["model", "precision", "accuracy", "macro-F1", "acc. drop", "top-1 agreement", "max |Δlogit|", "gate"], rows)
+        return head + markdown_table(
+            ["model", "precision", "accuracy", "macro-F1", "acc. drop", "top-1 agreement", "max |Δlogit|", "gate"], rows
+        )
 
     def bench_table(self, report: Any) -> str:
         return bench_table(report)

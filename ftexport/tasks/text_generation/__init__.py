@@ -36,11 +36,26 @@ class TextGeneration(Task):
     tensorrt = False
     scratch = True
     gate_fields = (
-        GateField("min_greedy_match", "greedy_match", "min", "text-generation: share of held-out prompts whose greedy continuation "
-                  "equals PyTorch's token for token (fp32 default 1.0)", ge=0, le=1),
+        GateField(
+            "min_greedy_match",
+            "greedy_match",
+            "min",
+            "text-generation: share of held-out prompts whose greedy continuation equals PyTorch's token for token (fp32 default 1.0)",
+            ge=0,
+            le=1,
+        ),
         GateField("max_perplexity_ratio", "perplexity_ratio", "max", "text-generation: held-out perplexity / PyTorch's perplexity", ge=1),
     )
-    summary_keys = ("accuracy", "accuracy_drop", "agreement", "max_logit_diff", "mean_logit_diff", "perplexity", "perplexity_ratio", "greedy_match")
+    summary_keys = (
+        "accuracy",
+        "accuracy_drop",
+        "agreement",
+        "max_logit_diff",
+        "mean_logit_diff",
+        "perplexity",
+        "perplexity_ratio",
+        "greedy_match",
+    )
     reference_keys = ("accuracy", "perplexity")
 
     def load_model(self, path: str | Path, label_names: list[str], trust_remote_code: bool = False) -> Any:
@@ -79,7 +94,9 @@ class TextGeneration(Task):
         # which with pad = eos (GPT-2) drops every eos target and the model never learns to stop.
         from transformers import DataCollatorForSeq2Seq
 
-        return DataCollatorForSeq2Seq(tokenizer, padding=padding, max_length=max_length if padding == "max_length" else None, label_pad_token_id=-100)
+        return DataCollatorForSeq2Seq(
+            tokenizer, padding=padding, max_length=max_length if padding == "max_length" else None, label_pad_token_id=-100
+        )
 
     def best_metric(self, metric: str) -> tuple[str, bool]:
         return "loss", False  # perplexity = exp(loss): the lowest loss is the best checkpoint

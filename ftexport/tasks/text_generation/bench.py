@@ -55,9 +55,16 @@ def _torch_calls(model: Any, n: int) -> tuple[Any, Any]:
     def generate(prompt: list[int]) -> list[int]:
         ids = torch.tensor([prompt])
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True, max_new_tokens=n,
-                                 pad_token_id=model.config.pad_token_id, num_beams=1)
-        return out[0, len(prompt):].tolist()
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                use_cache=True,
+                max_new_tokens=n,
+                pad_token_id=model.config.pad_token_id,
+                num_beams=1,
+            )
+        return out[0, len(prompt) :].tolist()
 
     return prefill, generate
 
@@ -82,7 +89,10 @@ class GenerationProbe(BenchProbe):
 
     def ort(self, predictor: Any) -> Calls:
         gen = _Eosless(predictor.generator)
-        return Calls(lambda prompt: gen.generate(prompt, NEW_TOKENS), {"prefill": gen.prefill, "generate": lambda prompt: gen.generate(prompt, NEW_TOKENS)})
+        return Calls(
+            lambda prompt: gen.generate(prompt, NEW_TOKENS),
+            {"prefill": gen.prefill, "generate": lambda prompt: gen.generate(prompt, NEW_TOKENS)},
+        )
 
     def torch(self, model: Any, tokenizer: Any, max_length: int, device: str) -> Calls:
         model.generation_config.eos_token_id = None  # never stop, and eos stays a candidate token, as in _Eosless
@@ -123,16 +133,32 @@ def _matches(row: dict[str, Any]) -> bool:
 
 
 def bench_table(report: Any) -> str:
-    rows = [[r["backend"], r["phase"], r["seq_len"], *(f"{r[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms")),
-             f"{1e3 / r['p50_ms']:.1f}" if r["phase"] == "per token" and r["p50_ms"] > 0 else None,
-             f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None, "yes" if _matches(r) else "NO"]
-            for r in report["results"]]
+    rows = [
+        [
+            r["backend"],
+            r["phase"],
+            r["seq_len"],
+            *(f"{r[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms")),
+            f"{1e3 / r['p50_ms']:.1f}" if r["phase"] == "per token" and r["p50_ms"] > 0 else None,
+            f"{r['speedup_vs_pytorch']:.2f}x" if r.get("speedup_vs_pytorch") else None,
+            "yes" if _matches(r) else "NO",
+        ]
+        for r in report["results"]
+    ]
     m = report["machine"]
-    head = (f"Generation latency on {m['cpu']} ({m['cores']} cores, {report['threads']} threads), batch 1, prompt {report['seq_len']} tokens, "
-            f"{report['new_tokens']} greedy tokens; per token = (generation - prefill) / {report['new_tokens'] - 1}\n\n")
+    head = (
+        f"Generation latency on {m['cpu']} ({m['cores']} cores, {report['threads']} threads), batch 1, prompt {report['seq_len']} tokens, "
+        f"{report['new_tokens']} greedy tokens; per token = (generation - prefill) / {report['new_tokens'] - 1}\n\n"
+    )
     notes = [f"- {b}: skipped ({why})" for b, why in report.get("skipped", {}).items()] + [f"- {n}" for n in report.get("notes", [])]
-    return head + markdown_table(["backend", "phase", "prompt", "p50 ms", "p90 ms", "p99 ms", "tokens/s", "vs PyTorch", f"same tokens as {report['baseline']}"], rows) + (
-        "\n\n" + "\n".join(notes) if notes else "")
+    return (
+        head
+        + markdown_table(
+            ["backend", "phase", "prompt", "p50 ms", "p90 ms", "p99 ms", "tokens/s", "vs PyTorch", f"same tokens as {report['baseline']}"],
+            rows,
+        )
+        + ("\n\n" + "\n".join(notes) if notes else "")
+    )
 
 
 def summary_table(parity: Any, bench: Any) -> str:
@@ -145,6 +171,13 @@ def summary_table(parity: Any, bench: Any) -> str:
     rows = [["PyTorch fp32", f"{parity['reference']['perplexity']:.3f}", None, f"{base:.2f}" if base else None, "1.00x" if base else None]]
     for name, v in parity["variants"].items():
         ms = per_token(f"ort-{name}")
-        rows.append([f"ONNX {name}", f"{v['perplexity']:.3f}" if "perplexity" in v else None, v.get("greedy_match"),
-                     f"{ms:.2f}" if ms else None, f"{base / ms:.2f}x" if ms and base else None])
+        rows.append(
+            [
+                f"ONNX {name}",
+                f"{v['perplexity']:.3f}" if "perplexity" in v else None,
+                v.get("greedy_match"),
+                f"{ms:.2f}" if ms else None,
+                f"{base / ms:.2f}x" if ms and base else None,
+            ]
+        )
     return markdown_table(["model", f"{parity['split']} perplexity", "greedy match", "ms per token (batch 1)", "speed-up vs PyTorch"], rows)

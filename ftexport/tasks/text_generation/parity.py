@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ftexport_runtime import Predictor
 from ftexport_runtime.heads.generate import token_nll
 
@@ -97,9 +96,17 @@ def torch_greedy(model: Any, prompts: list[list[int]], new_tokens: int, eos: int
     with torch.inference_mode():
         for p in prompts:
             ids = torch.tensor([p], device=device)
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, use_cache=True, max_new_tokens=new_tokens,
-                                 eos_token_id=eos, pad_token_id=pad, num_beams=1)
-            out.append([int(t) for t in gen[0, len(p):].tolist()])
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                use_cache=True,
+                max_new_tokens=new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                num_beams=1,
+            )
+            out.append([int(t) for t in gen[0, len(p) :].tolist()])
     return out
 
 
@@ -119,23 +126,36 @@ class GenerationCase(ParityCase):
         self.examples = len(texts)
         self.batches = [base.perplexity_inputs(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
         self.prompts = prompts_from(base, texts, check)
-        progress.info(f"{len(texts)} texts (perplexity) and {len(self.prompts)} prompts of {check.prompt_tokens} tokens "
-                      f"(greedy, {check.new_tokens} new tokens)")
+        progress.info(
+            f"{len(texts)} texts (perplexity) and {len(self.prompts)} prompts of {check.prompt_tokens} tokens "
+            f"(greedy, {check.new_tokens} new tokens)"
+        )
         model = reference_device(task.auto_model_class().from_pretrained(str(reference_dir))).eval()
         device = next(model.parameters()).device
         self.reference_logits: list[np.ndarray] = []
         ref = _Stats()
         with torch.inference_mode():
             for ids, mask in self.batches:
-                logits = model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device)).logits.float().cpu().numpy()
+                logits = (
+                    model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
+                    .logits.float()
+                    .cpu()
+                    .numpy()
+                )
                 self.reference_logits.append(logits)
                 ref.add(logits, ids, mask, None)
         r = ref.result()
         self.reference_greedy = torch_greedy(model, self.prompts, check.new_tokens, base.eos_id, base.pad_id)
         del model
         progress.info(f"pytorch   perplexity {r['perplexity']:.3f}  next-token accuracy {r['accuracy']:.4f}")
-        self.reference = {"backend": "pytorch", "device": str(device), "perplexity": r["perplexity"], "accuracy": r["accuracy"],
-                          "tokens": r["tokens"], "greedy_sample": {"prompt": self.prompts[0], "continuation": self.reference_greedy[0]}}
+        self.reference = {
+            "backend": "pytorch",
+            "device": str(device),
+            "perplexity": r["perplexity"],
+            "accuracy": r["accuracy"],
+            "tokens": r["tokens"],
+            "greedy_sample": {"prompt": self.prompts[0], "continuation": self.reference_greedy[0]},
+        }
         self.details = {"prompts": len(self.prompts), "prompt_tokens": check.prompt_tokens, "new_tokens": check.new_tokens}
 
     def score(self, predictor: Any) -> dict[str, Any]:
@@ -148,8 +168,9 @@ class GenerationCase(ParityCase):
         result: dict[str, Any] = stats.result()
         result["perplexity_ratio"] = result["perplexity"] / self.reference["perplexity"]
         result["greedy_match"] = sum(same) / len(same)
-        result["greedy_mismatches"] = [{"prompt": p, "pytorch": r, "onnx": g}
-                                       for p, r, g, ok in zip(self.prompts, self.reference_greedy, greedy, same) if not ok][:3]
+        result["greedy_mismatches"] = [
+            {"prompt": p, "pytorch": r, "onnx": g} for p, r, g, ok in zip(self.prompts, self.reference_greedy, greedy, same) if not ok
+        ][:3]
         return result
 
     def gate(self, precision: str, gates: dict[str, Any]) -> Any:
@@ -159,8 +180,10 @@ class GenerationCase(ParityCase):
         return gate
 
     def summary(self, r: dict[str, Any]) -> str:
-        return (f"perplexity {r['perplexity']:.3f} (x{r['perplexity_ratio']:.4f})  greedy match {r['greedy_match']:.3f}  "
-                f"next-token agreement {r['agreement']:.4f}  max |dlogit| {r['max_logit_diff']:.2e}")
+        return (
+            f"perplexity {r['perplexity']:.3f} (x{r['perplexity_ratio']:.4f})  greedy match {r['greedy_match']:.3f}  "
+            f"next-token agreement {r['agreement']:.4f}  max |dlogit| {r['max_logit_diff']:.2e}"
+        )
 
 
 def parity_table(report: Any) -> str:
@@ -171,9 +194,35 @@ def parity_table(report: Any) -> str:
             rows.append([f"onnx {name}", v["precision"], None, None, None, None, None, None, f"FAIL: {v['error']}"])
             continue
         failed = [c["name"] for c in v["checks"] if not c["passed"]]
-        rows.append([f"onnx {name}", v["precision"], f"{v['perplexity']:.3f}", f"{v['perplexity_ratio']:.4f}", v["accuracy"], v["agreement"],
-                     f"{v['greedy_match']:.3f}", f"{v['max_logit_diff']:.2e}", "PASS" if v["passed"] else "FAIL: " + ", ".join(failed)])
-    head = (f"Parity on the {report['split']} split: perplexity over {report['examples']} texts ({ref['tokens']} tokens); greedy continuations "
-            f"of {report['prompts']} prompts ({report['prompt_tokens']} tokens + {report['new_tokens']} new) vs PyTorch generate(use_cache=True)\n\n")
-    return head + markdown_table(["model", "precision", "perplexity", "ppl ratio", "next-token acc.", "next-token agreement", "greedy match",
-                                  "max |Δlogit|", "gate"], rows)
+        rows.append(
+            [
+                f"onnx {name}",
+                v["precision"],
+                f"{v['perplexity']:.3f}",
+                f"{v['perplexity_ratio']:.4f}",
+                v["accuracy"],
+                v["agreement"],
+                f"{v['greedy_match']:.3f}",
+                f"{v['max_logit_diff']:.2e}",
+                "PASS" if v["passed"] else "FAIL: " + ", ".join(failed),
+            ]
+        )
+    head = (
+        f"Parity on the {report['split']} split: perplexity over {report['examples']} texts ({ref['tokens']} tokens); greedy continuations "
+        f"of {report['prompts']} prompts ({report['prompt_tokens']} tokens + {report['new_tokens']} new) vs PyTorch "
+        f"generate(use_cache=True)\n\n"
+    )
+    return head + markdown_table(
+        [
+            "model",
+            "precision",
+            "perplexity",
+            "ppl ratio",
+            "next-token acc.",
+            "next-token agreement",
+            "greedy match",
+            "max |Δlogit|",
+            "gate",
+        ],
+        rows,
+    )

@@ -25,14 +25,19 @@ def build_scratch(scratch: Any, texts: list[str], max_length: int, out: Path) ->
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=scratch.vocab_size, special_tokens=[EOS, PAD],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=scratch.vocab_size, special_tokens=[EOS, PAD], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=PAD, model_max_length=max_length)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=PAD, model_max_length=max_length
+    )
     fields = {"n_positions": max_length, **scratch.config}
     if int(fields["n_positions"]) < max_length:
         raise RecipeError(f"recipe.model.scratch.config.n_positions: {fields['n_positions']} is below model.max_length {max_length}")
-    config = GPT2Config(vocab_size=len(fast), bos_token_id=fast.eos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, **fields)
+    config = GPT2Config(
+        vocab_size=len(fast), bos_token_id=fast.eos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, **fields
+    )
     torch.manual_seed(scratch.seed)
     out.mkdir(parents=True, exist_ok=True)
     GPT2LMHeadModel(config).save_pretrained(str(out))

@@ -38,10 +38,28 @@ class TokenClassification(TextClassification):
     # peft's "all-linear" leaves the classifier head out for SEQ_CLS only; for TOKEN_CLS it
     # would wrap the head in LoRA and then fail to also train it fully (modules_to_save).
     lora_exclude = ["classifier", "score"]
-    gate_fields = (GateField("min_entity_agreement", "entity_agreement", "min",
-                             "token-classification: entity-level F1 of this variant's entities against PyTorch's", ge=0, le=1),)
-    summary_keys = ("accuracy", "f1", "entity_precision", "recall", "f1_drop", "entity_agreement", "sentence_agreement", "agreement",
-                    "max_logit_diff", "mean_logit_diff")
+    gate_fields = (
+        GateField(
+            "min_entity_agreement",
+            "entity_agreement",
+            "min",
+            "token-classification: entity-level F1 of this variant's entities against PyTorch's",
+            ge=0,
+            le=1,
+        ),
+    )
+    summary_keys = (
+        "accuracy",
+        "f1",
+        "entity_precision",
+        "recall",
+        "f1_drop",
+        "entity_agreement",
+        "sentence_agreement",
+        "agreement",
+        "max_logit_diff",
+        "mean_logit_diff",
+    )
     reference_keys = ("accuracy", "entity_precision", "recall", "f1")
 
     def auto_model_class(self) -> Any:
@@ -58,10 +76,12 @@ class TokenClassification(TextClassification):
         from transformers import DataCollatorForTokenClassification
 
         return DataCollatorForTokenClassification(
-            tokenizer, padding=padding, max_length=max_length if padding == "max_length" else None, label_pad_token_id=IGNORE)
+            tokenizer, padding=padding, max_length=max_length if padding == "max_length" else None, label_pad_token_id=IGNORE
+        )
 
-    def metrics(self, logits: np.ndarray, labels: np.ndarray | list[Any], num_labels: int | None = None,
-                label_names: list[str] | None = None) -> dict[str, float]:
+    def metrics(
+        self, logits: np.ndarray, labels: np.ndarray | list[Any], num_labels: int | None = None, label_names: list[str] | None = None
+    ) -> dict[str, float]:
         """Trainer's eval output: [n, seq, labels] logits and [n, seq] sub-token labels (-100 skipped)."""
         names = label_names or [str(i) for i in range(num_labels or np.asarray(logits).shape[-1])]
         preds = np.asarray(logits).argmax(-1)

@@ -67,13 +67,22 @@ class TokensCase(ParityCase):
         self.examples = len(self.words)
         progress.info(f"{len(self.words)} sentences ({sum(self.n_words)} words), entity level")
         model = reference_device(task.auto_model_class().from_pretrained(str(reference_dir)))
-        self.reference_logits = reference_word_logits(model, load_tokenizer(reference_dir, "reference model"), self.words, manifest.max_length, batch_size)
+        self.reference_logits = reference_word_logits(
+            model, load_tokenizer(reference_dir, "reference model"), self.words, manifest.max_length, batch_size
+        )
         self.reference_tags = tags_from_logits(self.reference_logits, self.n_words, self.labels)
         self.reference_flat = np.concatenate(self.reference_logits)
-        self.reference = {"backend": "pytorch", "device": str(next(model.parameters()).device), **scores(self.gold, self.reference_tags),
-                          "per_class": class_report(self.gold, self.reference_tags)}
+        self.reference = {
+            "backend": "pytorch",
+            "device": str(next(model.parameters()).device),
+            **scores(self.gold, self.reference_tags),
+            "per_class": class_report(self.gold, self.reference_tags),
+        }
         self.details = {"metric": METRIC, "words": sum(self.n_words)}
-        progress.info(f"pytorch   entity F1 {self.reference['f1']:.4f}  (P {self.reference['entity_precision']:.4f}  R {self.reference['recall']:.4f})")
+        progress.info(
+            f"pytorch   entity F1 {self.reference['f1']:.4f}  (P {self.reference['entity_precision']:.4f}  R "
+            f"{self.reference['recall']:.4f})"
+        )
 
     def score(self, predictor: Any) -> dict[str, Any]:
         logits = predictor.word_logits(self.words)
@@ -87,28 +96,58 @@ class TokensCase(ParityCase):
         return result
 
     def summary(self, r: dict[str, Any]) -> str:
-        return (f"entity F1 {r['f1']:.4f}  entity agreement {r['entity_agreement']:.4f}  "
-                f"token agreement {r['agreement']:.4f}  max |dlogit| {r['max_logit_diff']:.2e}")
+        return (
+            f"entity F1 {r['f1']:.4f}  entity agreement {r['entity_agreement']:.4f}  "
+            f"token agreement {r['agreement']:.4f}  max |dlogit| {r['max_logit_diff']:.2e}"
+        )
 
 
 def parity_table(report: Any) -> str:
     """Token classification: entity-level scores against the gold tags and against PyTorch."""
     ref = report["reference"]
-    rows: list[list[Any]] = [["pytorch (reference)", "fp32", ref["entity_precision"], ref["recall"], ref["f1"], None, None, None, None, "—"]]
+    rows: list[list[Any]] = [
+        ["pytorch (reference)", "fp32", ref["entity_precision"], ref["recall"], ref["f1"], None, None, None, None, "—"]
+    ]
     for name, v in report["variants"].items():
         if "error" in v:
             rows.append([f"onnx {name}", v["precision"], None, None, None, None, None, None, None, f"FAIL: {v['error']}"])
             continue
         failed = [c["name"] for c in v["checks"] if not c["passed"]]
         verdict = "PASS" if v["passed"] else "FAIL: " + ", ".join(failed)
-        rows.append([f"onnx {name}", v["precision"], v["entity_precision"], v["recall"], v["f1"], v["f1_drop"], v["entity_agreement"],
-                     v["agreement"], f"{v['max_logit_diff']:.2e}", verdict])
-    head = (f"Entity-level parity on the {report['split']} split ({report['examples']} sentences, {report.get('words', '?')} words); "
-            "entity agreement = entity F1 against PyTorch's entities, token agreement = top-1 at each word's first sub-token\n\n")
-    table = markdown_table(["model", "precision", "entity P", "entity R", "entity F1", "F1 drop", "entity agreement", "token agreement", "max |Δlogit|", "gate"], rows)
+        rows.append(
+            [
+                f"onnx {name}",
+                v["precision"],
+                v["entity_precision"],
+                v["recall"],
+                v["f1"],
+                v["f1_drop"],
+                v["entity_agreement"],
+                v["agreement"],
+                f"{v['max_logit_diff']:.2e}",
+                verdict,
+            ]
+        )
+    head = (
+        f"Entity-level parity on the {report['split']} split ({report['examples']} sentences, {report.get('words', '?')} words); "
+        "entity agreement = entity F1 against PyTorch's entities, token agreement = top-1 at each word's first sub-token\n\n"
+    )
+    table = markdown_table(
+        [
+            "model",
+            "precision",
+            "entity P",
+            "entity R",
+            "entity F1",
+            "F1 drop",
+            "entity agreement",
+            "token agreement",
+            "max |Δlogit|",
+            "gate",
+        ],
+        rows,
+    )
     per_class = [[k, r["precision"], r["recall"], r["f1-score"], int(r["support"])] for k, r in ref.get("per_class", {}).items()]
     if per_class:
         table += "\n\nPyTorch per entity type (seqeval)\n\n" + markdown_table(["type", "precision", "recall", "F1", "support"], per_class)
     return head + table
-
-

@@ -70,8 +70,10 @@ def _newer_writer(variant: Any) -> str:
     quantize stores dynamic int8 that way) made by a newer onnxruntime than this one."""
     wrote = (variant.details.get("ort_graph") or {}).get("onnxruntime")
     if isinstance(wrote, str) and _version(wrote) > _version(ort.__version__):
-        return (f"; this graph was written by onnxruntime {wrote} and this is {ort.__version__}: "
-                f"pip install 'onnxruntime>={wrote}', or re-quantize the bundle with this version")
+        return (
+            f"; this graph was written by onnxruntime {wrote} and this is {ort.__version__}: "
+            f"pip install 'onnxruntime>={wrote}', or re-quantize the bundle with this version"
+        )
     return ""
 
 
@@ -84,8 +86,16 @@ class OrtEngine:
     io_binding: bind inputs and outputs on the device (GPU backends, encoder models).
     """
 
-    def __init__(self, model: str | bytes, model_path: Path, variant: Any, backend: Backend,
-                 session_options: ort.SessionOptions | None = None, threads: int | None = None, io_binding: bool = False):
+    def __init__(
+        self,
+        model: str | bytes,
+        model_path: Path,
+        variant: Any,
+        backend: Backend,
+        session_options: ort.SessionOptions | None = None,
+        threads: int | None = None,
+        io_binding: bool = False,
+    ):
         check_available(backend)
         opts = session_options or ort.SessionOptions()
         if threads is not None:
@@ -109,8 +119,16 @@ class OrtEngine:
         self.io_binding = io_binding
 
     @classmethod
-    def from_bundle(cls, bundle: Any, variant: Any, backend: Backend, session_options: ort.SessionOptions | None = None,
-                    threads: int | None = None, verify: bool = False, io_binding: bool = False) -> OrtEngine:
+    def from_bundle(
+        cls,
+        bundle: Any,
+        variant: Any,
+        backend: Backend,
+        session_options: ort.SessionOptions | None = None,
+        threads: int | None = None,
+        verify: bool = False,
+        io_binding: bool = False,
+    ) -> OrtEngine:
         """The session of `variant` of an opened Bundle. With `verify`, ONNX Runtime parses the
         very bytes whose sha256 was checked; a model with external data is checked, then opened
         by path (ONNX Runtime reads the files beside it). The bytes are not kept."""

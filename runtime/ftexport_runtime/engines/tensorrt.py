@@ -78,8 +78,14 @@ class EngineSpec:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out = {"file": self.file, "precision": self.precision, "source": self.source, "profile": self.profile.to_json(),
-               "fingerprint": dict(self.fingerprint), "on_longer": self.on_longer}
+        out = {
+            "file": self.file,
+            "precision": self.precision,
+            "source": self.source,
+            "profile": self.profile.to_json(),
+            "fingerprint": dict(self.fingerprint),
+            "on_longer": self.on_longer,
+        }
         if self.details:
             out["details"] = self.details
         return out
@@ -93,12 +99,22 @@ class EngineSpec:
             raise BundleError(f"{w}.precision must be one of {', '.join(precisions)}")
         fp = data.get("fingerprint")
         if not isinstance(fp, dict) or any(not isinstance(fp.get(k), str) for k in MUST_MATCH):
-            raise BundleError(f"{w}.fingerprint must give {', '.join(MUST_MATCH)} as strings; rebuild the engine (ftexport export --trt --bundle B)")
+            raise BundleError(
+                f"{w}.fingerprint must give {', '.join(MUST_MATCH)} as strings; rebuild the engine (ftexport export --trt --bundle B)"
+            )
         on_longer = data.get("on_longer", "error")
         if on_longer not in ON_LONGER:
             raise BundleError(f"{w}.on_longer must be one of {', '.join(ON_LONGER)}, got {on_longer!r}")
-        return cls(name, data["file"], data["precision"], data["source"], Profile.from_json(data.get("profile"), f"{w}.profile"),
-                   {str(k): str(v) for k, v in fp.items()}, on_longer, dict(data.get("details") or {}))
+        return cls(
+            name,
+            data["file"],
+            data["precision"],
+            data["source"],
+            Profile.from_json(data.get("profile"), f"{w}.profile"),
+            {str(k): str(v) for k, v in fp.items()},
+            on_longer,
+            dict(data.get("details") or {}),
+        )
 
 
 def fingerprint_mismatch(built: dict[str, str], here: dict[str, str]) -> list[str]:
@@ -107,9 +123,11 @@ def fingerprint_mismatch(built: dict[str, str], here: dict[str, str]) -> list[st
 
 
 def refusal(spec: EngineSpec, bundle_path: str, problems: list[str]) -> str:
-    return (f"TensorRT engine {spec.name!r} of {bundle_path} was built for another machine ({'; '.join(problems)}); "
-            f"rebuild it here with `ftexport export --trt --bundle {bundle_path}`, or pass fallback='cuda' "
-            "(ftexport-runtime --fallback cuda) to run its ONNX model on ONNX Runtime CUDA instead")
+    return (
+        f"TensorRT engine {spec.name!r} of {bundle_path} was built for another machine ({'; '.join(problems)}); "
+        f"rebuild it here with `ftexport export --trt --bundle {bundle_path}`, or pass fallback='cuda' "
+        "(ftexport-runtime --fallback cuda) to run its ONNX model on ONNX Runtime CUDA instead"
+    )
 
 
 def check_batch(spec: EngineSpec, feeds: dict[str, np.ndarray]) -> None:
@@ -125,8 +143,10 @@ def check_batch(spec: EngineSpec, feeds: dict[str, np.ndarray]) -> None:
                 "or set tensorrt.on_longer: truncate"
             )
         if seq < spec.profile.seq[0] or not spec.profile.batch[0] <= batch <= spec.profile.batch[2]:
-            raise PredictError(f"TensorRT engine {spec.name!r}: batch {batch} x {seq} tokens is outside its profile "
-                               f"(batch {spec.profile.batch[0]}-{spec.profile.batch[2]}, tokens {spec.profile.seq[0]}-{spec.profile.seq[2]})")
+            raise PredictError(
+                f"TensorRT engine {spec.name!r}: batch {batch} x {seq} tokens is outside its profile "
+                f"(batch {spec.profile.batch[0]}-{spec.profile.batch[2]}, tokens {spec.profile.seq[0]}-{spec.profile.seq[2]})"
+            )
 
 
 # ---- the parts that need TensorRT and a GPU -----------------------------------------------
@@ -137,8 +157,9 @@ def driver_version() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             check=False, capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], check=False, capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
@@ -177,8 +198,12 @@ def current_fingerprint(device: int = 0, driver: bool = True) -> dict[str, str]:
     cudart = _cudart()
     props = _call(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return {"tensorrt": trt.__version__, "gpu": name.rstrip("\x00").strip(),
-            "compute_capability": f"{props.major}.{props.minor}", **({"driver": driver_version() or "unknown"} if driver else {})}
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": name.rstrip("\x00").strip(),
+        "compute_capability": f"{props.major}.{props.minor}",
+        **({"driver": driver_version() or "unknown"} if driver else {}),
+    }
 
 
 class EngineRunner:
@@ -195,8 +220,10 @@ class EngineRunner:
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(data)
         if self.engine is None:
-            raise BundleError(f"TensorRT could not deserialize engine {spec.name!r} (corrupt, or from another TensorRT); "
-                              "rebuild it with `ftexport export --trt --bundle B`")
+            raise BundleError(
+                f"TensorRT could not deserialize engine {spec.name!r} (corrupt, or from another TensorRT); "
+                "rebuild it with `ftexport export --trt --bundle B`"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

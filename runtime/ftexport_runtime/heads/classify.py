@@ -30,10 +30,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def classify(logits: np.ndarray, labels: list[str]) -> list[Prediction]:
     probs = softmax(np.asarray(logits, dtype=np.float64))
     best = probs.argmax(axis=-1)
-    return [
-        Prediction(labels[k], float(p[k]), {name: float(x) for name, x in zip(labels, p)})
-        for k, p in zip(best, probs)
-    ]
+    return [Prediction(labels[k], float(p[k]), {name: float(x) for name, x in zip(labels, p)}) for k, p in zip(best, probs)]
 
 
 def check_labels(data: dict[str, Any], where: str) -> None:

@@ -185,8 +185,14 @@ class EntitiesHead:
             encs, logits = self._encode_words(p, chunk)
             for row, (sentence, enc) in enumerate(zip(chunk, encs)):
                 starts = np.cumsum([0] + [len(w) + 1 for w in sentence])  # where each word begins in the joined text
-                offsets = [(0, 0) if w is None else (int(starts[w]) + s, int(starts[w]) + e) for w, (s, e) in zip(enc.word_ids, enc.offsets)]
-                out.append(Entities(tuple(token_entities(logits[row], p.labels, offsets, enc.special_tokens_mask, " ".join(sentence), aggregation))))
+                offsets = [
+                    (0, 0) if w is None else (int(starts[w]) + s, int(starts[w]) + e) for w, (s, e) in zip(enc.word_ids, enc.offsets)
+                ]
+                out.append(
+                    Entities(
+                        tuple(token_entities(logits[row], p.labels, offsets, enc.special_tokens_mask, " ".join(sentence), aggregation))
+                    )
+                )
         return out
 
     def word_logits(self, p: Any, words: Sequence[Sequence[str]]) -> list[np.ndarray]:

@@ -57,8 +57,14 @@ def nucleus_mask(probs: np.ndarray, top_p: float) -> np.ndarray:
     return keep
 
 
-def next_token(logits: np.ndarray, rng: np.random.Generator | None, do_sample: bool = False, temperature: float = 1.0,
-               top_k: int | None = None, top_p: float | None = None) -> int:
+def next_token(
+    logits: np.ndarray,
+    rng: np.random.Generator | None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> int:
     """One token id from a [vocab] logit vector: argmax, or a draw after temperature, top-k, top-p."""
     if not do_sample:
         return int(np.argmax(logits))
@@ -116,7 +122,9 @@ class Generator:
 
     # ---- the model call --------------------------------------------------------------------
 
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One model call: logits [batch, new, vocab] for the new tokens, and the cache after them.
         attention_mask covers past and new tokens; past None means an empty cache (prefill)."""
         batch, new = input_ids.shape
@@ -151,8 +159,17 @@ class Generator:
 
     # ---- generation --------------------------------------------------------------------------
 
-    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> list[list[int]]:
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> list[list[int]]:
         """Continuations (ids) of prompt ids; use_cache=False recomputes the whole sequence at
         every step (slow; the reference the cache must reproduce)."""
         check_sampling(max_new_tokens, temperature, top_k, top_p)
@@ -182,8 +199,17 @@ class Generator:
                 logits, _ = self.forward(ids, mask)
         return out
 
-    def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> list[Generation]:
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> list[Generation]:
         """Continue each prompt: greedy by default; do_sample=True draws with temperature,
         top_k and top_p (nucleus) from a numpy RNG seeded with `seed`."""
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -235,7 +261,9 @@ class GenerateHead:
     def check_manifest(data: dict[str, Any], where: str) -> dict[str, Any]:
         """A language model has no labels, but needs its cache layout."""
         generation = data.get("generation")
-        if not (isinstance(generation, dict) and isinstance(generation.get("past_inputs"), list) and isinstance(generation.get("eos_id"), int)):
+        if not (
+            isinstance(generation, dict) and isinstance(generation.get("past_inputs"), list) and isinstance(generation.get("eos_id"), int)
+        ):
             raise BundleError(f"{where}: a text-generation bundle needs a 'generation' object with past_inputs and eos_id; re-export it")
         return {"generation": dict(generation)}
 
@@ -246,6 +274,16 @@ class GenerateHead:
         m = predictor.manifest
         self.generator = Generator(predictor.session, predictor._load_tokenizer(), m.generation or {}, predictor.max_length)
 
-    def generate(self, p: Any, prompts: str | Sequence[str], max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> list[Generation]:
+    def generate(
+        self,
+        p: Any,
+        prompts: str | Sequence[str],
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> list[Generation]:
         return self.generator.generate(prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, use_cache)

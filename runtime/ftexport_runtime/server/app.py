@@ -24,8 +24,15 @@ from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .openapi import openapi_schema
 
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-               float: "a number", type(None): "null"}
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
 
 
 class ApiError(Exception):
@@ -160,8 +167,10 @@ def create_app(predictor: Any, config: ServeConfig | None = None) -> Starlette:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        message = {404: f"no endpoint {request.url.path}; see GET /openapi.json",
-                   405: f"{request.method} is not allowed on {request.url.path}; see GET /openapi.json"}
+        message = {
+            404: f"no endpoint {request.url.path}; see GET /openapi.json",
+            405: f"{request.method} is not allowed on {request.url.path}; see GET /openapi.json",
+        }
         return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)), dict(exc.headers or {}))
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
