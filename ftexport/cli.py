@@ -537,6 +537,12 @@ def validate(
     type=click.FloatRange(0, None),
     help="With --compare: slower by more than this share is a regression.",
 )
+@click.option(
+    "--relative-to",
+    metavar="BACKEND",
+    help="With --compare: judge each cell's p50 divided by BACKEND's p50 in the same run (e.g. pytorch), so a machine that is "
+    "slower or faster as a whole between the two runs does not count as a regression.",
+)
 @click.option("--iterations", type=int, help="Timed calls per cell, over all rounds [default: 50].")
 @click.option("--repeats", type=int, help="Timing rounds per cell, backends interleaved; their spread is the reported noise [default: 3].")
 @click.option("--warmup", type=int, help="Untimed calls before timing [default: 5].")
@@ -570,6 +576,7 @@ def bench(
     compare_path: str | None,
     parity_dir: str | None,
     tolerance: float,
+    relative_to: str | None,
     iterations: int | None,
     repeats: int | None,
     warmup: int | None,
@@ -620,19 +627,21 @@ def bench(
         err = e.errors()[0]
         raise RecipeError(format_error({**err, "loc": ("bench", *err["loc"])}).replace("recipe.bench.", "--").replace("_", "-")) from None
     old = BenchReport.load(compare_path) if compare_path else None  # a bad file fails before any timing
+    if relative_to and (old is None or relative_to not in section.backends):
+        raise RecipeError(f"--relative-to {relative_to}: needs --compare and {relative_to} among the backends timed")
     out = output or f"{bundle.rstrip('/')}.bench"
     parity = ParityReport.load(parity_dir) if parity_dir else None
     texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, get_task(rec.task).labelled) if rec else None
     report = bench_stage(bundle, reference, section, out, texts, parity=parity)
     _echo_json(report.to_json()) if as_json else click.echo(bench_table(report))
     if old is not None:
-        rows = compare_reports(old, report, tolerance)
-        click.echo(compare_table(rows, tolerance), err=as_json)
+        rows = compare_reports(old, report, tolerance, relative_to)
+        click.echo(compare_table(rows, tolerance, relative_to), err=as_json)
+        judged = "relative_change" if relative_to else "change"
         slower = [r for r in rows if r["regression"]]
         if slower:  # every regressed cell on one line, worst first: noise in one cell cannot hide a real slowdown in another
             cells = ", ".join(
-                f"{r['backend']} batch {r['batch']} seq {r['seq_len']} {r['change']:+.1%}"
-                for r in sorted(slower, key=lambda r: -r["change"])
+                f"{r['backend']} batch {r['batch']} seq {r['seq_len']} {r[judged]:+.1%}" for r in sorted(slower, key=lambda r: -r[judged])
             )
             click.echo(f"Error: {len(slower)} cell(s) slower than {tolerance:.0%}: {cells}", err=True)
             sys.exit(1)

@@ -302,3 +302,43 @@ def test_torch_compile_backend_is_checked_and_timed_beside_eager(tiny_run, tmp_p
     assert [r["batch"] for r in compiled] == [1, 2], report["skipped"]
     for r in compiled:  # the compiled graph gives eager's answers (one graph, dynamic shapes) and has a ratio
         assert r["parity"]["max_prob_diff"] < 1e-3 and r["speedup_vs_pytorch"] > 0
+
+
+def test_compare_relative_to_a_baseline_cancels_drift_of_the_whole_machine(tiny_run, tmp_path):
+    """--relative-to pytorch judges each cell against PyTorch in its own run: an old report from
+    a machine 3x faster everywhere is not a regression, one where only ort-int8 was 100x faster is."""
+    result = tiny_run[1]
+    assert run_bench(result, tmp_path / "base", "--batch-sizes", "1", "--seq-len", "8").exit_code == 0
+    baseline = json.loads((tmp_path / "base" / "bench.json").read_text())
+    faster_machine = json.loads(json.dumps(baseline))
+    for r in faster_machine["results"]:
+        r["p50_ms"] /= 3
+    (tmp_path / "drift.json").write_text(json.dumps(faster_machine))
+    # tolerance 100%: far above this tiny model's sub-millisecond noise, far below the injected factors
+    args = ("--batch-sizes", "1", "--seq-len", "8", "--tolerance", "1.0", "--compare", str(tmp_path / "drift.json"))
+    assert run_bench(result, tmp_path / "raw", *args).exit_code == 1  # raw p50s: everything looks 3x slower
+    relative = run_bench(result, tmp_path / "rel", *args, "--relative-to", "pytorch")
+    assert relative.exit_code == 0, relative.output
+    assert "change vs pytorch" in relative.output and "| baseline" in relative.output
+    only_int8 = json.loads(json.dumps(baseline))
+    for r in only_int8["results"]:
+        if r["backend"] == "ort-int8":
+            r["p50_ms"] /= 100  # far outside what noise does to a ratio of two sub-millisecond p50s
+    (tmp_path / "int8.json").write_text(json.dumps(only_int8))
+    caught = run_bench(
+        result,
+        tmp_path / "rel2",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "8",
+        "--tolerance",
+        "1.0",
+        "--compare",
+        str(tmp_path / "int8.json"),
+        "--relative-to",
+        "pytorch",
+    )
+    assert caught.exit_code == 1 and "ort-int8 batch 1 seq 8" in caught.output.strip().splitlines()[-1], caught.output
+    bad = run_bench(result, tmp_path / "rel3", "--batch-sizes", "1", "--seq-len", "8", "--relative-to", "pytorch")
+    assert bad.exit_code == 2 and "--relative-to pytorch: needs --compare" in bad.output

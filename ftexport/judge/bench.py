@@ -265,31 +265,55 @@ def bench_table(report: Any) -> str:
     return get_task(report.get("task") or DEFAULT_TASK).bench_table(report)
 
 
-def compare_reports(old: Any, new: Any, tolerance: float) -> list[dict[str, Any]]:
+def compare_reports(old: Any, new: Any, tolerance: float, relative_to: str | None = None) -> list[dict[str, Any]]:
     """Per cell (backend, batch, seq[, phase]) found in both reports: old and new p50 and the
-    change. A cell whose p50 grew by more than `tolerance` (0.1 = 10%) is a regression."""
-    before = {(r["backend"], r["batch"], r["seq_len"], r.get("phase")): r for r in old["results"]}
+    change. A cell whose p50 grew by more than `tolerance` (0.1 = 10%) is a regression.
+
+    relative_to (a backend, e.g. pytorch): each p50 is first divided by that backend's p50 for
+    the same batch and length in the same report, so a machine that was slower or faster as a
+    whole between the two runs (a shared host) cancels out; the baseline's own rows are shown
+    with their raw change and never judged."""
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["backend"], r["batch"], r["seq_len"], r.get("phase"))
+
+    def baselines(report: Any) -> dict[tuple[Any, ...], float]:
+        return {(r["batch"], r["seq_len"], r.get("phase")): r["p50_ms"] for r in report["results"] if r["backend"] == relative_to}
+
+    before = {key(r): r for r in old["results"]}
+    old_base, new_base = (baselines(old), baselines(new)) if relative_to else ({}, {})
     rows = []
     for r in new["results"]:
-        o = before.get((r["backend"], r["batch"], r["seq_len"], r.get("phase")))
+        o = before.get(key(r))
         if o is None:
             continue
         change = r["p50_ms"] / o["p50_ms"] - 1.0
-        rows.append(
-            {
-                "backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""),
-                "batch": r["batch"],
-                "seq_len": r["seq_len"],
-                "old_p50_ms": o["p50_ms"],
-                "new_p50_ms": r["p50_ms"],
-                "change": change,
-                "regression": change > tolerance,
-            }
-        )
+        row = {
+            "backend": r["backend"] + (f" ({r['phase']})" if r.get("phase") else ""),
+            "batch": r["batch"],
+            "seq_len": r["seq_len"],
+            "old_p50_ms": o["p50_ms"],
+            "new_p50_ms": r["p50_ms"],
+            "change": change,
+            "regression": change > tolerance,
+        }
+        if relative_to:
+            cell = (r["batch"], r["seq_len"], r.get("phase"))
+            if r["backend"] == relative_to or cell not in old_base or cell not in new_base:
+                row["regression"] = False
+            else:
+                row["relative_change"] = (r["p50_ms"] / new_base[cell]) / (o["p50_ms"] / old_base[cell]) - 1.0
+                row["regression"] = row["relative_change"] > tolerance
+        rows.append(row)
     return rows
 
 
-def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
+def compare_table(rows: list[dict[str, Any]], tolerance: float, relative_to: str | None = None) -> str:
+    def verdict(r: dict[str, Any]) -> str:
+        if relative_to and "relative_change" not in r:
+            return "baseline" if r["backend"].split(" ")[0] == relative_to else "not judged (no baseline cell)"
+        return "REGRESSION" if r["regression"] else "ok"
+
     body = [
         [
             r["backend"],
@@ -298,9 +322,21 @@ def compare_table(rows: list[dict[str, Any]], tolerance: float) -> str:
             ms(r["old_p50_ms"]),
             ms(r["new_p50_ms"]),
             f"{r['change']:+.1%}",
-            "REGRESSION" if r["regression"] else "ok",
+            *([f"{r['relative_change']:+.1%}" if "relative_change" in r else None] if relative_to else []),
+            verdict(r),
         ]
         for r in rows
     ]
-    head = f"p50 change per cell (regression: slower by more than {tolerance:.0%})\n\n"
-    return head + markdown_table(["backend", "batch", "seq", "old p50 ms", "new p50 ms", "change", "verdict"], body)
+    judged = f"p50 relative to {relative_to} in the same run" if relative_to else "p50"
+    head = f"p50 change per cell (regression: {judged} slower by more than {tolerance:.0%})\n\n"
+    headers = [
+        "backend",
+        "batch",
+        "seq",
+        "old p50 ms",
+        "new p50 ms",
+        "change",
+        *([f"change vs {relative_to}"] if relative_to else []),
+        "verdict",
+    ]
+    return head + markdown_table(headers, body)
