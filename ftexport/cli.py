@@ -40,6 +40,7 @@ def _quiet_libraries() -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # transformers 5 draws a bar for every weight load; ours says what happens
     except ImportError:
         pass
 
@@ -91,7 +92,8 @@ def main(quiet: bool) -> None:
     help="Stop after this stage.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None:
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Pipeline folder [default: the recipe's output, or runs/NAME].")
+def run(recipe: str, force: bool, stop_after: str | None, as_json: bool, output: str | None) -> None:
     """Run the whole pipeline of RECIPE: train, merge, export, quantize, validate, bench, pack.
 
     Each stage writes its own folder under the recipe's output (default runs/NAME). A stage
@@ -103,6 +105,8 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool) -> None
     from .tasks import get_task
 
     r = _recipe(recipe)
+    if output:
+        r = r.model_copy(update={"output": output})
     task = get_task(r.task)
     try:
         result = run_pipeline(r, force=force, stop_after=stop_after)
@@ -214,7 +218,17 @@ def merge(train_dir: str, output: str) -> None:
 @main.command()
 @click.argument("model_dir", required=False, type=click.Path(file_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Bundle folder to write [with --trt --bundle B: B itself].")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(11, 23), help="ONNX opset.")
+@click.option(
+    "--opset", default=17, show_default=True, type=click.IntRange(11, 23), help="ONNX opset (the torch exporter writes decoders in 18+)."
+)
+@click.option(
+    "--exporter",
+    type=click.Choice(["auto", "optimum", "torch"]),
+    default="auto",
+    show_default=True,
+    help="optimum: Optimum's ONNX exporter (needs ftexport[optimum], transformers<4.58); torch: torch.onnx on any "
+    "transformers; auto: Optimum where it can run, else torch.",
+)
 @click.option(
     "--max-length", type=click.IntRange(2, None), help="Tokens per text in the bundle [default: from training, or the model's limit]."
 )
@@ -255,6 +269,7 @@ def export(
     model_dir: str | None,
     output: str | None,
     opset: int,
+    exporter: str,
     max_length: int | None,
     name: str | None,
     trt: bool,
@@ -266,7 +281,7 @@ def export(
     on_longer: str | None,
     workspace_gib: float | None,
 ) -> None:
-    """Export a dense model folder to an ONNX bundle through Hugging Face Optimum.
+    """Export a dense model folder to an ONNX bundle through Hugging Face Optimum or torch.onnx.
 
     The bundle holds model.onnx (dynamic batch and sequence axes), tokenizer.json and
     manifest.json (labels, max length, inputs, sha256 of every file).
@@ -292,7 +307,7 @@ def export(
     if model_dir:
         from .export.stage import export as export_stage
 
-        export_stage(model_dir, output, opset=opset, max_length=max_length, name=name)
+        export_stage(model_dir, output, opset=opset, max_length=max_length, name=name, exporter=exporter)
     if trt:
         from pydantic import ValidationError
 

@@ -13,8 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .core.errors import first_line
+from .core.errors import FtexportError, first_line
 from .core.machine import gpu_driver
+from .export import EXPORTERS, resolve_exporter
 
 
 def _version(name: str) -> str | None:
@@ -134,6 +135,11 @@ def diagnose() -> dict[str, Any]:
     backends["tensorrt-engine"] = engine_backend(gpu)
     backends["torch-cuda"] = {"ok": gpu["available"], "detail": "ok" if gpu["available"] else gpu.get("reason", "")}
     info["backends"] = backends
+    info["exporters"] = {name: {"ok": (why := e.available()) is None, "detail": why or "ok"} for name, e in EXPORTERS.items()}
+    try:
+        info["exporters"]["auto"] = {"ok": True, "detail": resolve_exporter("auto").name}
+    except FtexportError as e:
+        info["exporters"]["auto"] = {"ok": False, "detail": str(e)}
     return info
 
 
@@ -152,4 +158,10 @@ def render(info: dict[str, Any]) -> str:
     lines.append("backends")
     for name, b in info["backends"].items():
         lines.append(f"  {'yes' if b['ok'] else 'no ':3s}  {name:16s}{'' if b['ok'] else b['detail']}")
+    lines.append("exporters")
+    for name, e in info.get("exporters", {}).items():
+        if name == "auto":
+            lines.append(f"  auto picks       {e['detail']}")
+        else:
+            lines.append(f"  {'yes' if e['ok'] else 'no ':3s}  {name:16s}{'' if e['ok'] else e['detail']}")
     return "\n".join(lines)

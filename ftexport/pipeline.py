@@ -25,6 +25,7 @@ from .core import progress
 from .core.artifacts import is_fresh
 from .core.errors import GateFailed
 from .core.reports import BenchReport, ParityReport
+from .export import resolve_exporter
 from .export import tensorrt as trt_mod
 from .export.quantize import quantize, quantize_key
 from .export.stage import export, export_key
@@ -75,6 +76,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     """Run every stage (or up to `stop_after`); raise GateFailed when parity fails."""
     d = stage_dirs(recipe)
     task = get_task(recipe.task)
+    resolve_exporter(recipe.export.exporter)  # an exporter this environment lacks fails before training, not after
     result = RunResult(recipe.output_dir(), d["pack"], task)
     quantizing = bool(recipe.quantize.modes or recipe.quantize.optimize)
     bundle_dir = d["quantize"] if quantizing else d["export"]
@@ -96,8 +98,8 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         ("merge", lambda: merge_key(d[first]), lambda: merge(d[first], d["merge"])),
         (
             "export",
-            lambda: export_key(d["merge"], recipe.export.opset, None),
-            lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name),
+            lambda: export_key(d["merge"], recipe.export.opset, None, resolve_exporter(recipe.export.exporter).name),
+            lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name, exporter=recipe.export.exporter),
         ),
     ]
     if quantizing:

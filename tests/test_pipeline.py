@@ -67,7 +67,7 @@ def test_cli_run_json(tiny_run):
 
 
 def test_failed_stage_leaves_nothing_and_run_resumes(recipe_file, monkeypatch):
-    import optimum.exporters.onnx
+    from ftexport.export import resolve_exporter
 
     recipe = load_recipe(recipe_file())
     dirs = stage_dirs(recipe)
@@ -75,7 +75,7 @@ def test_failed_stage_leaves_nothing_and_run_resumes(recipe_file, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated crash in the middle of export")
 
-    monkeypatch.setattr(optimum.exporters.onnx, "main_export", boom)
+    monkeypatch.setattr(resolve_exporter(recipe.export.exporter), "export", boom)  # whichever exporter this stack runs
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(recipe)
     assert dirs["train"].is_dir() and dirs["merge"].is_dir()

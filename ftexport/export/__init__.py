@@ -2,15 +2,18 @@
 below, added variants (quantize/, a registry of modes) and TensorRT engines (tensorrt.py).
 
 An exporter has a `name`, `available()` (None, or why it cannot run here) and
-`export(model_dir, task, out_dir, opset, trust_remote_code)`, which writes model.onnx (and its
-external data) into out_dir. docs/extending.md says how to add one.
+`export(model_dir, task, out_dir, opset, trust_remote_code) -> details`, which writes
+model.onnx (and its external data) into out_dir and says what made it. "auto" picks Optimum
+where it can run (the design card's exporter), else torch. docs/extending.md says how to add one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..core.errors import RecipeError
 from .optimum import OptimumExporter
+from .torch import TorchExporter
 
 EXPORTERS: dict[str, Any] = {}
 
@@ -26,4 +29,24 @@ def exporter_names() -> tuple[str, ...]:
     return tuple(EXPORTERS)
 
 
+def resolve_exporter(name: str = "auto") -> Any:
+    """The exporter `name` names, or for "auto" the first registered one that can run here;
+    one line naming what to install (and the alternative) when the named one cannot."""
+    if name == "auto":
+        for exporter in EXPORTERS.values():
+            if exporter.available() is None:
+                return exporter
+        reasons = "; ".join(f"{n}: {e.available()}" for n, e in EXPORTERS.items())
+        raise RecipeError(f"export: no exporter can run here ({reasons})")
+    if name not in EXPORTERS:
+        raise RecipeError(f"recipe.export.exporter: unknown exporter {name!r}; choose auto, {', '.join(EXPORTERS)}")
+    why = EXPORTERS[name].available()
+    if why:
+        others = [n for n, e in EXPORTERS.items() if n != name and e.available() is None]
+        alternative = f"; or set export.exporter: {others[0]} (--exporter {others[0]})" if others else ""
+        raise RecipeError(f"recipe.export.exporter: {name} cannot run here: {why}{alternative}")
+    return EXPORTERS[name]
+
+
 register_exporter(OptimumExporter())
+register_exporter(TorchExporter())

@@ -1,5 +1,5 @@
-"""Hugging Face Optimum, the first exporter: ONNX export (optimum.exporters.onnx), graph
-optimization (ORTOptimizer, O1-O4) and the plain Optimum int8 baseline that `ftexport bench`
+"""Hugging Face Optimum, the first exporter: ONNX export (optimum.exporters.onnx) and the plain
+Optimum int8 baseline that `ftexport bench`
 compares against. Optimum's ONNX exporter (optimum-onnx) pins transformers, so every import of
 it is inside a function: this module loads on any stack, and `available()` says what is missing.
 """
@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import BundleError, ModelError, first_line
+from ..core.errors import ModelError, first_line
 from ..core.machine import cpu_flags
-from .graph import CONFIG_FILE, MODEL_FILE, quiet_exporters
+from .graph import MODEL_FILE, quiet_exporters
 
 
 class OptimumExporter:
@@ -23,15 +23,31 @@ class OptimumExporter:
     name = "optimum"
 
     def available(self) -> str | None:
-        """Why this exporter cannot run here (None when it can)."""
-        import importlib.util
+        """Why this exporter cannot run here (None when it can): optimum-onnx missing, or a
+        transformers outside the range it declares (0.1.0: transformers<4.58)."""
+        from importlib import metadata
 
-        if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.exporters.onnx") is None:
-            return "optimum-onnx is not installed (pip install 'ftexport[optimum]')"
+        from packaging.requirements import Requirement
+
+        try:
+            requires = metadata.requires("optimum-onnx") or []
+        except metadata.PackageNotFoundError:
+            return "optimum-onnx is not installed (pip install 'ftexport[optimum]', which needs transformers<4.58)"
+        installed = metadata.version("transformers")
+        for line in requires:
+            req = Requirement(line)
+            if req.name == "transformers" and not req.marker and installed not in req.specifier:
+                return (
+                    f"optimum-onnx {metadata.version('optimum-onnx')} supports transformers{req.specifier}, "
+                    f"and this environment has transformers {installed}"
+                )
         return None
 
-    def export(self, model_dir: Path, task: Any, tmp: Path, opset: int, trust_remote_code: bool) -> None:
+    def export(self, model_dir: Path, task: Any, tmp: Path, opset: int, trust_remote_code: bool) -> dict[str, Any]:
+        from importlib import metadata
+
         _optimum_export(model_dir, task, tmp, opset, trust_remote_code)
+        return {"exporter": self.name, "optimum-onnx": metadata.version("optimum-onnx"), "opset": opset}
 
 
 def _optimum_export(model_dir: Path, task: Any, tmp: Path, opset: int, trust_remote_code: bool) -> None:
@@ -56,30 +72,6 @@ def _optimum_export(model_dir: Path, task: Any, tmp: Path, opset: int, trust_rem
     for extra in raw.glob(f"{MODEL_FILE}_data"):  # external data for >2 GB models
         shutil.move(str(extra), tmp / extra.name)
     shutil.rmtree(raw)
-
-
-# ---- graph optimization through Optimum's ORTOptimizer ----------------------------------
-
-
-def optimize_onnx(bundle_dir: Path, model_file: str, save_dir: Path, level: str) -> tuple[Path, dict[str, Any]]:
-    """Optimum's optimization levels: O1 basic (constant folding, redundant nodes), O2 + the
-    transformer fusions (attention, SkipLayerNorm, BiasGelu), O3 + fast GELU, O4 = O3 + fp16
-    for the GPU (inputs stay int64 and logits float32, so callers see no difference)."""
-    from optimum.onnxruntime import ORTOptimizer
-    from optimum.onnxruntime.configuration import AutoOptimizationConfig
-
-    if not (bundle_dir / CONFIG_FILE).is_file():
-        raise BundleError(f"{bundle_dir}: graph optimization needs the model's config.json in the bundle; re-export it with this ftexport")
-    for_gpu = level == "O4"
-    cfg = AutoOptimizationConfig.with_optimization_level(level, for_gpu=for_gpu)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    with quiet_exporters():
-        optimizer = ORTOptimizer.from_pretrained(bundle_dir, file_names=[model_file])
-        optimizer.optimize(save_dir=save_dir, optimization_config=cfg)
-    produced = sorted(save_dir.glob("*.onnx"))
-    if not produced:
-        raise BundleError(f"{bundle_dir}: Optimum's optimizer produced no model at level {level}")
-    return produced[0], {"optimization_level": level, "optimized_for": "gpu" if for_gpu else "cpu", "fp16": for_gpu}
 
 
 # ---- the plain Optimum path, as a user would write it: the baseline ftexport must beat ----

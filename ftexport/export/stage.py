@@ -18,7 +18,7 @@ from ..core.artifacts import StageRecord, key_of, make_key, read_record, stage_d
 from ..core.errors import ModelError
 from ..core.hf import base_config_dir, check_reference, is_adapter_dir, load_tokenizer, model_hash
 from ..tasks import DEFAULT_TASK, get_task
-from . import EXPORTERS
+from . import resolve_exporter
 from .graph import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, onnx_io
 from .trace import trace_adapter
 
@@ -35,8 +35,8 @@ def model_source(model_dir: Path, output: Path, record: StageRecord) -> dict[str
     return {"model_dir": shown, **({"model_key": record.key} if record.key else {"model_hash": model_hash(model_dir)})}
 
 
-def export_key(model_dir: Path, opset: int, max_length: int | None) -> str:
-    return make_key("export", key_of(model_dir) or str(Path(model_dir).resolve()), opset, max_length)
+def export_key(model_dir: Path, opset: int, max_length: int | None, exporter: str = "optimum") -> str:
+    return make_key("export", key_of(model_dir) or str(Path(model_dir).resolve()), opset, max_length, exporter)
 
 
 def export(
@@ -46,11 +46,13 @@ def export(
     max_length: int | None = None,
     name: str | None = None,
     task_name: str | None = None,
+    exporter: str = "auto",
 ) -> Manifest:
-    """Export a model directory (dense, or an unmerged prefix/prompt adapter) to an ONNX bundle at `output`."""
+    """Export a model directory (dense, or an unmerged prefix/prompt adapter) to an ONNX bundle
+    at `output` through `exporter` (auto, optimum, torch: see ftexport.export)."""
     model_dir, output = Path(model_dir), Path(output)
     check_reference(model_dir, "model dir")
-    exporter = EXPORTERS["optimum"]
+    chosen = resolve_exporter(exporter)  # refused in one line before any work
     record = read_record(model_dir) or StageRecord("model", "")
     task = get_task(task_name or record.task or DEFAULT_TASK)
     adapter = is_adapter_dir(model_dir)
@@ -67,16 +69,17 @@ def export(
     if max_len > limit:
         raise ModelError(f"max_length {max_len} exceeds the model's {limit} positions; use at most {limit}")
 
-    how = f"tracing the unmerged {record.method or 'adapter'} model with torch.onnx" if adapter else f"through {exporter.name}"
+    how = f"tracing the unmerged {record.method or 'adapter'} model with torch.onnx" if adapter else f"through the {chosen.name} exporter"
     progress.step(
-        f"export: ONNX (opset {opset}) {how}, dynamic batch and sequence axes"
+        f"export: ONNX {how}, dynamic batch and sequence axes"
         + (" with the key/value cache" if task.optimum_task.endswith("-with-past") else "")
     )
     with stage_dir(output) as tmp:
         if adapter:
             trace_adapter(model_dir, task, tokenizer, tmp / MODEL_FILE, opset)
+            made = {"exporter": "torch", "mode": "torchscript", "peft": record.method, "opset": opset}
         else:
-            exporter.export(model_dir, task, tmp, opset, record.trust_remote_code)
+            made = chosen.export(model_dir, task, tmp, opset, record.trust_remote_code)
         tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_FILE))
         if not adapter:
             # config.json rides along (hashed like the rest): Optimum's optimizer reads the
@@ -91,17 +94,27 @@ def export(
             max_length=int(max_len),
             inputs=inputs,
             outputs=outputs,
-            variants={"fp32": Variant("fp32", MODEL_FILE, "fp32", extra_files=[p.name for p in tmp.glob(f"{MODEL_FILE}_data")])},
+            variants={
+                "fp32": Variant("fp32", MODEL_FILE, "fp32", extra_files=[p.name for p in tmp.glob(f"{MODEL_FILE}_data")], details=made)
+            },
             default_variant="fp32",
             tokenizer={"file": TOKENIZER_FILE, "pad_token": tokenizer.pad_token, "pad_id": tokenizer.pad_token_id},
             versions=versions(),
-            source={**model_source(model_dir, output, record), "opset": opset, **({"method": record.method} if adapter else {})},
+            source={
+                **model_source(model_dir, output, record),
+                "opset": made["opset"],
+                "exporter": made["exporter"],
+                **({"method": record.method} if adapter else {}),
+            },
             files={} if adapter else {CONFIG_FILE: ""},
             **task.manifest_extras(tmp / MODEL_FILE, config, tokenizer),
         )
         write_manifest(tmp, manifest)
         StageRecord(
-            "export", export_key(model_dir, opset, max_length), {"model": record.key or None}, {"opset": opset, "max_length": max_len}
+            "export",
+            export_key(model_dir, opset, max_length, chosen.name),
+            {"model": record.key or None},
+            {"opset": made["opset"], "max_length": max_len, "exporter": made["exporter"]},
         ).write(tmp)
     progress.info(f"wrote {output / MODEL_FILE} ({(output / MODEL_FILE).stat().st_size / 2**20:.1f} MiB)")
     return manifest

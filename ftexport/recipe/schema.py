@@ -19,6 +19,7 @@ from ftexport_runtime.engines import BACKENDS as RUNTIME_BACKENDS
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from ..core.gates import COMMON_GATE_FIELDS
+from ..export import exporter_names
 from ..export.quantize import mode_names
 from ..judge.runners import BACKEND_PATTERN, BENCH_BACKENDS, backend_help
 from ..tasks import DEFAULT_TASK, TASKS, get_task, task_names
@@ -169,7 +170,12 @@ class TrainingSection(Section):
 
 
 class ExportSection(Section):
-    opset: int = Field(17, ge=11, le=23)
+    opset: int = Field(17, ge=11, le=23, description="ONNX opset (the torch exporter's dynamo path, for decoders, writes 18 or newer)")
+    exporter: _one_of(("auto", *exporter_names())) = Field(  # type: ignore[valid-type]
+        "auto",
+        description="optimum (Optimum's ONNX exporter, transformers<4.58), torch (torch.onnx, any transformers), or auto: "
+        "Optimum where it can run here, else torch",
+    )
 
 
 class Calibration(Section):

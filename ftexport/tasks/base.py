@@ -48,6 +48,21 @@ class Calls:
     phases: dict[str, Any] = field(default_factory=dict)  # phase -> Callable[[batch], Any]
 
 
+@dataclass
+class OnnxSpec:
+    """What the torch exporter traces for a task: a module whose positional arguments are the
+    graph's inputs, example arguments, the input and output names, the dynamic axes, and
+    whether to use the dynamo exporter (torch.export) or the TorchScript one."""
+
+    module: Any
+    args: tuple[Any, ...]
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]  # TorchScript exporter: input/output name -> {axis: name}
+    dynamic_shapes: Any = None  # dynamo exporter: torch.export.Dim per argument
+    dynamo: bool = False
+
+
 class BenchProbe:
     """What `ftexport bench` times for a task. The engine builds the runners (PyTorch, ONNX
     Runtime, TensorRT, plain Optimum) and asks the probe how each answers and what to compare."""
@@ -149,6 +164,7 @@ class Task:
     optimum_task: ClassVar[str]  # Optimum's export task name
     peft_task_type: ClassVar[str]
     output_name: ClassVar[str] = "logits"
+    output_axes: ClassVar[dict[int, str]] = {0: "batch_size"}  # the output's dynamic axes (torch exporter)
     labelled: ClassVar[bool] = True  # data: a label column (False: texts only)
     example: ClassVar[str] = "a wonderful, moving film"  # the `try:` line after `ftexport run`
     # capabilities
@@ -252,6 +268,32 @@ class Task:
         raise RecipeError(f"recipe.model.scratch: not supported for task {self.name}")
 
     # ---- export ---------------------------------------------------------------------------
+
+    def load_for_export(self, model_dir: Path, trust_remote_code: bool = False) -> Any:
+        """The model as the torch exporter traces it: eager attention (the matmul/softmax
+        pattern ONNX Runtime's optimizer fuses into its Attention op), eval mode."""
+        cls = self.auto_model_class()
+        try:
+            model = cls.from_pretrained(str(model_dir), attn_implementation="eager", trust_remote_code=trust_remote_code)
+        except (TypeError, ValueError):  # an architecture without the eager/sdpa choice
+            model = cls.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        return model.eval()
+
+    def onnx_module(self, model: Any, tokenizer: Any) -> OnnxSpec:
+        """An encoder: the tokenizer's inputs in, `output_name` out, dynamic batch and
+        sequence axes; the model itself traced with TorchScript (inputs as keyword arguments,
+        in its forward's order), as Optimum does, so the graph, its node and weight names are
+        the ones ONNX Runtime's transformer optimizer and the int8 tools expect."""
+        import inspect
+
+        order = list(inspect.signature(model.forward).parameters)
+        names = sorted((n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")), key=order.index)
+        sample = tokenizer(["a short text here", "a somewhat longer text to pad the other one"], padding=True, return_tensors="pt")
+        axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+        model.config.return_dict = True
+        return OnnxSpec(
+            model.eval(), ({n: sample[n] for n in names},), names, [self.output_name], {**axes, self.output_name: dict(self.output_axes)}
+        )
 
     def manifest_extras(self, model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
         """Extra manifest sections the runtime's head needs (e.g. a decoder's cache layout)."""

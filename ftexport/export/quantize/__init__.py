@@ -29,8 +29,8 @@ from ...core.artifacts import StageRecord, key_of, link_tree, make_key, stage_di
 from ...core.errors import RecipeError
 from ...data import fingerprint, load_data
 from ...tasks import TASKS, get_task
+from ..fusion import optimize_graph
 from ..graph import onnx_io
-from ..optimum import optimize_onnx
 from .aware import Scorer, accuracy_aware
 from .int8 import DYNAMIC_OPS, STATIC_OPS, Reader, cpu_preoptimize, int8_onnx, typed
 
@@ -68,7 +68,7 @@ class QuantMode:
 
 class Fp16Mode(QuantMode):
     def build(self, manifest: Manifest, tmp: Path, src_file: str) -> None:
-        progress.step("quantize: fp16 through Optimum's ORTOptimizer (O4: O3 fusions + fp16, for the GPU)")
+        progress.step("quantize: fp16 (O4: O3 fusions + fp16, for the GPU)")
         _add_optimized(manifest, tmp, src_file, "O4", self.variant, self.file, "fp16", {"mode": "fp16"})
 
 
@@ -153,7 +153,7 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
         link_tree(bundle_dir, tmp)
         int8_source = tmp / src.file
         if fused:
-            progress.step(f"quantize: graph optimization {section.optimize} through Optimum's ORTOptimizer")
+            progress.step(f"quantize: graph optimization {section.optimize} (ONNX Runtime's transformer optimizer)")
             _add_optimized(manifest, tmp, src.file, section.optimize, OPT_VARIANT, OPT_FILE, "fp32", {})
             int8_source = tmp / OPT_FILE
             if int8_modes:
@@ -246,7 +246,7 @@ def _add_optimized(
 ) -> None:
     """Optimize the fp32 model at `level` (Optimum) into `file` and record it as variant `name`."""
     work = tmp / f"_{name}"
-    produced, detail = optimize_onnx(tmp, src_file, work, level)
+    produced, detail = optimize_graph(tmp, src_file, work, level)
     shutil.move(str(produced), tmp / file)
     shutil.rmtree(work)
     _add_variant(manifest, tmp, name, file, precision, {**extra, **detail})
@@ -254,6 +254,7 @@ def _add_optimized(
 
 def _add_variant(manifest: Manifest, tmp: Path, name: str, file: str, precision: str, detail: dict[str, Any]) -> None:
     onnx_io(tmp / file)  # a readable model, or a one-line error
-    manifest.variants[name] = Variant(name, file, precision, details=detail)
+    exporter = manifest.variants["fp32"].details.get("exporter")  # the exporter of the graph this file was made from
+    manifest.variants[name] = Variant(name, file, precision, details={**({"exporter": exporter} if exporter else {}), **detail})
     fp32 = manifest.variants["fp32"].file
     progress.info(f"{file}: {(tmp / file).stat().st_size / 2**20:.1f} MiB (fp32 {(tmp / fp32).stat().st_size / 2**20:.1f} MiB)")

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...core.errors import ModelError
 from ...core.gates import GateField
-from ..base import BenchProbe, ParityCase, Task
+from ..base import BenchProbe, OnnxSpec, ParityCase, Task
 from ..encoder import EncodedTexts
 
 
@@ -115,6 +115,16 @@ class TextGeneration(Task):
         return build_scratch(scratch, texts, max_length, out)
 
     # ---- export ---------------------------------------------------------------------------
+
+    def onnx_module(self, model: Any, tokenizer: Any) -> OnnxSpec:
+        """The decoder with its key/value cache, as Optimum's text-generation-with-past lays it
+        out (input_ids, attention_mask, position_ids, past_key_values.N.key/value in; logits,
+        present.N.key/value out), so the runtime's Generator runs either. Traced with the dynamo
+        exporter: a transformers Cache object is built from the past tensors inside the graph,
+        which TorchScript tracing cannot follow."""
+        from .onnx import decoder_spec
+
+        return decoder_spec(model)
 
     def manifest_extras(self, model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
         return {"generation": generation_spec(model_file, config, tokenizer)}

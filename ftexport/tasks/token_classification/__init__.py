@@ -29,6 +29,7 @@ class TokenClassification(TextClassification):
     optimum_task = "token-classification"  # Optimum's export task name
     peft_task_type = "TOKEN_CLS"  # peft then also trains the classifier head (modules_to_save)
     example = "Peter Blackburn flew to Brussels"
+    output_axes = {0: "batch_size", 1: "sequence_length"}  # one row of logits per token
     metrics_computed = ("accuracy", "f1")
     accuracy_aware = False
     triton = False
