@@ -21,7 +21,7 @@ import ftexport_runtime.engines.tensorrt as te
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fake_tensorrt import FAKE_VERSION, FakeCudart, fake_tensorrt
+from fake_tensorrt import CORRUPT_CACHE, FAKE_VERSION, TRT10_STRONG_VERSION, TRT11_VERSION, FakeCudart, fake_tensorrt, foreign_cache
 from ftexport_runtime import Predictor
 from ftexport_runtime.bundle import Bundle, sha256_file
 from ftexport_runtime.errors import BackendUnavailable, PredictError
@@ -30,8 +30,12 @@ from ftexport.cli import main
 from ftexport.core.errors import BundleError, RecipeError
 from ftexport.export.quantize import quantize
 from ftexport.export.tensorrt import (
+    FLAGS,
+    STRONGLY_TYPED,
     build_engine,
     build_engines,
+    build_mode,
+    fp16_cast,
     int8_problems,
     plan_engines,
     profile_from_lengths,
@@ -64,6 +68,21 @@ def fake_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(te, "_cudart", lambda: cudart)
     return trt, cudart
+
+
+# Every TensorRT release the builder and runner are written for: 10.0-10.11 (builder flags),
+# 10.12+ (flags deprecated: strongly typed) and 11.x (flags removed, always strongly typed).
+RELEASES = [FAKE_VERSION, TRT10_STRONG_VERSION, TRT11_VERSION]
+
+
+@pytest.fixture(params=RELEASES)
+def fake_release(request, monkeypatch):
+    """The doubles acting as each TensorRT release in turn; returns (trt module, cudart, fingerprint here)."""
+    trt = fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"], version=request.param, extra_outputs=("hidden",))
+    cudart = FakeCudart()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(te, "_cudart", lambda: cudart)
+    return trt, cudart, {**HERE, "tensorrt": request.param}
 
 
 # ---- what the int8 engine is built from ---------------------------------------------------
@@ -346,6 +365,149 @@ def test_build_engines_writes_a_verified_bundle_and_a_timing_cache(qbundle, tmp_
     assert ("timing_cache_in", b"+tuned+tuned") in trt.calls
     again = Bundle.open(tmp_path / "out").manifest.engines
     assert again["fp16"].profile.seq == (1, 8, 16) and set(again) == {"fp16", "int8"}
+
+
+def test_each_release_gets_the_precision_it_can_build(qbundle, tmp_path, fake_release):
+    """TensorRT 11 has no BuilderFlag.FP16/INT8 (setting them was an AttributeError after the
+    whole export): from 10.12 on the fp16 engine is built from an fp16 cast graph and the int8
+    one from the Q/DQ graph, both without flags, on a strongly typed network; the manifest
+    says which way built each engine and with which TensorRT."""
+    trt, _, here = fake_release
+    strong = trt.__version__ != FAKE_VERSION
+    assert build_mode(trt) == (STRONGLY_TYPED if strong else FLAGS)
+    assert hasattr(trt.BuilderFlag, "FP16") == (trt.__version__ != TRT11_VERSION)  # the double is each release
+    src = tmp_path / "src"
+    shutil.copytree(qbundle[0], src)
+    manifest = build_engines(src, tmp_path / "out", ["fp16", "int8"], TEXTS * 10, batch=(1, 1, 8))
+    parsed = [Path(c[1]).name for c in trt.calls if c[0] == "parse"]
+    builds = [c[1] for c in trt.calls if c[0] == "build"]
+    networks = [c[1] for c in trt.calls if c[0] == "network"]
+    fp16, int8 = manifest.engines["fp16"], manifest.engines["int8"]
+    if strong:
+        assert parsed == ["fp32.fp16-cast.onnx", "model.int8-static.onnx"] and builds == [(), ()]
+        assert networks == ["strongly-typed", "strongly-typed"]
+        assert (
+            fp16.details["build"] == STRONGLY_TYPED
+            and fp16.details["graph"].startswith("fp16 cast of fp32")
+            and fp16.details["flags"] == []
+        )
+    else:
+        assert parsed == ["model.onnx", "model.int8-static.onnx"] and builds == [("FP16",), ("INT8", "FP16")]
+        assert networks == ["weakly-typed", "weakly-typed"]
+        assert fp16.details["build"] == FLAGS and fp16.details["graph"] == "fp32" and fp16.details["flags"] == ["FP16"]
+    assert (fp16.source, int8.source, int8.details["graph"]) == ("fp32", "int8-static", "int8-static")
+    assert fp16.details["tensorrt"] == int8.details["tensorrt"] == trt.__version__ == fp16.fingerprint["tensorrt"]
+    out = Bundle.open(tmp_path / "out")  # every file verified; the cast graph was a build input, not shipped
+    assert not [f for f in out.manifest.files if "cast" in f] and not list((tmp_path / "out").rglob("*cast*"))
+    # the runtime runs what was built, on every release
+    p = Predictor.from_bundle(tmp_path / "out", backend="tensorrt", variant="int8")
+    assert p.engine is not None and p.logits(TEXTS[:2]).shape == (2, 2)
+
+
+def test_the_double_refuses_what_each_release_refuses(qbundle):
+    """Flags on TensorRT 11 (no such attribute) and flags on a strongly typed network (an error
+    at build) are refused by the doubles as by TensorRT, and the builder says what to do."""
+    b = Bundle.open(qbundle[0])
+    profile = te.Profile((1, 1, 8), (1, 16, 32))
+    flagged = plan_engines(b, ["fp16"], profile)[0]
+    with pytest.raises(BundleError, match=r"TensorRT 11.4.0-fake has no builder flag FP16 .*strongly-typed"):
+        build_engine(fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"], version=TRT11_VERSION), flagged, None)
+    strong_with_flags = plan_engines(b, ["fp16"], profile, build=STRONGLY_TYPED)[0]
+    assert strong_with_flags.flags == () and strong_with_flags.cast_fp16
+    trt = fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"], version=TRT10_STRONG_VERSION)
+    from dataclasses import replace
+
+    with pytest.raises(BundleError, match="could not build a fp16 engine"):
+        build_engine(trt, replace(strong_with_flags, flags=("FP16",)), None)
+    assert any("not allowed" in line for line in trt.log)
+    with pytest.raises(ValueError, match="build must be"):
+        plan_engines(b, ["fp16"], profile, build="weak")
+
+
+def test_fp16_cast_is_a_graph_tensorrt_reads_and_close_to_fp32(qbundle, tmp_path):
+    """The strongly typed fp16 engine's source, for real on ONNX Runtime CPU: standard ONNX ops
+    only (no ONNX Runtime contrib ops, unlike the O4 graph), fp16 weights, fp32 inputs and
+    outputs, LayerNorm kept in fp32, and the same answers as fp32."""
+    import onnx
+
+    b = Bundle.open(qbundle[0])
+    cast = fp16_cast(b.path_of(b.manifest.variants["fp32"].file), tmp_path / "cast.onnx")
+    model = onnx.load(str(cast))
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    weights = [t.data_type for t in model.graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert weights.count(onnx.TensorProto.FLOAT16) > weights.count(onnx.TensorProto.FLOAT)
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert norms
+    for node in norms:  # fed by a Cast to fp32
+        producers = [m for m in model.graph.node if node.input[0] in m.output]
+        assert producers and producers[0].op_type == "Cast" and producers[0].attribute[0].i == onnx.TensorProto.FLOAT
+    import onnxruntime as ort
+
+    p = Predictor(b, variant="fp32")
+    feeds = p.encode(TEXTS * 2)
+    ref = p.run(feeds)
+    got = ort.InferenceSession(str(cast), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.dtype == np.float32 and np.abs(ref - got).max() < 0.02 and (ref.argmax(-1) == got.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("version", RELEASES)
+@pytest.mark.parametrize("bad", ["foreign", "corrupt"])
+def test_a_timing_cache_tensorrt_cannot_use_is_reported_and_replaced(qbundle, tmp_path, version, bad, capsys):
+    """set_timing_cache(..., ignore_mismatch=False) returns False for another GPU's cache and
+    attaches nothing (get_timing_cache() is then None: serializing it raised after the whole
+    build, losing the engine); a corrupt cache cannot even be created. Either way: one line,
+    a fresh cache, and the engine."""
+    from ftexport.core import progress
+
+    progress.set_quiet(False)
+    b = Bundle.open(qbundle[0])
+    plan = plan_engines(b, ["int8"], te.Profile((1, 1, 8), (1, 16, 32)), build=STRONGLY_TYPED if version != FAKE_VERSION else FLAGS)[0]
+    trt = fake_tensorrt(["input_ids", "attention_mask", "token_type_ids"], version=version)
+    old = foreign_cache() if bad == "foreign" else CORRUPT_CACHE
+    engine, cache = build_engine(trt, plan, old, "B.timing.cache")
+    assert engine.startswith(b"ENGINE:") and cache == b"+tuned"  # a fresh cache, tuned by this build
+    assert [c for c in trt.calls if c[0] == "timing_cache_in"] == [("timing_cache_in", old), ("timing_cache_in", b"")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "B.timing.cache" in line]
+    why = "made on another GPU or TensorRT version" if bad == "foreign" else "unreadable"
+    assert len(lines) == 1 and why in lines[0] and "starting a fresh timing cache" in lines[0]
+    # through build_engines: the foreign cache beside the bundle is replaced by this GPU's
+    src = tmp_path / "src"
+    shutil.copytree(qbundle[0], src)
+    timing_cache_path(tmp_path / "out").write_bytes(old)
+    monkey = pytest.MonkeyPatch()
+    try:
+        monkey.setitem(sys.modules, "tensorrt", trt)
+        monkey.setattr(te, "_cudart", lambda: FakeCudart())
+        build_engines(src, tmp_path / "out", ["fp16", "int8"], None, seq=(1, 8, 16))
+    finally:
+        monkey.undo()
+    assert timing_cache_path(tmp_path / "out").read_bytes() == b"+tuned+tuned"
+    assert set(Bundle.open(tmp_path / "out").manifest.engines) == {"fp16", "int8"}
+
+
+def test_engine_runner_addresses_every_output_and_destroys_its_stream(qbundle, tmp_path, fake_release):
+    """TensorRT runs only when every output has an address (the engine here has a second
+    output besides the logits); close() frees the buffers and destroys the CUDA stream, once."""
+    trt, cudart, here = fake_release
+    b = _with_engine(qbundle[0], tmp_path / "b", here, profile={"batch": [1, 1, 4], "seq": [1, 8, 32]})
+    p = Predictor.from_bundle(b, backend="tensorrt")
+    runner = p.engine
+    assert runner.outputs == ["logits", "hidden"] and p.providers == [f"TensorRT engine fp16 ({trt.__version__})"]
+    got = p.logits(TEXTS)
+    ref = Predictor(Bundle.open(b), variant="fp32")
+    for row, text in zip(got, TEXTS):
+        feeds = ref.encode([text])
+        assert row[0] == feeds["input_ids"].sum() and row[1] == feeds["attention_mask"].sum()
+    assert "hidden" in runner._buffers and runner.context.addresses["hidden"] == runner._buffers["hidden"][0]
+    stream = runner.stream
+    assert cudart.streams == {stream}
+    runner.close()
+    assert cudart.streams == set() and cudart.destroyed == [stream] and not cudart.buffers
+    runner.close()  # a second close (and __del__ after it) does nothing
+    assert cudart.destroyed == [stream]
+    with pytest.raises(PredictError, match="was closed"):
+        p.logits(TEXTS[:1])
 
 
 # ---- the command line -----------------------------------------------------------------------

@@ -206,6 +206,10 @@ def current_fingerprint(device: int = 0, driver: bool = True) -> dict[str, str]:
     }
 
 
+def _nbytes(shape: Any, dtype: np.dtype) -> int:
+    return int(np.prod([max(int(d), 0) for d in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 class EngineRunner:
     """One deserialized engine with device buffers sized for its profile's largest batch.
 
@@ -227,9 +231,13 @@ class EngineRunner:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        # TensorRT runs only when every I/O tensor has an address: outputs the caller does not
+        # read (a second head, hidden states) get a buffer too, and are not copied back
+        self.outputs = [n for n in names if n not in self.inputs]
         if output not in names:
             raise BundleError(f"TensorRT engine {spec.name!r} has no output {output!r} (it has {', '.join(names)})")
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.stream: Any = None
         self.stream = _call(self.cudart, self.cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._lock = threading.Lock()
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
@@ -259,17 +267,24 @@ class EngineRunner:
         if missing:
             raise PredictError(f"TensorRT engine {self.spec.name!r} needs inputs {sorted(missing)}")
         with self._lock:
+            if self.stream is None:
+                raise PredictError(f"TensorRT engine {self.spec.name!r} was closed; load the bundle again")
             hosts = []
             for name in self.inputs:
                 host = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
                 hosts.append(host)  # keep alive until the stream is synchronized
                 ptr = self._buffer(name, host.nbytes)
-                self.context.set_input_shape(name, host.shape)
+                if self.context.set_input_shape(name, host.shape) is False:
+                    raise PredictError(f"TensorRT engine {self.spec.name!r} refused input {name} of shape {host.shape}")
                 self.context.set_tensor_address(name, ptr)
                 _call(cudart, cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, h2d, self.stream), "copy to GPU")
             out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.dtypes[self.output])
-            out_ptr = self._buffer(self.output, max(out.nbytes, 1))
-            self.context.set_tensor_address(self.output, out_ptr)
+            out_ptr = 0
+            for name in self.outputs:
+                nbytes = out.nbytes if name == self.output else _nbytes(self.context.get_tensor_shape(name), self.dtypes[name])
+                ptr = self._buffer(name, max(nbytes, 1))
+                self.context.set_tensor_address(name, ptr)
+                out_ptr = ptr if name == self.output else out_ptr
             if not self.context.execute_async_v3(stream_handle=int(self.stream)):
                 raise BackendUnavailable(f"TensorRT engine {self.spec.name!r} failed to run a batch of shape {hosts[0].shape}")
             _call(cudart, cudart.cudaMemcpyAsync(out.ctypes.data, out_ptr, out.nbytes, d2h, self.stream), "copy from GPU")
@@ -277,9 +292,14 @@ class EngineRunner:
         return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
-        for ptr, _ in self._buffers.values():
+        """Free the device buffers and destroy the CUDA stream (once; later calls do nothing)."""
+        buffers = getattr(self, "_buffers", {})
+        for ptr, _ in buffers.values():
             self.cudart.cudaFree(ptr)
-        self._buffers.clear()
+        buffers.clear()
+        stream, self.stream = getattr(self, "stream", None), None
+        if stream is not None:
+            self.cudart.cudaStreamDestroy(stream)
 
     def __del__(self) -> None:  # best effort: the process usually owns the GPU until exit
         try:
