@@ -180,6 +180,82 @@ def test_skip_reasons_for_backends_this_machine_or_bundle_lacks(tiny_run, tmp_pa
     assert "- pytorch-compile: skipped (torch.compile's inductor needs a C++ compiler" in out.output
 
 
+def _with_engines(bundle: Path, dst: Path) -> Path:
+    """A copy of the bundle with a TensorRT engine entry (not a real engine: the ORT rows must not touch it)."""
+    import shutil
+
+    from ftexport_runtime.bundle import sha256_file
+
+    shutil.copytree(bundle, dst)
+    (dst / "engines").mkdir()
+    (dst / "engines" / "model.fp16.plan").write_bytes(b"ENGINE:FP16")
+    m = json.loads((dst / "manifest.json").read_text())
+    fingerprint = {"tensorrt": "10.11.0", "gpu": "NVIDIA A10", "compute_capability": "8.6", "driver": "580.1"}
+    profile = {"batch": [1, 1, 8], "seq": [1, 16, 32]}
+    m["engines"] = {
+        "fp16": {"file": "engines/model.fp16.plan", "precision": "fp16", "source": "fp32", "profile": profile, "fingerprint": fingerprint}
+    }
+    m["files"]["engines/model.fp16.plan"] = sha256_file(dst / "engines" / "model.fp16.plan")
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.mark.parametrize("engines", [False, True], ids=["onnx-only", "with-engines"])
+def test_a_gpu_provider_listed_but_falling_back_is_a_skipped_row(tiny_run, tmp_path, monkeypatch, engines):
+    """onnxruntime lists TensorrtExecutionProvider (and CUDA) even where their libraries are
+    missing, and the session then falls back to the CPU: the row is skipped with that reason
+    and the bench goes on. ort-tensorrt-* asks ONNX Runtime's TensorRT provider even when the
+    bundle holds TensorRT engines (those are the trt-* rows), so it never reads them."""
+    import onnxruntime as ort
+
+    monkeypatch.setenv("FTEXPORT_TRT_CACHE", str(tmp_path / "trt-cache"))
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    real, asked = ort.InferenceSession, []
+
+    def falls_back(model, sess_options=None, providers=None, **kw):
+        asked.append(providers)
+        return real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", falls_back)
+    result = tiny_run[1]
+    bundle = _with_engines(result.root / "quantized", tmp_path / "q") if engines else result.root / "quantized"
+    out = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "bench",
+            str(bundle),
+            "--reference",
+            str(result.root / "merged"),
+            "-o",
+            str(tmp_path / "b"),
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-sizes",
+            "1",
+            "--seq-len",
+            "8",
+            "--traffic",
+            "fixed",
+            "--no-cold-start",
+            "--backends",
+            "ort-fp32,ort-tensorrt-fp32,ort-cuda-fp32",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert {r["backend"] for r in report["results"]} == {"ort-fp32"}
+    skipped = report["skipped"]
+    assert "asked for TensorrtExecutionProvider but ONNX Runtime is running on CPUExecutionProvider" in skipped["ort-tensorrt-fp32"]
+    assert "asked for CUDAExecutionProvider but ONNX Runtime is running on CPUExecutionProvider" in skipped["ort-cuda-fp32"]
+    trt = [p for p in asked if isinstance(p[0], tuple) and p[0][0] == "TensorrtExecutionProvider"]
+    assert trt and trt[0][1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # ONNX Runtime's provider, with CUDA behind it
+
+
 def test_compare_catches_an_injected_slowdown(tiny_run, tmp_path):
     result = tiny_run[1]
     assert run_bench(result, tmp_path / "base", "--batch-sizes", "1", "--seq-len", "8").exit_code == 0

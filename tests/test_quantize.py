@@ -140,6 +140,17 @@ def test_fp16_variant_is_the_gpu_default(tiny_run, tmp_path):
     assert p.logits(TEXTS).dtype == np.float32
 
 
+def test_tensorrt_default_is_a_graph_tensorrt_reads_never_the_o4_one(tiny_run, tmp_path):
+    """The O4 fp16 graph is ONNX Runtime's own, full of contrib ops (Attention,
+    SkipLayerNormalization) that TensorRT's parser does not read: CUDA takes it, ONNX Runtime's
+    TensorRT provider takes fp32 (or a symmetric Q/DQ int8 when there is one)."""
+    import onnx
+
+    manifest = quantize(tiny_run[1].root / "onnx", tmp_path / "q", QuantizeSection(modes=["fp16"]))
+    assert {n.domain for n in onnx.load(str(tmp_path / "q" / manifest.variants["fp16"].file)).graph.node} & {"com.microsoft"}
+    assert manifest.backend_defaults["cuda"] == "fp16" and manifest.backend_defaults["tensorrt"] == "fp32"
+
+
 def test_layer_of_groups_nodes_by_layer():
     assert layer_of("/bert/encoder/layer.3/attention/self/query/MatMul") == "layer.3"
     assert layer_of("/model/layers.11/mlp/MatMul") == "layer.11"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ftexport_runtime import Bundle, BundleError, PredictError, Predictor
+from ftexport_runtime import BackendUnavailable, Bundle, BundleError, PredictError, Predictor
 from ftexport_runtime.bundle import make_tarball
 
 
@@ -326,6 +326,131 @@ def test_silent_gpu_fallback_is_refused(monkeypatch, bundle):
     monkeypatch.setattr(ort, "InferenceSession", cpu_only)
     with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider but ONNX Runtime is running on CPUExecutionProvider"):
         Predictor.from_bundle(bundle, backend="cuda")
+
+
+class _Recorder:
+    """ort.InferenceSession as a GPU machine would build it: records the providers asked for,
+    runs on the CPU, and reports the providers it was asked for (or, with `falls_back`, the CPU
+    only, as ONNX Runtime does when a GPU provider's libraries do not load)."""
+
+    def __init__(self, monkeypatch, falls_back: bool = False):
+        import onnxruntime as ort
+
+        self.calls, self.real, self.events = [], ort.InferenceSession, []
+        monkeypatch.setattr(
+            ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
+        monkeypatch.setattr(ort, "InferenceSession", self)
+        self.falls_back = falls_back
+
+    def __call__(self, model, sess_options=None, providers=None, **kw):
+        self.calls.append(providers)
+        self.events.append("session")
+        session = self.real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        if self.falls_back or providers == ["CPUExecutionProvider"]:
+            return session
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        return type("Pretend", (), {"__getattr__": lambda _, a: getattr(session, a), "get_providers": lambda _: names})()
+
+
+def test_ort_tensorrt_provider_gets_caches_profiles_and_cuda_behind_it(bundle, tmp_path, monkeypatch):
+    """[TensorRT(options), CUDA, CPU], not [TensorRT, CPU] without options: CUDA takes what
+    TensorRT cannot; engines and the timing cache go to a folder the user controls; one profile
+    covers batch 1..max_batch and 1..max_length tokens, so serve neither rebuilds on a new
+    shape nor on a restart. The default variant is one TensorRT reads (fp32 here), not the
+    CPU's int8 rewrite, even in a bundle whose manifest says otherwise."""
+    rec = _Recorder(monkeypatch)
+    p = Predictor.from_bundle(bundle, backend="tensorrt", trt_cache=tmp_path / "cache", max_batch=16)
+    assert p.providers[0] == "TensorrtExecutionProvider" and p.variant.name == "fp32" and p.engine is None
+    (trt, options), *rest = rec.calls[-1]
+    assert trt == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    engines = Path(options["trt_engine_cache_path"])
+    assert options["trt_engine_cache_enable"] is True and options["trt_timing_cache_enable"] is True
+    assert engines.parent == tmp_path / "cache" == Path(options["trt_timing_cache_path"]) and engines.is_dir()
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["files"]["model.onnx"][:16] in engines.name and "fp32" in engines.name  # one folder per model file
+    names = m["inputs"]
+    assert options["trt_profile_min_shapes"] == ",".join(f"{n}:1x1" for n in names)
+    assert options["trt_profile_opt_shapes"] == ",".join(f"{n}:1x{m['max_length']}" for n in names)  # max_length 32 < 128
+    assert options["trt_profile_max_shapes"] == ",".join(f"{n}:16x{m['max_length']}" for n in names)
+    # the environment names the folder when the caller does not; "ort-tensorrt" is the provider by name
+    monkeypatch.setenv("FTEXPORT_TRT_CACHE", str(tmp_path / "env"))
+    q = Predictor.from_bundle(bundle, backend="ort-tensorrt")
+    assert q.backend.name == "ort-tensorrt" and Path(rec.calls[-1][0][1]["trt_timing_cache_path"]) == tmp_path / "env"
+    # an older manifest that points TensorRT at ONNX Runtime's own graph: fp32 instead; a named variant is honoured
+    old = copy(bundle, tmp_path)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["backend_defaults"]["tensorrt"] = "int8"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert Predictor.from_bundle(old, backend="tensorrt").variant.name == "fp32"
+    assert Predictor.from_bundle(old, backend="tensorrt", variant="int8").variant.name == "int8"
+    # a cache folder that cannot be written is one line naming the fix
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BackendUnavailable, match="needs a writable cache folder .*trt_cache=.*FTEXPORT_TRT_CACHE"):
+        Predictor.from_bundle(bundle, backend="tensorrt", trt_cache=tmp_path / "file")
+
+
+def test_pips_tensorrt_libraries_are_loaded_before_a_tensorrt_session(bundle, tmp_path, monkeypatch):
+    """pip's TensorRT libraries live in site-packages/tensorrt_libs, on no loader path, and
+    onnxruntime.preload_dlls covers CUDA and cuDNN only: the runtime loads libnvinfer, its
+    plugin and the ONNX parser itself, in that order, before the session is built."""
+    import ctypes
+    import importlib.machinery
+    import importlib.util
+
+    import ftexport_runtime.engines.ort as eo
+
+    libs = tmp_path / "tensorrt_libs"
+    libs.mkdir()
+    for name in ("libnvonnxparser.so.11", "libnvinfer_plugin.so.11", "libnvinfer.so.11", "libnvinfer_builder_resource.so.11.4.0"):
+        (libs / name).write_bytes(b"")
+    spec = importlib.machinery.ModuleSpec("tensorrt_libs", None, is_package=True)
+    spec.submodule_search_locations = [str(libs)]
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "tensorrt_libs" else real_find(name, *a))
+    rec = _Recorder(monkeypatch)
+    loaded = []
+
+    def fake_cdll(path, mode=0):
+        loaded.append((Path(path).name, mode))
+        rec.events.append("load")
+
+    monkeypatch.setattr(ctypes, "CDLL", fake_cdll)
+    eo.preload_tensorrt_libs.cache_clear()
+    try:
+        Predictor.from_bundle(bundle, backend="tensorrt", trt_cache=tmp_path / "c")
+    finally:
+        eo.preload_tensorrt_libs.cache_clear()
+    assert [n for n, _ in loaded] == ["libnvinfer.so.11", "libnvinfer_plugin.so.11", "libnvonnxparser.so.11"]
+    assert all(mode == ctypes.RTLD_GLOBAL for _, mode in loaded)
+    assert rec.events.index("load") < rec.events.index("session")
+
+
+def test_a_tensorrt_provider_that_cannot_load_says_which_library(monkeypatch, tmp_path):
+    """onnxruntime lists TensorrtExecutionProvider whenever its .so is in the wheel; when the
+    session then falls back, the error names the TensorRT library the provider could not load."""
+    import ftexport_runtime.engines.ort as eo
+    from ftexport_runtime.engines import get_backend
+    from ftexport_runtime.errors import BackendUnavailable
+
+    lib = tmp_path / "libonnxruntime_providers_tensorrt.so"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(eo, "_provider_library", lambda name: lib if name == "tensorrt" else tmp_path / "absent.so")
+
+    def fails(path, mode=0):
+        raise OSError("libnvinfer.so.11: cannot open shared object file: No such file or directory")
+
+    why = eo.tensorrt_provider_problem(load=fails)
+    assert "libnvinfer.so.11: cannot open shared object file" in why and "tensorrt-cu13 11.x" in why
+    assert eo.tensorrt_provider_problem(load=lambda path, mode=0: None) is None
+    monkeypatch.setattr(eo, "tensorrt_provider_problem", lambda load=None: why)
+
+    class FellBack:
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    with pytest.raises(BackendUnavailable, match=r"running on CUDAExecutionProvider, CPUExecutionProvider .*libnvinfer\.so\.11"):
+        eo.check_session(FellBack(), get_backend("tensorrt"))
 
 
 def _ort_cuda_reason() -> str | None:

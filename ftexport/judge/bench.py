@@ -189,6 +189,8 @@ def bench(
                 runners[b] = build_runner(b, bundle, bundle_dir, reference, threads, workdir, task)
             except BackendUnavailable as e:  # listed by the machine but not startable (a provider without its libraries): a skipped row
                 skipped[b] = str(e)
+            except Exception as e:  # noqa: BLE001 - any other failure to start one backend is its row's reason, not the bench's end
+                skipped[b] = f"could not start: {first_line(e, 300)}"
         backends = [b for b in backends if b in runners]
         if not backends:
             raise RecipeError(f"bench: none of the backends can run here ({'; '.join(f'{b}: {r}' for b, r in skipped.items())})")

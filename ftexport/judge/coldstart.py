@@ -62,7 +62,9 @@ def _ort(spec: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     from ftexport_runtime import Predictor
 
     t1 = time.time()
-    p = Predictor.from_bundle(spec["bundle"], variant=spec["variant"], backend=spec["device"], threads=spec["threads"])
+    p = Predictor.from_bundle(
+        spec["bundle"], variant=spec["variant"], backend=spec.get("backend") or spec["device"], threads=spec["threads"]
+    )
     return p.predict, {"import_s": t1 - t0, "load_s": time.time() - t1}
 
 

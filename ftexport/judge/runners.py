@@ -6,8 +6,13 @@ business (its BenchProbe): a runner only loads the model the backend needs.
     pytorch-compile           the same through torch.compile
     optimum-int8              the plain Optimum path: ORTModel export + ORTQuantizer preset
     ort-VARIANT               a bundle variant on ONNX Runtime's CPU provider (the runtime's Predictor)
-    ort-cuda-VARIANT, ort-tensorrt-VARIANT   the same on ONNX Runtime's GPU providers
+    ort-cuda-VARIANT, ort-tensorrt-VARIANT   the same on ONNX Runtime's GPU providers (ort-tensorrt: always
+                              ONNX Runtime's TensorRT provider, the runtime's "ort-tensorrt" backend, even when
+                              the bundle also holds engines)
     trt-ENGINE                the bundle's own TensorRT engine (ftexport export --trt)
+
+A backend the machine lists but cannot start (a provider whose libraries are missing, so the
+session falls back) is a skipped row with its reason, never an abort (bench.py).
 """
 
 from __future__ import annotations
@@ -84,6 +89,12 @@ def parse_backend(name: str) -> tuple[str, str, str | None]:
     return "ort", "cpu", rest
 
 
+def runtime_backend(kind: str, device: str) -> str:
+    """The runtime backend a runner asks the Predictor for: ort-tensorrt rows time ONNX Runtime's
+    TensorRT provider, never the bundle's engines (those are the trt-* rows)."""
+    return "ort-tensorrt" if kind == "ort" and device == "tensorrt" else device
+
+
 def _cxx_compiler() -> str | None:
     return next((p for p in (shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")) if p), None)
 
@@ -152,9 +163,10 @@ def build_runner(name: str, bundle: Any, bundle_dir: Path, reference: Path | Non
         "reference": str(reference.resolve()) if reference else None,
         "max_length": bundle.manifest.max_length,
         "task": bundle.manifest.task,
+        "backend": runtime_backend(kind, device),
     }
     if kind in ("ort", "trt"):
-        p = Predictor(bundle, variant=variant, backend=device, threads=threads)
+        p = Predictor(bundle, variant=variant, backend=spec["backend"], threads=threads)
         return Runner(name, probe.ort(p), spec, p)
     import torch
 

@@ -20,7 +20,9 @@ def _predict(args: argparse.Namespace) -> int:
     if args.file:
         with open(args.file, encoding="utf-8") as f:
             texts += [line.rstrip("\n") for line in f if line.strip()]
-    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback)
+    predictor = Predictor.from_bundle(
+        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback, trt_cache=args.trt_cache
+    )
     preds = predictor.predict(texts)
     if args.json:
         print(json.dumps([dict(text=t, **p.as_dict()) for t, p in zip(texts, preds)], indent=2))
@@ -31,7 +33,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    predictor = Predictor.from_bundle(args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback)
+    predictor = Predictor.from_bundle(
+        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback, trt_cache=args.trt_cache
+    )
     results = predictor.generate(
         list(args.prompts),
         max_new_tokens=args.max_new_tokens,
@@ -102,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         fallback=args.fallback,
         session_options=serving_session_options(),
+        trt_cache=args.trt_cache,
     )
     head = predictor.head
     if not head.serves:  # POST /v1/predict classifies; generation over HTTP is not built yet
@@ -122,14 +127,21 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="cpu",
-        choices=["cpu", "cuda", "tensorrt"],
-        help="execution backend; tensorrt runs the bundle's TensorRT engine, or ONNX Runtime's TensorRT provider when it has none",
+        choices=["cpu", "cuda", "tensorrt", "ort-tensorrt"],
+        help="execution backend; tensorrt runs the bundle's TensorRT engine, or ONNX Runtime's TensorRT provider when it has none; "
+        "ort-tensorrt always runs ONNX Runtime's TensorRT provider",
     )
     p.add_argument(
         "--fallback",
         choices=["cuda"],
         help="with --backend tensorrt: when the engine was built for another GPU or TensorRT version (or TensorRT is "
         "missing), run its ONNX model on ONNX Runtime CUDA instead of refusing",
+    )
+    p.add_argument(
+        "--trt-cache",
+        metavar="DIR",
+        help="with ONNX Runtime's TensorRT provider: the folder for its engine and timing caches, so a restart does not rebuild "
+        "engines (default: $FTEXPORT_TRT_CACHE, else ~/.cache/ftexport/tensorrt)",
     )
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core)")
 

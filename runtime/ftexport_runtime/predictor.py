@@ -18,11 +18,31 @@ from tokenizers import Tokenizer
 
 from .bundle import Bundle, Variant
 from .engines import Engine, get_backend
-from .engines.ort import OrtEngine
+from .engines.ort import TENSORRT, OrtEngine, tensorrt_options, trt_cache_root
 from .errors import BackendUnavailable, BundleError, PredictError
 from .heads import get_head, refusal
 from .heads.entities import Entities
 from .tokenizer import ENCODER_INPUTS, encoder_feeds, load_tokenizer
+
+
+def _ort_rewrite(variant: Variant) -> bool:
+    """Whether a variant is ONNX Runtime's own graph (a fused O2-O4 graph, or the CPU rewrite of
+    dynamic int8): contrib operators that TensorRT's parser does not read."""
+    d = variant.details
+    return bool(d.get("ort_graph")) or d.get("optimization_level") in ("O2", "O3", "O4")
+
+
+def default_variant(manifest: Any, backend: Any) -> str | None:
+    """The variant a backend runs when none is named: the manifest's choice (bundle.variant), except
+    on ONNX Runtime's TensorRT provider, where a choice TensorRT cannot read (bundles written before
+    ftexport stopped making the O4 graph TensorRT's default) gives way to fp32."""
+    if backend.provider != TENSORRT:
+        return None
+    name = manifest.backend_defaults.get(backend.defaults_key) or manifest.default_variant
+    chosen = manifest.variants.get(name)
+    if chosen is not None and _ort_rewrite(chosen) and "fp32" in manifest.variants:
+        return "fp32"
+    return None
 
 
 class Predictor:
@@ -48,9 +68,11 @@ class Predictor:
         session_options: ort.SessionOptions | None = None,
         fallback: str | None = None,
         verify_loaded: bool = False,
+        trt_cache: str | os.PathLike[str] | None = None,
     ):
         """Load `variant` of an opened bundle. `verify_loaded` checks the sha256 of each file
-        as it is read and loads those very bytes (from_bundle turns it on)."""
+        as it is read and loads those very bytes (from_bundle turns it on). `trt_cache`: see
+        from_bundle."""
         if max_batch < 1:
             raise PredictError(f"max_batch must be at least 1, got {max_batch}")
         if fallback not in (None, "cuda"):
@@ -72,9 +94,18 @@ class Predictor:
                 self.head = head(self)
                 self.generator = getattr(self.head, "generator", None)
                 return
-        self.variant: Variant = bundle.variant(variant, self.backend.name)
+        self.variant: Variant = bundle.variant(variant or default_variant(self.manifest, self.backend), self.backend.defaults_key)
         self.tokenizer = self._load_tokenizer()
         self.threads = threads
+        options = None
+        if self.backend.provider == TENSORRT:  # ONNX Runtime's TensorRT provider: caches and one profile for every shape
+            options = tensorrt_options(
+                trt_cache_root(trt_cache),
+                self._model_key(),
+                list(self.manifest.inputs) if head.encoder else None,
+                self.max_batch,
+                self.max_length,
+            )
         runner = OrtEngine.from_bundle(
             bundle,
             self.variant,
@@ -83,6 +114,7 @@ class Predictor:
             threads,
             verify=verify_loaded,
             io_binding=head.encoder and self.backend.name != "cpu",
+            provider_options=options,
         )
         self._runner = runner
         self.session = runner.session
@@ -94,6 +126,12 @@ class Predictor:
             )
         self.head = head(self)  # a decoder's head builds its KV-cache loop over the session here
         self.generator = getattr(self.head, "generator", None)
+
+    def _model_key(self) -> str:
+        """A folder name for the engines ONNX Runtime's TensorRT provider builds from this
+        variant's file: its sha256 (from the manifest) and name, so bundles never share one."""
+        digest = self.manifest.files.get(self.variant.file, "")[:16] or "unhashed"
+        return f"{self.manifest.name}-{self.variant.name}-{digest}"
 
     def _load_engine(self, name: str | None, fallback: str | None) -> str | None:
         """Load the bundle's TensorRT engine `name` (default: fp16, else the first one). With
@@ -141,11 +179,14 @@ class Predictor:
         session_options: ort.SessionOptions | None = None,
         verify: str = "all",
         fallback: str | None = None,
+        trt_cache: str | os.PathLike[str] | None = None,
     ) -> Predictor:
         """Open and verify a bundle (directory or .tar.gz) and load one of its variants.
 
         variant: a name from the manifest ("fp32", "int8", ...); default: the manifest's choice.
-        backend: "cpu", "cuda" or "tensorrt"; a GPU backend that would fall back to CPU raises.
+        backend: "cpu", "cuda", "tensorrt" or "ort-tensorrt"; a GPU backend that would fall back
+            to CPU raises. "ort-tensorrt" is ONNX Runtime's TensorRT provider even when the
+            bundle holds TensorRT engines.
         threads: ONNX Runtime intra-op threads (default: onnxruntime's choice, one per core).
         max_batch: larger inputs are split into batches of this size.
         verify: "all" checks the sha256 of every file of the bundle: each file that is loaded
@@ -161,6 +202,11 @@ class Predictor:
             is refused, unless fallback="cuda", which runs the engine's ONNX model on ONNX
             Runtime CUDA instead (`fallback_reason` says why). A bundle without engines runs
             on ONNX Runtime's TensorRT provider.
+        trt_cache: with ONNX Runtime's TensorRT provider, the folder for its engine and timing
+            caches (default: $FTEXPORT_TRT_CACHE, else ~/.cache/ftexport/tensorrt), so a restart
+            reuses the engines; one optimization profile covers batch 1..max_batch and 1..max_length
+            tokens, so a new shape does not rebuild one. Its default variant is one TensorRT
+            reads (the symmetric Q/DQ int8 or fp32), never ONNX Runtime's own fused graphs.
         """
         if verify not in ("used", "all", "none"):
             raise PredictError(f"verify must be 'used', 'all' or 'none', got {verify!r}")
@@ -176,7 +222,9 @@ class Predictor:
                 bundle.verify(bundle.unchecked())
 
         try:
-            predictor = cls(bundle, variant, backend, threads, max_batch, session_options, fallback, verify_loaded=verify != "none")
+            predictor = cls(
+                bundle, variant, backend, threads, max_batch, session_options, fallback, verify_loaded=verify != "none", trt_cache=trt_cache
+            )
         except Exception:
             try:
                 every_file_checked()
@@ -197,11 +245,11 @@ class Predictor:
         m = bundle.manifest
         files = {m.tokenizer["file"]}
         try:
-            name = get_backend(backend).name
-            if name == "tensorrt" and m.engines:
+            chosen_backend = get_backend(backend)
+            if chosen_backend.name == "tensorrt" and m.engines:
                 files |= {e.file for e in m.engines.values() if e.name == (variant or e.name)}
             else:
-                chosen = bundle.variant(variant, name)
+                chosen = bundle.variant(variant or default_variant(m, chosen_backend), chosen_backend.defaults_key)
                 files |= {chosen.file, *chosen.extra_files}
         except (BundleError, BackendUnavailable):
             pass  # __init__ raises the same error with its own message

@@ -7,7 +7,7 @@ plug-ins (`register_mode`); the built-in ones:
                                             stored as ONNX Runtime's CPU rewrite of the graph
     static          model.int8-static.onnx  int8 weights and activations, ranges calibrated on
                                             training texts; QDQ (portable, TensorRT) or QOperator
-    fp16 / O4       model.fp16.onnx         fp16, fused for the GPU (CUDA, TensorRT)
+    fp16 / O4       model.fp16.onnx         fp16, fused for ONNX Runtime CUDA (contrib ops: not for TensorRT)
 
 and, before them, `optimize` O1-O3: model.opt.onnx, fp32 fused by ORT's transformer optimizer
 (through Optimum); int8 models are then made from it. int8 is ONNX Runtime's quantizer (int8.py);
@@ -214,23 +214,25 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
 
 
 def _gpu_defaults(manifest: Manifest, tmp: Path) -> None:
-    """fp16 when there is one. Otherwise, when the CPU default is int8, fp32 rather than that
-    graph: dynamic int8 (stored as ORT's CPU rewrite) and QOperator int8 are CPU-provider
+    """CUDA: fp16 when there is one. Otherwise, when the CPU default is int8, fp32 rather than
+    that graph: dynamic int8 (stored as ORT's CPU rewrite) and QOperator int8 are CPU-provider
     operators that a GPU session would run node by node on the CPU, with copies between
-    devices, and CUDA runs a QDQ graph as fp32 with extra work. TensorRT does read a QDQ int8
-    graph when it is symmetric and free of ORT contrib ops (tensorrt.int8_problems); such a
-    variant is its default then."""
-    if "fp16" in manifest.variants:
-        manifest.backend_defaults["cuda"] = "fp16"
-        manifest.backend_defaults["tensorrt"] = "fp16"
-        return
-    if manifest.variants[manifest.default_variant].precision != "int8":
-        return
+    devices, and CUDA runs a QDQ graph as fp32 with extra work.
+
+    TensorRT (ONNX Runtime's provider): a graph its parser reads, whatever else the bundle holds:
+    a symmetric QDQ int8 graph free of ORT contrib ops (tensorrt.int8_problems) when there is one,
+    else fp32; never ONNX Runtime's own graphs (the O4 fp16 and O1-O3 graphs are full of contrib
+    ops such as Attention and SkipLayerNormalization, the dynamic int8 file is ORT's CPU rewrite)."""
     from ..tensorrt import int8_problems
 
-    manifest.backend_defaults.setdefault("cuda", "fp32")
+    if "fp16" in manifest.variants:
+        manifest.backend_defaults["cuda"] = "fp16"
+    elif manifest.variants[manifest.default_variant].precision == "int8":
+        manifest.backend_defaults.setdefault("cuda", "fp32")
+    if manifest.default_variant == "fp32" and "fp16" not in manifest.variants:
+        return  # fp32 alone: already every backend's default
     readable = [v.name for v in manifest.variants.values() if v.precision == "int8" and not int8_problems(tmp / v.file)]
-    manifest.backend_defaults.setdefault("tensorrt", readable[0] if readable else "fp32")
+    manifest.backend_defaults["tensorrt"] = readable[0] if readable else "fp32"
 
 
 def _texts(data: Any, split: str, n: int) -> list[str]:

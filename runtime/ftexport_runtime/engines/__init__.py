@@ -1,5 +1,7 @@
 """Execution engines: what runs a bundle's model (ONNX Runtime, or a TensorRT engine) behind
-one interface, and the backend names an application chooses from.
+one interface, and the backend names an application chooses from: cpu, cuda, tensorrt (the
+bundle's TensorRT engine when it has one, else ONNX Runtime's TensorRT provider) and
+ort-tensorrt (always ONNX Runtime's TensorRT provider, even beside engines).
 
 An engine takes a dict of [batch, sequence] arrays (`input_types` says which inputs and
 dtypes) and `run` returns its first output as float32; `providers` says where it runs. The
@@ -13,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import BackendUnavailable
-from .ort import Backend
+from .ort import CPU, CUDA, TENSORRT, Backend
 
 
 class Engine(Protocol):
@@ -31,9 +33,11 @@ class Engine(Protocol):
 
 
 BACKENDS = {
-    "cpu": Backend("cpu", "CPUExecutionProvider"),
-    "cuda": Backend("cuda", "CUDAExecutionProvider"),
-    "tensorrt": Backend("tensorrt", "TensorrtExecutionProvider"),
+    "cpu": Backend("cpu", CPU),
+    "cuda": Backend("cuda", CUDA),
+    # TensorRT takes what it can, CUDA the rest, the CPU what neither has
+    "tensorrt": Backend("tensorrt", TENSORRT, fallbacks=(CUDA, CPU)),
+    "ort-tensorrt": Backend("ort-tensorrt", TENSORRT, fallbacks=(CUDA, CPU), defaults="tensorrt"),
 }
 
 
