@@ -1,6 +1,10 @@
 # syntax=docker/dockerfile:1
 # ftexport-runtime on an NVIDIA GPU: CUDA 13 + cuDNN 9 runtime image (what onnxruntime-gpu
-# from PyPI is built for, 1.27 on) with ftexport-runtime[gpu,serve], run as a non-root user.
+# from PyPI is built for, 1.27 on; the host needs an r580+ driver) with ftexport-runtime[gpu,serve],
+# run as a non-root user. TensorRT too (the bundle's engines, ONNX Runtime's TensorRT provider):
+#   --build-arg RUNTIME_EXTRAS=trt,serve
+# The CUDA 12 combination (r535-r579 drivers; docs/tensorrt.md in the repository):
+#   --build-arg CUDA_IMAGE=nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04 --build-arg RUNTIME_EXTRAS=gpu-cu12,serve
 #
 # Build from the repository root (see docker/README.md):
 #   docker build -f docker/runtime-gpu.Dockerfile -t ftexport-runtime:gpu .
@@ -10,6 +14,7 @@
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
+ARG RUNTIME_EXTRAS=gpu,serve
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -18,7 +23,7 @@ COPY runtime/ /src/runtime/
 # The runtime depends on onnxruntime and its gpu extra adds onnxruntime-gpu: both write the
 # same `onnxruntime` package, so remove the CPU one and lay the GPU one down again, whole.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir "/src/runtime[gpu,serve]" \
+ && /opt/venv/bin/pip install --no-cache-dir "/src/runtime[${RUNTIME_EXTRAS}]" \
  && /opt/venv/bin/pip uninstall -y onnxruntime \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall \
       "onnxruntime-gpu==$(/opt/venv/bin/python -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))')"
@@ -28,12 +33,21 @@ ARG BUNDLE=docker/no-bundle
 ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    FTEXPORT_TRT_CACHE=/cache/tensorrt
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ftexport
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ftexport \
+ && mkdir -p /cache/tensorrt \
+ && chown -R 10001:10001 /cache
 COPY --from=build /opt/venv /opt/venv
+# With TensorRT installed: its pip libraries on the loader path (ONNX Runtime's TensorRT provider
+# links libnvinfer.so.N by soname); an empty file otherwise. ONNX Runtime's TensorRT provider keeps
+# its engines in /cache/tensorrt: mount a volume there (-v trt-cache:/cache) so a restart reuses them.
+RUN /opt/venv/bin/python -c "import importlib.util as u, os; s = u.find_spec('tensorrt_libs'); print(os.path.dirname(s.origin) if s else '')" \
+      > /etc/ld.so.conf.d/tensorrt-pip.conf \
+ && ldconfig
 COPY ${BUNDLE} /bundle
 USER 10001:10001
 WORKDIR /tmp

@@ -510,6 +510,69 @@ def test_engine_runner_addresses_every_output_and_destroys_its_stream(qbundle, t
         p.logits(TEXTS[:1])
 
 
+# ---- versions that fit together (ftexport doctor) ----------------------------------------
+
+
+def test_doctor_names_the_combination_and_what_does_not_fit():
+    """The supported combinations (docs/tensorrt.md): CUDA 13 = onnxruntime-gpu 1.27+, TensorRT
+    11 (tensorrt-cu13), cuda-bindings 13.x, driver r580+; CUDA 12 = onnxruntime-gpu 1.22-1.26,
+    TensorRT 10.9+ (tensorrt-cu12), cuda-bindings 12.6+, driver r535+. doctor names the one it
+    finds and each package or driver that does not fit, with the pip line that fixes it."""
+    from ftexport.doctor import STACKS, check_stack
+
+    cu13 = {"onnxruntime-gpu": "1.31.1", "cuda-bindings": "13.5.0", "onnxruntime": None}
+    ok = check_stack(cu13, {"tensorrt": "11.4.0.106", "tensorrt-cu13": "11.4.0.106"}, "580.65.06")
+    assert ok == {"stack": "CUDA 13", "combination": ok["combination"], "problems": []}
+    assert ok["combination"].startswith("CUDA 13 (onnxruntime-gpu 1.31.1, tensorrt-cu13 11.4.0.106, cuda-bindings 13.5.0, driver 580")
+    cu12 = check_stack({"onnxruntime-gpu": "1.26.0", "cuda-bindings": "12.9.2"}, {"tensorrt-cu12": "10.15.1"}, "550.54.15")
+    assert cu12["stack"] == "CUDA 12" and cu12["problems"] == []
+
+    def problems(packages, trt, driver, provider=None):
+        return check_stack({**cu13, **packages}, trt, driver, provider)["problems"]
+
+    # the issue's cases: a driver too old for the CUDA 13 runtime; TensorRT 10 beside onnxruntime-gpu 1.27+
+    (old,) = problems({}, {"tensorrt-cu13": "11.4.0"}, "550.54.15")
+    assert "driver 550.54.15 is too old for the CUDA 13 runtime" in old and "r580+" in old and "ftexport[gpu-cu12,trt-cu12]" in old
+    (ten,) = problems({}, {"tensorrt-cu13": "10.13.0"}, "580.1")
+    assert "tensorrt 10.13.0 does not fit the CUDA 13 combination" in ten and "libnvinfer.so.11" in ten and "tensorrt-cu13>=11.0,<12" in ten
+    (flavour,) = problems({}, {"tensorrt-cu12": "11.4.0"}, "580.1")
+    assert "tensorrt-cu12 is built for CUDA 12, the rest for CUDA 13" in flavour
+    (bindings,) = problems({"cuda-bindings": "12.9.2"}, {"tensorrt-cu13": "11.4.0"}, "580.1")
+    assert "cuda-bindings 12.9.2 links the CUDA 12 runtime" in bindings and "cuda-bindings>=13.0,<14" in bindings
+    (both,) = problems({"onnxruntime": "1.31.1"}, {"tensorrt-cu13": "11.4.0"}, "580.1")
+    assert "both installed" in both and "pip uninstall -y onnxruntime" in both
+    (lib,) = problems({}, {"tensorrt-cu13": "11.4.0"}, "580.1", "ONNX Runtime's TensorRT provider cannot load (libnvinfer.so.11: ...)")
+    assert "libnvinfer.so.11" in lib
+    missing = problems({"cuda-bindings": None}, {}, None)
+    assert any("tensorrt is not installed" in m for m in missing) and any("cuda-bindings is not installed" in m for m in missing)
+    assert any("no NVIDIA driver answers" in m for m in missing)
+    (ancient,) = check_stack({"onnxruntime-gpu": "1.20.1", "cuda-bindings": "12.6.0"}, {"tensorrt-cu12": "10.9.0"}, "550.1")["problems"]
+    assert "onnxruntime-gpu 1.20.1 is in no supported combination" in ancient  # >=1.20 admitted CUDA 12 wheels built for TensorRT 10.4
+    assert check_stack({}, {}, None)["problems"] == [] and check_stack({}, {}, None)["stack"] is None
+    assert STACKS[0].pins() == {"onnxruntime-gpu": ">=1.27,<2", "tensorrt-cu13": ">=11.0,<12", "cuda-bindings": ">=13.0,<14"}
+
+
+def test_the_extras_and_dockerfiles_pin_the_supported_combinations():
+    """pyproject extras, runtime extras and the CUDA base images say the same as doctor's STACKS."""
+    import re
+
+    from ftexport.doctor import STACKS
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    cu13, cu12 = STACKS
+    for pyproject in (root / "pyproject.toml", root / "runtime" / "pyproject.toml"):
+        extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+        assert extras["gpu"] == ["onnxruntime-gpu>=1.27,<2"] and extras["gpu-cu12"] == ["onnxruntime-gpu>=1.22,<1.27"]
+        for extra, stack in (("trt", cu13), ("trt-cu12", cu12)):
+            assert sorted(extras[extra]) == sorted(f"{name}{pin}" for name, pin in stack.pins().items()), (pyproject, extra)
+    for dockerfile in ("runtime-gpu.Dockerfile", "train.Dockerfile"):
+        text = (root / "docker" / dockerfile).read_text()
+        assert f"ARG CUDA_IMAGE={cu13.image}" in text, dockerfile
+        assert re.search(r"tensorrt_libs", text) or dockerfile == "runtime-gpu.Dockerfile" and "RUNTIME_EXTRAS" in text
+
+
 # ---- the command line -----------------------------------------------------------------------
 
 
