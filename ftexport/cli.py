@@ -684,6 +684,12 @@ def bench(
 @click.option("--triton-name", help="Triton model name. Default: the bundle's name.")
 @click.option("--triton-max-batch", type=int, default=32, show_default=True, help="Triton max_batch_size (dynamic batching up to this).")
 @click.option("--triton-gpu", is_flag=True, help="Triton instance_group KIND_GPU instead of KIND_CPU.")
+@click.option(
+    "--triton-portable",
+    is_flag=True,
+    help="Ship the plain quantizer output instead of ONNX Runtime's CPU rewrite of dynamic int8 (which needs the onnxruntime "
+    "that wrote it, or newer, inside Triton); rebuilt from the fp32 graph and checked against the variant.",
+)
 def pack(
     bundle: str,
     output: str | None,
@@ -696,6 +702,7 @@ def pack(
     triton_name: str | None,
     triton_max_batch: int,
     triton_gpu: bool,
+    triton_portable: bool,
 ) -> None:
     """Write the final bundle: models, tokenizer, reports and a manifest with their sha256,
     the parity results it passed and its measured latency.
@@ -719,7 +726,9 @@ def pack(
     if triton_dir is not None:
         from .ship.triton import write_triton_repo
 
-        click.echo(write_triton_repo(source, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu))
+        click.echo(
+            write_triton_repo(source, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu, portable=triton_portable)
+        )
 
 
 @main.command()

@@ -252,6 +252,55 @@ def test_variant_name_batch_and_gpu_options(bundle, tmp_path):
         assert msg.instance_group[0].kind == msg.instance_group[0].KIND_GPU
 
 
+REWRITE_OPS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"}  # ONNX Runtime's CPU fusions of the quantizer's MatMulInteger
+
+
+def _ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_the_int8_rewrite_says_which_onnxruntime_it_needs(repo, bundle):
+    """The CPU int8 variant is this onnxruntime's own rewritten graph, which an older onnxruntime
+    inside Triton may refuse: the repository says which onnxruntime (hence Triton) it needs, and
+    how to get a portable graph instead."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    wrote = manifest["variants"]["int8"]["details"]["ort_graph"]["onnxruntime"]
+    assert _ops(model_dir(repo) / "1" / "model.onnx") & REWRITE_OPS  # what ships by default: the rewrite
+    readme = (repo / "README.txt").read_text()
+    assert f"onnxruntime {wrote} or newer" in readme and f"ONNX Runtime >= {wrote}" in readme and "--triton-portable" in readme
+
+
+def test_portable_ships_the_plain_quantizer_output_that_answers_as_the_variant(bundle, tmp_path):
+    out = write_triton_repo(bundle, tmp_path / "p", portable=True)
+    model = model_dir(out) / "1" / "model.onnx"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert sha256_file(model) != manifest["files"]["model.int8.onnx"]
+    ops = _ops(model)
+    assert not ops & REWRITE_OPS and {"MatMulInteger", "DynamicQuantizeLinear"} <= ops  # standard int8 operators
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    encs = tok.encode_batch(TEXTS)
+    feeds = {
+        "input_ids": [e.ids for e in encs],
+        "attention_mask": [e.attention_mask for e in encs],
+        "token_type_ids": [e.type_ids for e in encs],
+    }
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: np.asarray(feeds[i.name], dtype=np.int64) for i in session.get_inputs()})[0]
+    np.testing.assert_allclose(got, Predictor.from_bundle(bundle).logits(TEXTS), rtol=1e-5, atol=1e-5)
+    readme = (out / "README.txt").read_text()
+    assert "plain quantizer output" in readme and "Older onnxruntime versions read it" in readme and "or newer" not in readme
+    # a variant that is portable already ships byte for byte
+    fp32 = write_triton_repo(bundle, tmp_path / "f", variant="fp32", portable=True)
+    assert sha256_file(model_dir(fp32) / "1" / "model.onnx") == manifest["files"]["model.onnx"]
+    assert "standard ONNX graph" in (fp32 / "README.txt").read_text()
+    # from the command line
+    cli = CliRunner().invoke(main, ["-q", "pack", str(bundle), "--triton", str(tmp_path / "c"), "--triton-portable"])
+    assert cli.exit_code == 0, cli.output
+    assert not _ops(model_dir(tmp_path / "c") / "1" / "model.onnx") & REWRITE_OPS
+
+
 def test_tarball_bundle(tiny_run, tmp_path):
     from ftexport_runtime.bundle import make_tarball
 

@@ -12,6 +12,14 @@ for users who outgrow one process.
 The tokenizer is not part of the Triton model: Triton's onnxruntime backend runs the graph
 only, so clients tokenize with tokenizer.json and send input_ids (and the other inputs).
 Names, data types and dims come from the ONNX graph itself, checked against the manifest.
+
+Which onnxruntime the model needs: the bundle's dynamic int8 variant is stored as ONNX
+Runtime's own CPU rewrite of the quantizer's output (contrib operators of the onnxruntime that
+wrote it, e.g. 1.31), which the older onnxruntime inside a Triton release may refuse. By default
+the variant ships as it is and README.txt (and the console) say which onnxruntime, hence which
+Triton releases, it needs; with `portable` (`pack --triton-portable`) the repository gets the
+plain quantizer output instead, rebuilt from the bundle's fp32 graph and checked to answer as
+the variant does.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ _TRITON_TYPES = {
     16: "TYPE_BF16",
 }
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# texts a rebuilt graph must answer as the bundle's variant does (with the task's own example)
+_CHECK_TEXTS = ["a", "the plot was dull and the acting awful , a waste of two hours", "fine " * 60, "Berlin, 3 May: 42% (ok?)"]
 _TENSOR = re.compile(r'[^"\\\x00-\x1f]+')
 
 
@@ -131,6 +141,19 @@ def preferred_batch_sizes(max_batch: int) -> list[int]:
     return sorted({max(1, max_batch // 4), max(1, max_batch // 2), max_batch})
 
 
+def ort_requirement(variant: Any, portable: dict[str, Any] | None = None) -> str | None:
+    """The onnxruntime a variant's graph needs beyond a standard ONNX reader, in words, or None:
+    ONNX Runtime's own CPU rewrite needs the onnxruntime that wrote it, or a newer one."""
+    wrote = (variant.details.get("ort_graph") or {}).get("onnxruntime")
+    if portable is not None or not wrote:
+        return None
+    return (
+        f"model.onnx is ONNX Runtime {wrote}'s own CPU rewrite of the int8 model (com.microsoft operators): Triton's onnxruntime "
+        f"backend must run onnxruntime {wrote} or newer, so pick a Triton release whose framework support matrix lists ONNX Runtime "
+        f">= {wrote}; for an older Triton, write the repository with `ftexport pack --triton-portable` (the plain quantizer output)"
+    )
+
+
 def _readme(
     name: str,
     manifest: Any,
@@ -140,17 +163,31 @@ def _readme(
     max_batch: int,
     gpu: bool,
     digest: str,
+    portable: dict[str, Any] | None = None,
 ) -> str:
     ins = "\n".join(
         f"    {t['name']:<16} {t['data_type']:<10} [batch, {', '.join('seq' if d == -1 else str(d) for d in t['dims'])}]" for t in inputs
     )
     outs = "\n".join(f"    {t['name']:<16} {t['data_type']:<10} [batch, {', '.join(str(d) for d in t['dims'])}]" for t in outputs)
     first_out = outputs[0]["name"]
+    need = ort_requirement(variant, portable)
+    if portable is not None:
+        needs = (
+            f"model.onnx is the plain quantizer output of variant {variant.name!r} ({portable['made_by']}; standard int8\n"
+            f"operators), rebuilt from the bundle's fp32 graph: it answered {portable['checked_texts']} texts as the variant does\n"
+            f"(max |diff| {portable['max_diff']:.1g}). Older onnxruntime versions read it."
+        )
+    else:
+        needs = (
+            need if need else "model.onnx is a standard ONNX graph as the bundle holds it; any onnxruntime that reads its opset runs it."
+        )
     return f"""Triton Inference Server model repository written by `ftexport pack --triton`.
 
 Model {name!r}: variant {variant.name!r} ({variant.precision}) of bundle {manifest.name!r},
 ONNX Runtime backend on {"GPU" if gpu else "CPU"}, dynamic batching up to {max_batch} items.
 {name}/{VERSION}/{MODEL_FILE} sha256 {digest}
+
+Needs: {needs}
 
 Start the server:
 
@@ -255,11 +292,15 @@ def write_triton_repo(
     gpu: bool = False,
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     instances: int = 1,
+    portable: bool = False,
 ) -> Path:
     """Write a Triton model repository for one variant of a bundle into `out_dir`.
 
     variant: a variant of the bundle (e.g. "int8"); default: the bundle's choice for the
     target device (backend_defaults for cpu or cuda, else default_variant), as Predictor does.
+    portable: when the variant is ONNX Runtime's CPU rewrite of dynamic int8, ship the plain
+    quantizer output instead (rebuilt and checked against it), which older onnxruntime
+    versions read; without it the rewrite ships and README.txt says which onnxruntime it needs.
     Returns `out_dir`. Nothing is written on error.
     """
     import onnx
@@ -301,11 +342,19 @@ def write_triton_repo(
         )
 
     progress.step(f"pack: Triton model repository {out} (model {name!r}, variant {chosen.name}, {'GPU' if gpu else 'CPU'})")
+    rebuild = portable and bool(chosen.details.get("ort_graph"))
     with stage_dir(out) as tmp:
         model_dir = tmp / name
         version_dir = model_dir / VERSION
         version_dir.mkdir(parents=True)
-        _link_or_copy(model_path, version_dir / MODEL_FILE)
+        made = None
+        if rebuild:
+            from ..export.quantize import portable_int8
+
+            progress.info(f"{chosen.name}: rebuilding the plain quantizer output (portable) from the bundle's fp32 graph")
+            made = portable_int8(bundle, chosen, version_dir / MODEL_FILE, [get_task(manifest.task).example, *_CHECK_TEXTS])
+        else:
+            _link_or_copy(model_path, version_dir / MODEL_FILE)
         for extra in chosen.extra_files:  # external data: the graph refers to it by this relative name
             _link_or_copy(bundle.path_of(extra), version_dir / extra)
         (model_dir / LABELS_FILE).write_text("".join(f"{label}\n" for label in manifest.labels))
@@ -314,6 +363,9 @@ def write_triton_repo(
         )
         _client_tokenizer(bundle, tmp / "tokenizer.json")
         digest = sha256_file(version_dir / MODEL_FILE)
-        (tmp / "README.txt").write_text(_readme(name, manifest, chosen, inputs, outputs, max_batch, gpu, digest))
+        (tmp / "README.txt").write_text(_readme(name, manifest, chosen, inputs, outputs, max_batch, gpu, digest, made))
+    need = ort_requirement(chosen, made)
+    if need:
+        progress.info(f"needs: {need}")
     progress.info(f"wrote {out / name / 'config.pbtxt'}")
     return out

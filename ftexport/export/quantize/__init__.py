@@ -17,8 +17,10 @@ an int8 model that misses the int8 gate can keep its most sensitive layers in fp
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ftexport_runtime import Predictor
@@ -26,7 +28,7 @@ from ftexport_runtime.bundle import Bundle, Manifest, Variant, write_manifest
 
 from ...core import progress
 from ...core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir
-from ...core.errors import RecipeError
+from ...core.errors import BundleError, RecipeError
 from ...data import fingerprint, load_data
 from ...tasks import TASKS, get_task
 from ..fusion import optimize_graph
@@ -233,6 +235,50 @@ def _gpu_defaults(manifest: Manifest, tmp: Path) -> None:
         return  # fp32 alone: already every backend's default
     readable = [v.name for v in manifest.variants.values() if v.precision == "int8" and not int8_problems(tmp / v.file)]
     manifest.backend_defaults["tensorrt"] = readable[0] if readable else "fp32"
+
+
+def portable_int8(bundle: Bundle, variant: Variant, dst: Path, texts: list[str]) -> dict[str, Any]:
+    """The plain quantizer output a dynamic int8 variant stored as ONNX Runtime's CPU rewrite
+    (`ort_graph`) was made from: rebuilt from the bundle's fp32 (or opt) graph with the settings
+    the manifest records, and refused unless it answers `texts` as the variant does. The rewrite
+    holds operators and attributes of the onnxruntime that wrote it, which an older onnxruntime
+    (inside a Triton release, say) may not read; the quantizer's output holds standard int8 ops."""
+    import numpy as np
+    import onnxruntime as ort
+
+    d, m = variant.details, bundle.manifest
+    if d.get("mode") != "dynamic" or not d.get("ort_graph"):
+        raise BundleError(f"variant {variant.name!r} is not ONNX Runtime's rewrite of dynamic int8: it is portable as it is")
+    source = OPT_VARIANT if d.get("optimization_level") else "fp32"
+    if source not in m.variants:
+        raise BundleError(
+            f"{bundle.root}: rebuilding a portable {variant.name} graph needs the bundle's {source} variant, which this bundle "
+            "does not carry (packed with --variants?); use the bundle it was packed from"
+        )
+    section = SimpleNamespace(per_channel=d.get("per_channel", True), reduce_range=d.get("reduce_range", False))
+    exclude = list((d.get("accuracy_aware") or {}).get("kept_fp32_nodes") or [])
+    with tempfile.TemporaryDirectory(prefix="ftexport-portable-") as work:
+        src = bundle.path_of(m.variants[source].file)
+        if source == OPT_VARIANT:  # as quantize did: the quantizer reads the fused graph through symbolic shape inference
+            src = typed(src, Path(work) / "typed.onnx")
+        int8_onnx(src, dst, False, section, None, None, exclude)
+    feeds = Predictor(bundle, variant=variant.name).encode(texts)
+    want = ort.InferenceSession(str(bundle.path_of(variant.file)), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    diff = float(np.abs(np.asarray(want, np.float32) - np.asarray(got, np.float32)).max())
+    if diff > 1e-5:
+        dst.unlink(missing_ok=True)
+        raise BundleError(
+            f"the rebuilt plain int8 graph answers differently from variant {variant.name!r} (max |diff| {diff:.3g}; "
+            f"this onnxruntime's quantizer is {ort.__version__}, the variant's was {d['ort_graph'].get('onnxruntime')}): "
+            "ship the variant as it is, on an onnxruntime at least as new as the one that wrote it"
+        )
+    return {
+        "portable_of": variant.name,
+        "made_by": f"onnxruntime.quantization {ort.__version__}",
+        "checked_texts": len(texts),
+        "max_diff": diff,
+    }
 
 
 def _texts(data: Any, split: str, n: int) -> list[str]:
