@@ -2,9 +2,9 @@
 # ftexport-runtime on an NVIDIA GPU: CUDA 13 + cuDNN 9 runtime image (what onnxruntime-gpu
 # from PyPI is built for, 1.27 on; the host needs an r580+ driver) with ftexport-runtime[gpu,serve],
 # run as a non-root user. TensorRT too (the bundle's engines, ONNX Runtime's TensorRT provider):
-#   --build-arg RUNTIME_EXTRAS=trt,serve
+#   --build-arg RUNTIME_EXTRAS=trt
 # The CUDA 12 combination (r535-r579 drivers; docs/tensorrt.md in the repository):
-#   --build-arg CUDA_IMAGE=nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04 --build-arg RUNTIME_EXTRAS=gpu-cu12,serve
+#   --build-arg CUDA_IMAGE=nvidia/cuda:12.9.1-cudnn-runtime-ubuntu24.04 --build-arg RUNTIME_EXTRAS=gpu-cu12
 #
 # Build from the repository root (see docker/README.md):
 #   docker build -f docker/runtime-gpu.Dockerfile -t ftexport-runtime:gpu .
@@ -14,7 +14,8 @@
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
-ARG RUNTIME_EXTRAS=gpu,serve
+# Extras instead of gpu (with serve): trt (TensorRT 11, CUDA 13), or gpu-cu12 / trt-cu12 on a CUDA 12 base.
+ARG RUNTIME_EXTRAS=
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -23,7 +24,8 @@ COPY runtime/ /src/runtime/
 # The runtime depends on onnxruntime and its gpu extra adds onnxruntime-gpu: both write the
 # same `onnxruntime` package, so remove the CPU one and lay the GPU one down again, whole.
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir "/src/runtime[${RUNTIME_EXTRAS}]" \
+ && if [ -z "${RUNTIME_EXTRAS}" ]; then /opt/venv/bin/pip install --no-cache-dir "/src/runtime[gpu,serve]"; \
+    else /opt/venv/bin/pip install --no-cache-dir "/src/runtime[${RUNTIME_EXTRAS},serve]"; fi \
  && /opt/venv/bin/pip uninstall -y onnxruntime \
  && /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall \
       "onnxruntime-gpu==$(/opt/venv/bin/python -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))')"

@@ -16,7 +16,8 @@
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_IMAGE}
-ARG FTEXPORT_EXTRAS=gpu,trt
+# Extras instead of gpu,trt: gpu-cu12,trt-cu12 for the CUDA 12 combination (with a CUDA 12 base).
+ARG FTEXPORT_EXTRAS=
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -39,7 +40,8 @@ COPY recipes/ recipes/
 # path, and ONNX Runtime's TensorRT provider links them by soname (libnvinfer.so.11): put that
 # folder in ld.so.conf (the runtime also loads them itself before a TensorRT session).
 RUN python3 -m venv /opt/venv \
- && pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com /src/runtime "/src[${FTEXPORT_EXTRAS}]" \
+ && if [ -z "${FTEXPORT_EXTRAS}" ]; then pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com /src/runtime "/src[gpu,trt]"; \
+    else pip install --no-cache-dir --extra-index-url https://pypi.nvidia.com /src/runtime "/src[${FTEXPORT_EXTRAS}]"; fi \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir --no-deps --force-reinstall \
       "onnxruntime-gpu==$(python -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))')" \
