@@ -457,9 +457,10 @@ def _gates(recipe: Any, thresholds: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "--backend",
     "backends",
-    type=click.Choice(["cpu", "cuda", "tensorrt"]),
+    type=click.Choice(["cpu", "cuda", "tensorrt", "ort-tensorrt"]),
     multiple=True,
-    help="Run the variants here (repeatable) [default: the recipe's, cpu]. A GPU backend that falls back to CPU fails the gate.",
+    help="Run the variants here (repeatable) [default: the recipe's, cpu]. A GPU backend that falls back to CPU fails the gate. "
+    "tensorrt judges the bundle's TensorRT engines when it has them; ort-tensorrt, ONNX Runtime's TensorRT provider.",
 )
 @click.option(
     "--threshold",

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .bundle import Bundle, Variant
 from .engines import Engine, get_backend
-from .engines.ort import TENSORRT, OrtEngine, tensorrt_options, trt_cache_root
+from .engines.ort import TENSORRT, OrtEngine, check_available, tensorrt_options, trt_cache_root
 from .errors import BackendUnavailable, BundleError, PredictError
 from .heads import get_head, refusal
 from .heads.entities import Entities
@@ -99,6 +99,7 @@ class Predictor:
         self.threads = threads
         options = None
         if self.backend.provider == TENSORRT:  # ONNX Runtime's TensorRT provider: caches and one profile for every shape
+            check_available(self.backend)  # before any folder is made for it
             options = tensorrt_options(
                 trt_cache_root(trt_cache),
                 self._model_key(),
@@ -131,7 +132,8 @@ class Predictor:
         """A folder name for the engines ONNX Runtime's TensorRT provider builds from this
         variant's file: its sha256 (from the manifest) and name, so bundles never share one."""
         digest = self.manifest.files.get(self.variant.file, "")[:16] or "unhashed"
-        return f"{self.manifest.name}-{self.variant.name}-{digest}"
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{self.manifest.name}-{self.variant.name}")
+        return f"{name}-{digest}"
 
     def _load_engine(self, name: str | None, fallback: str | None) -> str | None:
         """Load the bundle's TensorRT engine `name` (default: fp16, else the first one). With

@@ -292,14 +292,22 @@ class EngineRunner:
         return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
-        """Free the device buffers and destroy the CUDA stream (once; later calls do nothing)."""
-        buffers = getattr(self, "_buffers", {})
-        for ptr, _ in buffers.values():
-            self.cudart.cudaFree(ptr)
-        buffers.clear()
-        stream, self.stream = getattr(self, "stream", None), None
-        if stream is not None:
-            self.cudart.cudaStreamDestroy(stream)
+        """Free the device buffers and destroy the CUDA stream (once; later calls do nothing).
+        Waits for a call in flight on another thread."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.acquire()
+        try:
+            buffers = getattr(self, "_buffers", {})
+            for ptr, _ in buffers.values():
+                self.cudart.cudaFree(ptr)
+            buffers.clear()
+            stream, self.stream = getattr(self, "stream", None), None
+            if stream is not None:
+                self.cudart.cudaStreamDestroy(stream)
+        finally:
+            if lock is not None:
+                lock.release()
 
     def __del__(self) -> None:  # best effort: the process usually owns the GPU until exit
         try:
