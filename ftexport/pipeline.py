@@ -76,7 +76,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     """Run every stage (or up to `stop_after`); raise GateFailed when parity fails."""
     d = stage_dirs(recipe)
     task = get_task(recipe.task)
-    resolve_exporter(recipe.export.exporter)  # an exporter this environment lacks fails before training, not after
+    resolve_exporter(recipe.export.exporter, task)  # an exporter this environment lacks fails before training, not after
     result = RunResult(recipe.output_dir(), d["pack"], task)
     quantizing = bool(recipe.quantize.modes or recipe.quantize.optimize)
     bundle_dir = d["quantize"] if quantizing else d["export"]
@@ -98,8 +98,10 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
         ("merge", lambda: merge_key(d[first]), lambda: merge(d[first], d["merge"])),
         (
             "export",
-            lambda: export_key(d["merge"], recipe.export.opset, None, resolve_exporter(recipe.export.exporter).name),
-            lambda: export(d["merge"], d["export"], recipe.export.opset, name=recipe.name, exporter=recipe.export.exporter),
+            lambda: export_key(d["merge"], recipe.export.opset, None, resolve_exporter(recipe.export.exporter, task).name),
+            lambda: export(
+                d["merge"], d["export"], recipe.export.opset, name=recipe.name, exporter=recipe.export.exporter, task_name=recipe.task
+            ),
         ),
     ]
     if quantizing:
@@ -127,7 +129,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
             )
         )
     v = recipe.validate_
-    own = task.parity_settings(v)  # the task's own parity settings (a decoder's greedy check), part of the key
+    own = task.parity_settings(recipe)  # the task's own parity settings (a decoder's greedy check), part of the key
     plan += [
         (
             "validate",

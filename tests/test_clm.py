@@ -227,7 +227,7 @@ def test_recipe_refuses_settings_the_task_lacks(tmp_path):
     base = lm_recipe(tmp_path)
     for change, message in [
         ({"method": {"name": "lora"}}, "method 'full'"),
-        ({"quantize": {"modes": ["static"]}}, "dynamic int8 only"),
+        ({"quantize": {"modes": ["static"]}}, "takes the quantization modes dynamic, int8-block, int4 and no graph optimization"),
         ({"training": {"metric": "accuracy"}}, "perplexity"),
         ({"task": "text-classification"}, "model.scratch"),
     ]:

@@ -266,3 +266,34 @@ def test_bench_measures_the_plain_optimum_path_side_by_side(tiny_run, tmp_path):
     assert not list(Path(tmp_path).glob("ftexport-optimum-*"))
     skipped = bench(result.root / "quantized", None, section, tmp_path / "b2")["skipped"]
     assert skipped["optimum-int8"] == "no --reference model given"
+
+
+def test_weight_only_mode_refuses_a_graph_without_weight_matmuls(tmp_path):
+    """MatMulNBits quantizes MatMuls with constant weights only; a graph whose linear layers
+    are Gemm (GPT-2's Conv1D through the dynamo exporter) would give a variant identical to
+    fp32 that passes every gate. It is refused in one line that names the Gemm nodes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ftexport.core.errors import BundleError
+    from ftexport.export.quantize import MODES
+
+    w = numpy_helper.from_array(np.ones((8, 8), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="gemm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+    for name in ("int4", "int8-block"):
+        with pytest.raises(BundleError, match=rf"^model\.onnx: {name} found no MatMul with constant weights to quantize \(its 1 Gemm"):
+            MODES[name].build(None, tmp_path, "model.onnx")
+        assert not (tmp_path / MODES[name].file).exists()
+
+
+def test_the_cli_offers_every_registered_mode():
+    from ftexport.cli import QUANTIZE_MODES
+    from ftexport.export.quantize import mode_names
+
+    assert QUANTIZE_MODES == mode_names()

@@ -26,8 +26,8 @@ def test_valid_recipe_loads_with_defaults(recipe_file):
         ({"training__lrr": 0.1}, "recipe.training.lrr: unknown key; did you mean 'lr'?"),
         (
             {"method__name": "qlora"},
-            "recipe.method.name: expected one of 'full', 'bitfit', 'lora', 'adalora', 'ia3', 'prefix' or 'prompt', got 'qlora'; did you "
-            "mean 'lora'?",
+            "recipe.method.name: expected one of 'full', 'bitfit', 'lora', 'adalora', 'ia3', 'prefix', 'prompt' or 'none', "
+            "got 'qlora'; did you mean 'lora'?",
         ),
         ({"training__batch_size": 0}, "recipe.training.batch_size: input should be greater than 0, got 0 (int)"),
         (

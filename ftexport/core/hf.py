@@ -4,9 +4,9 @@ paths), fast tokenizers, the PyTorch reference an artifact stands for, and its l
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,80 @@ from .errors import ModelError, RecipeError, first_line
 
 
 def resolve_model_path(spec: str, where: str = "recipe.model.path") -> Path:
-    """A directory, or `package:NAME/sub/dir` inside an installed Python package."""
+    """A directory or a GGUF file, or `package:NAME/sub/path` inside an installed Python
+    package (found without importing it: weight packages may import things they never need)."""
     if spec.startswith("package:"):
         pkg, _, sub = spec[len("package:") :].partition("/")
-        if importlib.util.find_spec(pkg) is None:
+        found = importlib.util.find_spec(pkg)
+        if found is None or not found.submodule_search_locations:
             pip_name = pkg.replace("_", "-")
             raise RecipeError(f"{where}: Python package {pkg!r} is not installed; pip install {pip_name}")
-        path = Path(str(importlib.resources.files(pkg)))
+        path = Path(list(found.submodule_search_locations)[0])
         return path / sub if sub else path
     return Path(spec)
+
+
+def model_folder(spec: str, where: str = "recipe.model.path") -> Path:
+    """The transformers folder a model path names: the folder itself, or for a GGUF file the
+    folder it was de-quantized into once and cached (keyed by the file's bytes)."""
+    path = resolve_model_path(spec, where)
+    return gguf_folder(path, where) if path.suffix == ".gguf" else path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FTEXPORT_CACHE") or Path.home() / ".cache" / "ftexport")
+
+
+def gguf_architecture(path: Path) -> str:
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields["general.architecture"]
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def gguf_folder(path: Path, where: str) -> Path:
+    """De-quantize a GGUF file to an fp32 transformers folder (model and tokenizer, chat
+    template included) the first time it is used; later stages and runs read the cached folder."""
+    from .artifacts import stage_dir
+
+    if not path.is_file():
+        raise RecipeError(f"{where}: {path} does not exist")
+    cached = cache_root() / "gguf" / f"{path.stem}-{model_hash(path)}"
+    if (cached / "config.json").is_file():
+        return cached
+    if importlib.util.find_spec("gguf") is None:
+        raise RecipeError(f"{where}: reading {path.name} needs the gguf package; pip install gguf")
+    try:
+        arch = gguf_architecture(path)
+    except Exception as e:  # the gguf reader raises ValueError/KeyError/struct errors on a bad file
+        raise ModelError(f"{where}: {path} is not a readable GGUF file ({first_line(e)})") from None
+    import transformers
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    if arch not in GGUF_CONFIG_MAPPING:
+        known = ", ".join(sorted(a for a in GGUF_CONFIG_MAPPING if a not in ("general", "tokenizer")))
+        raise ModelError(
+            f"{where}: {path.name} holds a {arch!r} model, which transformers {transformers.__version__} cannot load from GGUF "
+            f"(it loads: {known})"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import progress
+
+    progress.step(f"model: de-quantizing {path.name} ({arch}) to fp32 once; cached in {cached}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        raise ModelError(f"{where}: transformers cannot load {path.name} ({arch}: {first_line(e)})") from None
+    for role in ("eos", "pad", "bos"):  # GGUF's tokenizer metadata can name other special tokens than the model config does
+        wanted = getattr(model.config, f"{role}_token_id", None)
+        if isinstance(wanted, int) and getattr(tokenizer, f"{role}_token_id") != wanted:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(wanted))
+    with stage_dir(cached) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return cached
 
 
 def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
@@ -55,15 +120,24 @@ def load_tokenizer(path: Path, where: str = "recipe.model.path") -> Any:
 
 
 def model_hash(path: Path) -> str:
-    """Hash of a model folder's config, weights and tokenizer: its identity in stage keys,
-    whatever the path that names it."""
+    """Hash of a model folder's config, weights and tokenizer (or of a single weights file):
+    its identity in stage keys, whatever the path that names it."""
     h = hashlib.sha256()
-    for f in sorted(Path(path).iterdir()):
-        if f.is_file() and (f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model") and f.name != "ftexport.json"):
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    h.update(block)
+    path = Path(path)
+    files = (
+        [path]
+        if path.is_file()
+        else [
+            f
+            for f in sorted(path.iterdir())
+            if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model") and f.name != "ftexport.json"
+        ]
+    )
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
     return h.hexdigest()[:16]
 
 

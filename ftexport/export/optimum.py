@@ -43,6 +43,11 @@ class OptimumExporter:
                 )
         return None
 
+    def supports(self, task: Any) -> str | None:
+        if task.optimum_task is None:
+            return f"Optimum's exporter has no task that ends the graph as {task.name} needs (it exports the encoder's hidden states)"
+        return None
+
     def export(self, model_dir: Path, task: Any, tmp: Path, opset: int, trust_remote_code: bool) -> dict[str, Any]:
         from importlib import metadata
 

@@ -52,9 +52,9 @@ def export(
     at `output` through `exporter` (auto, optimum, torch: see ftexport.export)."""
     model_dir, output = Path(model_dir), Path(output)
     check_reference(model_dir, "model dir")
-    chosen = resolve_exporter(exporter)  # refused in one line before any work
     record = read_record(model_dir) or StageRecord("model", "")
     task = get_task(task_name or record.task or DEFAULT_TASK)
+    chosen = resolve_exporter(exporter, task)  # refused in one line before any work
     adapter = is_adapter_dir(model_dir)
     config = json.loads((base_config_dir(model_dir) / "config.json").read_text())
     id2label = config.get("id2label") or {}
@@ -72,7 +72,7 @@ def export(
     how = f"tracing the unmerged {record.method or 'adapter'} model with torch.onnx" if adapter else f"through the {chosen.name} exporter"
     progress.step(
         f"export: ONNX {how}, dynamic batch and sequence axes"
-        + (" with the key/value cache" if task.optimum_task.endswith("-with-past") else "")
+        + (" with the key/value cache" if (task.optimum_task or "").endswith("-with-past") else "")
     )
     with stage_dir(output) as tmp:
         if adapter:
@@ -107,7 +107,7 @@ def export(
                 **({"method": record.method} if adapter else {}),
             },
             files={} if adapter else {CONFIG_FILE: ""},
-            **task.manifest_extras(tmp / MODEL_FILE, config, tokenizer),
+            **task.manifest_extras(base_config_dir(model_dir), tmp / MODEL_FILE, config, tokenizer),
         )
         write_manifest(tmp, manifest)
         StageRecord(

@@ -34,6 +34,9 @@ class TorchExporter:
                 return f"{package} is not installed (pip install {package})"
         return None
 
+    def supports(self, task: Any) -> str | None:
+        return None  # every task says what to trace (Task.onnx_module)
+
     def export(self, model_dir: Path, task: Any, tmp: Path, opset: int, trust_remote_code: bool) -> dict[str, Any]:
         import torch
 

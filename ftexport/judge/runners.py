@@ -182,4 +182,4 @@ def build_runner(name: str, bundle: Any, bundle_dir: Path, reference: Path | Non
         if kind == "pytorch-compile":
             progress.info("pytorch-compile: torch.compile(dynamic=True); the first call compiles (can take a minute)")
             model = torch.compile(model, dynamic=True)
-    return Runner(name, probe.torch(model, tokenizer, bundle.manifest.max_length, device), spec)
+    return Runner(name, probe.torch(model, tokenizer, bundle.manifest.max_length, device, model_dir=reference), spec)

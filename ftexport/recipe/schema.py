@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ftexport_runtime.engines import BACKENDS as RUNTIME_BACKENDS
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from ..core.errors import RecipeError
 from ..core.gates import COMMON_GATE_FIELDS
 from ..export import exporter_names
 from ..export.quantize import mode_names
@@ -97,8 +98,8 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _has_source(self) -> DataSection:
-        if self.hub is None and (self.train is None or self.test is None):
-            raise ValueError("give local files (data.train and data.test) or a hub source (data.hub)")
+        if self.hub is None and self.test is None:
+            raise ValueError("give local files (data.test, and data.train to train on) or a hub source (data.hub)")
         return self
 
     def split_path(self, split: str) -> Path | None:
@@ -198,7 +199,8 @@ class AccuracyAware(Section):
 class QuantizeSection(Section):
     modes: list[_one_of(mode_names())] = Field(  # type: ignore[valid-type]
         ["dynamic"],
-        description="variants to add: dynamic (int8, activations scaled at run time), static (int8, calibrated), fp16 (GPU); [] for none",
+        description="variants to add: dynamic (int8, activations scaled at run time), static (int8, calibrated), fp16 (GPU), "
+        "int8-block (int8 weights and per-block int8 activations, MatMulNBits), int4 (4-bit weights, MatMulNBits); [] for none",
     )
     optimize: Literal["O1", "O2", "O3", "O4"] | None = Field(
         None, description="ORT graph optimization through Optimum before int8 (O1 basic, O2 + fusions, O3 + fast GELU; O4 = O3 + fp16, GPU)"
@@ -288,9 +290,10 @@ class ValidateSection(Section):
     fp32: Gate = Gate(max_logit_diff=1e-3, min_agreement=0.999)
     fp16: Gate = Gate(min_agreement=0.995, max_accuracy_drop=0.005)
     int8: Gate = Gate(min_agreement=0.97, max_accuracy_drop=0.01)
+    int4: Gate = Gate(max_accuracy_drop=0.01)
 
     def gates(self) -> dict[str, Gate]:
-        return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8}
+        return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8, "int4": self.int4}
 
 
 class FromTeacher(Section):
@@ -439,7 +442,7 @@ class BenchSection(Section):
         return want if want in grid else min(grid, key=lambda n: abs(n - want))
 
 
-class Recipe(Section):
+class _Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     task: _one_of(task_names()) = DEFAULT_TASK  # type: ignore[valid-type]
     model: ModelSection
@@ -468,9 +471,22 @@ class Recipe(Section):
         return self
 
     @model_validator(mode="after")
+    def _training_data(self) -> Recipe:
+        if self.data.hub is None and self.data.train is None and self.method.name != "none" and self.model.scratch is None:
+            raise ValueError(
+                "data.train: required to train; give the training split, or method: {name: none} to keep the pretrained model as it is"
+            )
+        if self.data.hub is None and self.data.train is None and self.model.scratch is not None:
+            raise ValueError("data.train: a model.scratch model is built and trained on the training split; give data.train")
+        return self
+
+    @model_validator(mode="after")
     def _task_settings(self) -> Recipe:
         """Settings the task does not support fail here, before any work (a metric the task
         does not compute would otherwise fail at the first evaluation, minutes in)."""
+        for owner in TASKS.values():
+            if owner.recipe_section and owner.name != self.task and getattr(self, owner.recipe_section[0], None) is not None:
+                raise RecipeError(f"recipe.{owner.recipe_section[0]}: a section of task {owner.name}; remove it, or set task: {owner.name}")
         get_task(self.task).check_recipe(self)
         return self
 
@@ -520,6 +536,18 @@ class Recipe(Section):
         assert u is not None
         return Path(self.data.root) / u.path if self.data.root else Path(u.path)
 
+
+def _with_task_sections(base: type[Section]) -> type[Section]:
+    """The recipe: the common sections plus each task's own (text-generation's `instruct`...),
+    each optional, so a task brings its settings in its own folder."""
+    extra = {
+        name: (model | None, Field(None, description=model.__doc__.strip().splitlines()[0] if model.__doc__ else None))
+        for name, model in (t.recipe_section for t in TASKS.values() if t.recipe_section)
+    }
+    return create_model("Recipe", __base__=base, __module__=__name__, **extra)
+
+
+Recipe = _with_task_sections(_Recipe)
 
 # Where-is-it fields, left out of settings hashes (their files' contents are hashed instead).
 PATH_FIELDS = (

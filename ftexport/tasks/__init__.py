@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..core.errors import RecipeError
 from .base import Task
+from .feature_extraction import FeatureExtraction
 from .text_classification import TextClassification
 from .text_generation import TextGeneration
 from .token_classification import TokenClassification
@@ -35,3 +36,4 @@ def task_names() -> tuple[str, ...]:
 register_task(TextClassification())
 register_task(TokenClassification())
 register_task(TextGeneration())
+register_task(FeatureExtraction())

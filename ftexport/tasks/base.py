@@ -26,7 +26,7 @@ import numpy as np
 from ..core.errors import ModelError, RecipeError
 from ..core.gates import COMMON_GATE_FIELDS, GateField
 
-QUANTIZE_MODES = ("dynamic", "static", "fp16")
+QUANTIZE_MODES = ("dynamic", "static", "fp16", "int8-block")
 
 
 @dataclass
@@ -86,7 +86,7 @@ class BenchProbe:
     def ort(self, predictor: Any) -> Calls:
         raise NotImplementedError
 
-    def torch(self, model: Any, tokenizer: Any, max_length: int, device: str) -> Calls:
+    def torch(self, model: Any, tokenizer: Any, max_length: int, device: str, model_dir: Path | None = None) -> Calls:
         raise NotImplementedError
 
     def iterations(self, phase: str, section: Any) -> tuple[int, int]:
@@ -180,7 +180,10 @@ class Task:
     scratch: ClassVar[bool] = False  # model.scratch: a random-init model built from a config
     plain_optimum: ClassVar[bool] = False  # bench's optimum-int8 row (ORTModelForSequenceClassification)
     gate_fields: ClassVar[tuple[GateField, ...]] = ()  # thresholds beyond the common ones
+    recipe_section: ClassVar[tuple[str, Any] | None] = None  # (name, pydantic model) of the task's own recipe section
     lora_exclude: ClassVar[list[str] | None] = None  # modules peft's all-linear must leave out
+    measured_gates: ClassVar[tuple[str, ...] | None] = None  # gate fields its results carry (None: all of them)
+    default_gates: ClassVar[dict[str, dict[str, float]]] = {}  # precision -> thresholds, where the recipe sets none
     summary_keys: ClassVar[tuple[str, ...]] = ()  # variant result keys the bundle's manifest keeps
     reference_keys: ClassVar[tuple[str, ...]] = ()  # reference scores the bundle's manifest keeps
 
@@ -216,8 +219,8 @@ class Task:
         if unsupported or (q.accuracy_aware.enabled and not self.accuracy_aware):
             what = ", ".join(unsupported) or "accuracy_aware"
             raise RecipeError(
-                f"recipe.quantize: {self.name} supports {', '.join(self.quantize_modes)} int8"
-                f"{'' if self.graph_optimization else ' only'} (not {what})"
+                f"recipe.quantize: {self.name} takes the quantization modes {', '.join(self.quantize_modes)}"
+                f"{'' if self.graph_optimization else ' and no graph optimization'} (not {what})"
             )
         if recipe.tensorrt.enabled and not self.tensorrt:
             raise RecipeError(f"recipe.tensorrt.enabled: TensorRT engines are not built for {self.name} bundles; they run on ONNX Runtime")
@@ -226,18 +229,33 @@ class Task:
                 f"recipe.distill: distillation distils one label per text (task: text-classification); task {self.name} "
                 "is not supported, train it with `ftexport train` instead"
             )
+        v = recipe.validate_
+        for precision, gate in v.gates().items():
+            if precision in v.model_fields_set:
+                continue  # the recipe set this gate; it is checked below
+            if precision in self.default_gates:  # left at ftexport's default: the task's own default instead
+                setattr(v, precision, type(gate)(**self.default_gates[precision]))
+            elif self.measured_gates is not None:  # a default this task's results cannot be held to
+                setattr(v, precision, type(gate)())
         own = {f.name for f in self.gate_fields}
-        for precision, gate in recipe.validate_.gates().items():
+        for precision, gate in v.gates().items():
             for other in gate.task_fields_set():
                 if other not in own:
                     raise RecipeError(f"recipe.validate.{precision}.{other}: {self.name} does not measure this; remove it")
+            if self.measured_gates is not None:
+                unmeasured = [f for f in type(gate).model_fields if getattr(gate, f) is not None and f not in self.measured_gates]
+                if unmeasured:
+                    raise RecipeError(
+                        f"recipe.validate.{precision}.{unmeasured[0]}: {self.name} does not measure this; "
+                        f"its gates are {', '.join(self.measured_gates)}"
+                    )
 
     def all_gate_fields(self) -> tuple[GateField, ...]:
         return COMMON_GATE_FIELDS + self.gate_fields
 
-    def parity_settings(self, validate: Any) -> dict[str, Any] | None:
-        """Settings of the recipe's validate section that this task's parity check reads, beyond
-        split, gates and backends (they are part of the validate stage's key)."""
+    def parity_settings(self, recipe: Any) -> Any:
+        """Settings of the recipe that this task's parity check reads, beyond the data, split,
+        gates and backends (a pydantic model or None; part of the validate stage's key)."""
         return None
 
     # ---- training -------------------------------------------------------------------------
@@ -267,6 +285,19 @@ class Task:
     def build_scratch(self, scratch: Any, texts: list[str], max_length: int, out: Path) -> Path:
         raise RecipeError(f"recipe.model.scratch: not supported for task {self.name}")
 
+    def training_data(self, recipe: Any) -> Any:
+        """The training and dev splits (`ftexport train`)."""
+        from ..data import load_data
+
+        return load_data(recipe.data, ("train", "validation"), labelled=self.labelled)
+
+    def trainer_class(self, model_dir: Path) -> Any:
+        """A Trainer subclass when the task trains with its own loss (None: transformers' Trainer)."""
+        return None
+
+    def save_extras(self, model_dir: Path, out: Path) -> None:
+        """Files beside the weights that later stages need (copied from the starting model)."""
+
     # ---- export ---------------------------------------------------------------------------
 
     def load_for_export(self, model_dir: Path, trust_remote_code: bool = False) -> Any:
@@ -295,8 +326,9 @@ class Task:
             model.eval(), ({n: sample[n] for n in names},), names, [self.output_name], {**axes, self.output_name: dict(self.output_axes)}
         )
 
-    def manifest_extras(self, model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
-        """Extra manifest sections the runtime's head needs (e.g. a decoder's cache layout)."""
+    def manifest_extras(self, model_dir: Path, model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+        """Extra manifest sections the runtime's head needs (a decoder's cache layout, an
+        embedding's dimension and pooling)."""
         return {}
 
     def check_reference_labels(self, reference_labels: list[str], bundle_labels: list[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,7 @@ class EncoderProbe(BenchProbe):
     def ort(self, predictor: Any) -> Calls:
         return Calls(per_row(lambda texts: softmax(predictor.logits(texts))), {"": predictor.predict})
 
-    def torch(self, model: Any, tokenizer: Any, max_length: int, device: str) -> Calls:
+    def torch(self, model: Any, tokenizer: Any, max_length: int, device: str, model_dir: Path | None = None) -> Calls:
         fn = torch_probs(model, tokenizer, max_length, device)
         return Calls(per_row(fn), {"": fn})
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..core import progress
 from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
 from ..core.errors import ModelError, RecipeError
-from ..core.hf import check_model_dir, load_tokenizer, model_hash, predict_logits, resolve_model_path
+from ..core.hf import check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
 from ..core.tables import markdown_table
 from ..core.timing import cycle, summarize, time_calls
 from ..data import fingerprint, load_data, read_table
@@ -317,8 +317,8 @@ def _paths(recipe: Any) -> tuple[Path, Path | None]:
     d = recipe.distill
     if d is None:
         raise RecipeError("recipe.distill: this recipe has no distill section; add one (see recipes/distill.yaml) or use `ftexport train`")
-    teacher = resolve_model_path(d.teacher, "recipe.distill.teacher").resolve()
-    return teacher, (None if d.student.from_teacher is not None else resolve_model_path(recipe.model.path).resolve())
+    teacher = model_folder(d.teacher, "recipe.distill.teacher").resolve()
+    return teacher, (None if d.student.from_teacher is not None else model_folder(recipe.model.path).resolve())
 
 
 def distill_key(recipe: Any, hashes: tuple[str, str, tuple[str, ...], tuple[str, ...]] | None = None) -> str:

@@ -1,6 +1,7 @@
 """Fine-tuning methods, chosen by the recipe's `method.name`: what is trained, and how the
 result becomes a model that export can read.
 
+    none      no training: the pretrained model is exported as it is
     full      every weight (optionally freezing the embeddings and the lowest N layers)
     bitfit    biases and the task head only (Ben Zaken et al., 2021); a dense model, no merge
     lora      low-rank adapters (peft)            merged into dense weights
@@ -23,8 +24,8 @@ from ..core.errors import RecipeError, first_line
 
 PEFT_METHODS = ("lora", "adalora", "ia3", "prefix", "prompt")
 MERGEABLE = ("lora", "adalora", "ia3")
-DENSE = ("full", "bitfit")
-METHODS = DENSE + PEFT_METHODS
+DENSE = ("full", "bitfit", "none")  # none: the pretrained model as it is, no training
+METHODS = ("full", "bitfit", *PEFT_METHODS, "none")
 
 
 def _layers(model: Any) -> Any:

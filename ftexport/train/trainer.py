@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core import progress
-from ..core.artifacts import StageRecord, make_key, read_record, stage_dir
+from ..core.artifacts import StageRecord, link_tree, make_key, read_record, stage_dir
 from ..core.errors import RecipeError
-from ..core.hf import check_model_dir, load_tokenizer, model_hash, resolve_model_path
-from ..data import fingerprint, load_data
+from ..core.hf import check_model_dir, load_tokenizer, model_folder, model_hash, reference_labels, resolve_model_path
+from ..data import fingerprint
 from ..tasks import get_task
 from .methods import adalora_callback, apply_method, check_positions, dropout_override
 
@@ -124,7 +124,9 @@ def check_launcher(device: str) -> None:
 def train_key(recipe: Any) -> str:
     """Settings, the data's content and the starting weights' content: not how paths are spelled."""
     weights = model_hash(resolve_model_path(recipe.model.path)) if recipe.model.path is not None else None
-    return make_key("train", recipe.section_hash("task", "model", "data", "method", "training"), fingerprint(recipe.data), weights)
+    section = get_task(recipe.task).recipe_section  # the task's own section (an instruct prompt) shapes the training data too
+    own = (section[0],) if section and getattr(recipe, section[0], None) is not None else ()
+    return make_key("train", recipe.section_hash("task", "model", "data", "method", "training", *own), fingerprint(recipe.data), weights)
 
 
 def total_steps(t: Any, examples: int, device_batch: int, world_size: int) -> int:
@@ -165,8 +167,10 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
     task = get_task(recipe.task)
+    if recipe.method.name == "none":  # no training: the pretrained model is the stage's output
+        return keep_pretrained(recipe, Path(output), task, key or train_key(recipe))
     flags = precision_flags(t.mixed_precision, device)
-    data = load_data(recipe.data, ("train", "validation"), labelled=task.labelled)
+    data = task.training_data(recipe)
     dev = data.get("validation")
     if t.early_stopping_patience and dev is None:
         raise RecipeError("recipe.training.early_stopping_patience: needs a dev split; set data.validation")
@@ -184,7 +188,7 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
         shutil.rmtree(scratch_dir, ignore_errors=True)
         base = task.build_scratch(recipe.model.scratch, data["train"].texts, recipe.model.max_length, scratch_dir).resolve()
     else:
-        base = resolve_model_path(recipe.model.path).resolve()
+        base = model_folder(recipe.model.path).resolve()
     check_model_dir(base)
 
     tokenizer = task.prepare_tokenizer(load_tokenizer(base))
@@ -206,8 +210,9 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
         f"{recipe.method.name}: trainable parameters {params['trainable']:,} of {params['total']:,} ({100 * params['share']:.2f}%)"
     )
 
-    train_ds = task.dataset(tokenizer, data["train"].inputs, data["train"].labels, max_len)
-    dev_ds = task.dataset(tokenizer, dev.inputs, dev.labels, max_len) if dev is not None else None
+    context = {"recipe": recipe, "label_names": data.label_names}  # what a task's dataset may read beyond the split
+    train_ds = task.dataset(tokenizer, data["train"].inputs, data["train"].labels, max_len, **context)
+    dev_ds = task.dataset(tokenizer, dev.inputs, dev.labels, max_len, **context) if dev is not None else None
 
     compute_metrics = task.compute_metrics(data.label_names)
     best_metric, greater_is_better = task.best_metric(t.metric)
@@ -271,7 +276,7 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
     callbacks: list[Any] = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     if recipe.method.name == "adalora":
         callbacks.append(adalora_callback())
-    trainer = (trainer_class or Trainer)(
+    trainer = (trainer_class or task.trainer_class(base) or Trainer)(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -322,6 +327,7 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
     with stage_dir(output) as tmp:
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
+        task.save_extras(base, tmp)
         StageRecord(
             "train",
             key,
@@ -338,6 +344,36 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     shutil.rmtree(scratch_dir, ignore_errors=True)
     _barrier(state)
+    return read_record(output)
+
+
+def keep_pretrained(recipe: Any, output: Path, task: Any, key: str) -> StageRecord | None:
+    """method none: the pretrained model, checked and linked into the stage folder as it is
+    (a sentence-embedding model exported without fine-tuning, or an already fine-tuned model)."""
+    base = model_folder(recipe.model.path).resolve()
+    check_model_dir(base)
+    task.prepare_tokenizer(load_tokenizer(base))
+    labels = reference_labels(base) if task.labelled else []
+    if task.labelled and not labels:
+        raise RecipeError(
+            f"recipe.method.name: none keeps {base} as it is, and its config.json names no labels (id2label); "
+            "fine-tune it with another method"
+        )
+    progress.step(f"train: method none, {base.name} kept as it is (no training)")
+    with stage_dir(output) as tmp:
+        link_tree(base, tmp, skip=("ftexport.json",))
+        StageRecord(
+            "train",
+            key,
+            inputs={"base_model": str(base)},
+            settings={"method": recipe.method.model_dump(), "max_length": recipe.model.max_length},
+            method="none",
+            base_model=str(base),
+            labels=labels,
+            task=recipe.task,
+            max_length=recipe.model.max_length,
+            trust_remote_code=recipe.model.trust_remote_code,
+        ).write(tmp)
     return read_record(output)
 
 

@@ -1,10 +1,10 @@
-"""ftexport-runtime: load an ftexport bundle and predict, with onnxruntime, tokenizers and numpy only."""
+"""ftexport-runtime: load an ftexport bundle and predict, embed or generate, with onnxruntime, tokenizers and numpy only."""
 
 from .bundle import Bundle, Manifest, Variant
 from .errors import BackendUnavailable, BundleError, FtexportError, PredictError
 from .heads.classify import Prediction
 from .heads.entities import Entities, Entity
-from .heads.generate import Generation, Generator
+from .heads.generate import Generation, Generator, Stream, Token
 from .predictor import Predictor
 
 __version__ = "0.1.0"
@@ -21,5 +21,7 @@ __all__ = [
     "PredictError",
     "Prediction",
     "Predictor",
+    "Stream",
+    "Token",
     "Variant",
 ]

@@ -28,7 +28,7 @@ from .heads import get_head
 FORMAT = "ftexport-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclass
@@ -69,8 +69,11 @@ class Manifest:
     latency: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)  # model and recipe it came from
     backend_defaults: dict[str, str] = field(default_factory=dict)  # e.g. {"cuda": "fp16"}
-    # text-generation: what the KV-cache loop needs (past/present names, layers, heads, eos/pad ids)
+    # text-generation: what the KV-cache loop needs (past/present names, layers, heads, eos/pad ids),
+    # and a chat model's chat_template, bos_token/eos_token, stop_ids, num_key_value_heads
     generation: dict[str, Any] | None = None
+    # feature-extraction: {"dimension": int, "pooling": "mean" | "cls" | "max", "normalize": bool}
+    embedding: dict[str, Any] | None = None
     # TensorRT engines built for one GPU and TensorRT version (`ftexport export --trt`)
     engines: dict[str, EngineSpec] = field(default_factory=dict)
 
@@ -96,6 +99,8 @@ class Manifest:
         }
         if self.generation is not None:  # absent for classifiers: their manifests stay as they were
             out["generation"] = dict(self.generation)
+        if self.embedding is not None:
+            out["embedding"] = dict(self.embedding)
         if self.engines:
             out["engines"] = {k: e.to_json() for k, e in self.engines.items()}
         return out
@@ -188,7 +193,7 @@ class Manifest:
             source=dict(data.get("source") or {}),
             backend_defaults=dict(backend_defaults),
             engines=engines,
-            **owned,  # e.g. generation: what the KV-cache loop needs
+            **owned,  # the head's sections, e.g. generation (what the KV-cache loop needs) or embedding
         )
 
     def referenced_files(self) -> list[str]:

@@ -1,4 +1,8 @@
-"""`ftexport-runtime`: predict with, inspect and verify bundles from the shell.
+"""`ftexport-runtime`: predict with, inspect, verify and serve bundles from the shell.
+
+The common commands (info, verify, serve) are here; the task commands (predict, embed,
+generate, chat...) are the heads' (heads.base.Command): this module adds each one's bundle
+argument and backend options, and hands it a way to load the Predictor.
 
 argparse, not click: the runtime depends on onnxruntime, tokenizers and numpy only.
 """
@@ -8,50 +12,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from .bundle import Bundle
 from .errors import FtexportError
-from .heads import task_names
+from .heads import all_commands, get_head, serve_options, task_names
+from .heads.base import Command
 from .predictor import Predictor
 
 
-def _predict(args: argparse.Namespace) -> int:
-    texts = list(args.texts)
-    if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            texts += [line.rstrip("\n") for line in f if line.strip()]
-    predictor = Predictor.from_bundle(
-        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback, trt_cache=args.trt_cache
-    )
-    preds = predictor.predict(texts)
-    if args.json:
-        print(json.dumps([dict(text=t, **p.as_dict()) for t, p in zip(texts, preds)], indent=2))
-    else:
-        for t, p in zip(texts, preds):  # the task's head says how an answer reads as text
-            print(predictor.head.format_text(t, p))
-    return 0
+def _head_command(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Run a head's command with a loader of the bundle named on the command line."""
 
+    def run(args: argparse.Namespace) -> int:
+        def load() -> Predictor:
+            return Predictor.from_bundle(
+                args.bundle,
+                variant=args.variant,
+                backend=args.backend,
+                threads=args.threads,
+                fallback=args.fallback,
+                trt_cache=args.trt_cache,
+            )
 
-def _generate(args: argparse.Namespace) -> int:
-    predictor = Predictor.from_bundle(
-        args.bundle, variant=args.variant, backend=args.backend, threads=args.threads, fallback=args.fallback, trt_cache=args.trt_cache
-    )
-    results = predictor.generate(
-        list(args.prompts),
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        use_cache=not args.no_cache,
-    )
-    if args.json:
-        print(json.dumps([r.as_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            print(f"{r.prompt}{r.text}" if r.text.startswith(" ") or not r.text else f"{r.prompt} {r.text}")
-    return 0
+        return command.run(args, load)
+
+    return run
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -62,9 +48,9 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     print(f"bundle    {bundle.root}")
     print(f"name      {m.name}\ntask      {m.task}\nlabels    {', '.join(m.labels)}\nmax len   {m.max_length}")
-    if m.generation:
-        g = m.generation
-        print(f"decoder   {g.get('num_layers')} layers x {g.get('num_heads')} heads with KV cache, eos id {g.get('eos_id')}")
+    describe = getattr(get_head(m.task), "describe", None)  # the task's own lines (a decoder's cache, an embedding's size)
+    for line in describe(m) if describe else []:
+        print(line)
     for name, v in m.variants.items():
         mark = " (default)" if name == m.default_variant else ""
         print(f"variant   {name}: {v.file} [{v.precision}]{mark}")
@@ -97,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_text_chars=args.max_text_chars,
         max_request_items=args.max_request_items,
         batching=not args.no_batching,
+        options={o.name: getattr(args, o.name) for o in serve_options()},
     ).check()
     predictor = Predictor.from_bundle(
         args.bundle,
@@ -109,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         trt_cache=args.trt_cache,
     )
     head = predictor.head
-    if not head.serves:  # POST /v1/predict classifies; generation over HTTP is not built yet
+    if not head.routes:  # a head that offers no HTTP routes
         served = " and ".join(task_names(serves=True))
         raise FtexportError(
             f"{args.bundle}: serve answers {served} bundles only; use `ftexport-runtime {head.command}` for this {head.name} bundle"
@@ -151,27 +138,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sub = parser.add_subparsers(dest="command", required=True)
     commands: dict[str, argparse.ArgumentParser] = {}
 
-    p = commands["predict"] = sub.add_parser("predict", help="print label and score for each text (entities for an NER bundle)")
-    p.add_argument("bundle", help="bundle directory or .tar.gz")
-    p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", help="also read texts from this file, one per line")
-    _backend_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_predict)
-
-    p = commands["generate"] = sub.add_parser("generate", help="continue prompts with a text-generation bundle (KV cache, numpy sampling)")
-    p.add_argument("bundle", help="bundle directory or .tar.gz")
-    p.add_argument("prompts", nargs="+", help="prompts to continue (a batch, left-padded)")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to add at most; stops earlier at eos (default: 20)")
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="with --sample: divide logits by this (default: 1.0)")
-    p.add_argument("--top-k", type=int, help="with --sample: draw among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="with --sample: draw from the smallest set whose probability reaches p (nucleus)")
-    p.add_argument("--seed", type=int, help="with --sample: RNG seed, for a reproducible draw")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (slow; for checking the cache)")
-    _backend_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON (prompt, text, token_ids, stopped_at_eos)")
-    p.set_defaults(func=_generate)
+    for command in all_commands():  # the heads' commands: predict, generate, chat, embed...
+        p = commands[command.name] = sub.add_parser(command.name, help=command.help)
+        p.add_argument("bundle", help="bundle directory or .tar.gz")
+        command.arguments(p)
+        _backend_args(p)
+        p.set_defaults(func=_head_command(command))
 
     p = commands["info"] = sub.add_parser("info", help="show what a bundle holds")
     p.add_argument("bundle")
@@ -185,7 +157,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = commands["serve"] = sub.add_parser(
         "serve",
-        help="serve a bundle over HTTP (POST /v1/predict) with micro-batching; needs ftexport-runtime[serve]",
+        help="serve a bundle over HTTP (its task's routes: POST /v1/predict, /v1/embeddings, /v1/generate) with micro-batching; "
+        "needs ftexport-runtime[serve]",
     )
     p.add_argument("bundle", help="bundle directory or .tar.gz")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -201,6 +174,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--graceful-timeout", type=float, default=30.0, help="seconds to finish in-flight requests after SIGTERM/SIGINT (default: 30)"
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    for option in serve_options():  # the heads' own limits, e.g. --max-new-tokens for generation
+        p.add_argument(f"--{option.name.replace('_', '-')}", type=int, default=option.default, help=option.help)
     p.set_defaults(func=_serve)
     return parser, commands
 

@@ -56,6 +56,10 @@ class Predictor:
 
     >>> Predictor.from_bundle("runs/ner/bundle").predict(["John lives in Berlin"])[0].as_dict()
     {'entities': [{'entity_group': 'PER', 'score': 0.99, 'word': 'John', 'start': 0, 'end': 4}, ...]}
+
+    A feature-extraction bundle makes sentence embeddings (`embed`), a text-generation bundle
+    continues prompts and chats (`generate`, `chat`, `stream`); a method the bundle's task
+    lacks is refused with one line saying what to call instead.
     """
 
     def __init__(
@@ -280,21 +284,30 @@ class Predictor:
         if not self.head.encoder:
             raise PredictError(refusal("predict", self.head))
 
+    def _texts_then_refusal(self, method: str, texts: Any) -> Callable[..., Any]:
+        """The head's `method`; when it has none, the texts are judged first (as for every
+        bundle), then the call is refused with one line saying what this bundle does."""
+        fn = getattr(self.head, method, None)
+        if fn is None:
+            self._check_texts(texts, method)
+            raise PredictError(refusal(method, self.head))
+        return fn
+
     @staticmethod
-    def _check_texts(texts: Sequence[str]) -> list[str]:
+    def _check_texts(texts: Sequence[str], method: str = "predict") -> list[str]:
         if isinstance(texts, str):
-            raise PredictError("predict() takes a list of texts, got a single string; wrap it in a list")
+            raise PredictError(f"{method}() takes a list of texts, got a single string; wrap it in a list")
         if isinstance(texts, (bytes, bytearray)):
-            raise PredictError(f"predict() takes a list of texts, got {type(texts).__name__}; decode it and wrap it in a list")
+            raise PredictError(f"{method}() takes a list of texts, got {type(texts).__name__}; decode it and wrap it in a list")
         try:
             texts = list(texts)
         except TypeError:
-            raise PredictError(f"predict() takes a list of texts, got a {type(texts).__name__}") from None
+            raise PredictError(f"{method}() takes a list of texts, got a {type(texts).__name__}") from None
         if not texts:
-            raise PredictError("predict() got an empty list of texts; pass at least one string")
+            raise PredictError(f"{method}() got an empty list of texts; pass at least one string")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise PredictError(f"predict(): text #{i} is a {type(t).__name__}, not a string")
+                raise PredictError(f"{method}(): text #{i} is a {type(t).__name__}, not a string")
             # tokenizers raises a bare TypeError on a lone surrogate ("\ud800"), which Python
             # strings can hold (from surrogateescape or a JSON "\ud800") but UTF-8 cannot.
             if not t.isascii():
@@ -302,7 +315,7 @@ class Predictor:
                     t.encode("utf-8")
                 except UnicodeEncodeError as e:
                     raise PredictError(
-                        f"predict(): text #{i} is not valid Unicode (a lone surrogate {t[e.start]!a} at position {e.start}); "
+                        f"{method}(): text #{i} is not valid Unicode (a lone surrogate {t[e.start]!a} at position {e.start}); "
                         "decode input with errors='replace' or drop such characters"
                     ) from None
         return texts
@@ -321,6 +334,71 @@ class Predictor:
         """text-generation bundles: continue each prompt (greedy, or sampled with temperature,
         top-k and top-p from a numpy RNG seeded with `seed`); see ftexport_runtime.heads.generate."""
         return self._head_method("generate")(self, prompts, max_new_tokens, do_sample, temperature, top_k, top_p, seed, use_cache)
+
+    def chat(
+        self,
+        messages: Sequence[Any],
+        max_new_tokens: int = 20,
+        add_generation_prompt: bool = True,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ) -> list[Any]:
+        """text-generation bundles with a chat template: the model's reply to a conversation
+        ([{"role": ..., "content": ...}, ...]), or to each of a list of conversations; one
+        Generation each (its prompt is the rendered conversation). Stops at eos or a stop id."""
+        return self._head_method("chat")(
+            self,
+            messages,
+            max_new_tokens=max_new_tokens,
+            add_generation_prompt=add_generation_prompt,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=use_cache,
+        )
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+        messages: Sequence[Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> Any:
+        """text-generation bundles: one prompt (or conversation, `messages=`) token by token.
+        Iterate the returned Stream for Tokens (id, the text it adds) as they are made; then
+        `stream.result` is the Generation, the same tokens as generate() / chat() make."""
+        return self._head_method("stream")(
+            self,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            use_cache=use_cache,
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def embed(self, texts: Sequence[str], batch_size: int | None = None, return_token_counts: bool = False) -> Any:
+        """feature-extraction bundles: the sentence embedding of each text, float32 [n, dimension]
+        (pooled and, as the bundle says, L2-normalized by the model). Texts longer than
+        max_length tokens are cut; `batch_size` texts (default max_batch) per model call.
+        return_token_counts=True: also the number of tokens of each text (after the cut)."""
+        return self._texts_then_refusal("embed", texts)(self, texts, batch_size, return_token_counts)
 
     def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenize a batch into the model's input arrays (padded to the longest text)."""
@@ -342,10 +420,7 @@ class Predictor:
     def predict(self, texts: Sequence[str]) -> list[Any]:
         """Label and score for each text, in order (a Prediction each); for a
         token-classification bundle, the entities of each text (Entities, aggregation "simple")."""
-        if not self.head.encoder:
-            self._check_texts(texts)  # the texts are judged first, as for every bundle
-            self._need_encoder()
-        return self.head.predict(self, texts)
+        return self._texts_then_refusal("predict", texts)(self, texts)
 
     # ---- token classification ------------------------------------------------------------
 
@@ -379,10 +454,11 @@ class Predictor:
         size = self.max_batch if batch_size is None else batch_size
         if not isinstance(size, int) or size < 1:
             raise PredictError(f"predict_batch(): batch_size must be a positive integer, got {batch_size!r}")
-        if not self.head.encoder:
+        fn = getattr(self.head, "predict_batch", None)
+        if fn is None:
             self._check_texts(texts)
-            self._need_encoder()
-        return self.head.predict_batch(self, texts, size)
+            raise PredictError(refusal("predict", self.head))
+        return fn(self, texts, size)
 
     def metadata(self) -> dict[str, Any]:
         m = self.manifest
@@ -396,4 +472,5 @@ class Predictor:
             "backend": self.backend.name,
             "providers": self.providers,
             **({"fallback_reason": self.fallback_reason} if self.fallback_reason else {}),
+            **(self.head.info() if hasattr(self.head, "info") else {}),  # e.g. an embedding's dimension
         }

@@ -22,6 +22,47 @@ DYNAMIC_OPS = ["MatMul", "Gather", "Attention"]
 STATIC_OPS = ["MatMul", "Gather"]
 
 
+def fold_weight_transposes(model: Any) -> int:
+    """Give every MatMul whose weight is Transpose(initializer) (a tied language-model head:
+    the dynamo exporter writes lm_head as MatMul(h, Transpose(embed_tokens.weight))) a
+    transposed copy of that initializer as its weight, so quantizers, which take constant
+    weights only, quantize it; the embedding Gather keeps the original. Returns how many."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    folded: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] in inits:
+            continue
+        t = producer.get(node.input[1])
+        perm = [list(a.ints) for a in t.attribute if a.name == "perm"] if t is not None and t.op_type == "Transpose" else []
+        if not t or t.input[0] not in inits or perm not in ([], [[1, 0]]) or len(inits[t.input[0]].dims) != 2:
+            continue
+        if t.output[0] not in folded:
+            name = f"{t.input[0]}.transposed"
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[t.input[0]]).T), name))
+            folded[t.output[0]] = name
+        node.input[1] = folded[t.output[0]]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in folded and n.output[0] not in used]:
+        graph.node.remove(node)
+    return len(folded)
+
+
+def with_constant_weights(src: Path, work: Path) -> Path:
+    """`src`, or a copy in `work` where tied weights are folded (fold_weight_transposes)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    if not fold_weight_transposes(model):
+        return src
+    dst = work / f"_folded_{src.name}"
+    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 2**31 - 2**20, location=f"{dst.name}.data")
+    return dst
+
+
 class Reader:
     """onnxruntime CalibrationDataReader over tokenized texts, one text per call (no padding,
     so pad positions never widen the activation ranges)."""

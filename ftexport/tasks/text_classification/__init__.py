@@ -68,7 +68,7 @@ class TextClassification(Task):
 
         return AutoModelForSequenceClassification
 
-    def dataset(self, tokenizer: Any, texts: list[str], labels: list[int] | None, max_length: int) -> EncodedTexts:
+    def dataset(self, tokenizer: Any, texts: list[str], labels: list[int] | None, max_length: int, **context: Any) -> EncodedTexts:
         enc = tokenizer(texts, truncation=True, max_length=max_length)
         return EncodedTexts({k: list(v) for k, v in enc.items()}, labels)
 

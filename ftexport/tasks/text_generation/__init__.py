@@ -16,10 +16,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from ...core.errors import ModelError
 from ...core.gates import GateField
 from ..base import BenchProbe, OnnxSpec, ParityCase, Task
 from ..encoder import EncodedTexts
+from .instruct import InstructSection, check_template, end_of_turn_ids, instruct_dataset
+
+
+class ChatCheck(BaseModel):
+    """Parity settings of an instruction-tuned decoder: the greedy check and the instruct section."""
+
+    generation: Any
+    instruct: InstructSection
 
 
 class TextGeneration(Task):
@@ -31,7 +41,8 @@ class TextGeneration(Task):
     example = "the film is"
     metrics_computed = ("perplexity",)
     forced_metric = "perplexity"
-    quantize_modes = ("dynamic",)  # the KV-cache decoder is not calibrated or fused by ftexport yet
+    quantize_modes = ("dynamic", "int8-block", "int4")  # the KV-cache decoder is not calibrated or fused by ftexport yet
+    recipe_section = ("instruct", InstructSection)  # instruction tuning through the model's chat template
     graph_optimization = False
     tensorrt = False
     scratch = True
@@ -82,7 +93,17 @@ class TextGeneration(Task):
         tokenizer.padding_side = "right"
         return tokenizer
 
-    def dataset(self, tokenizer: Any, texts: list[str], labels: list[int] | None, max_length: int) -> EncodedTexts:
+    def training_data(self, recipe: Any) -> Any:
+        """Plain texts, or (instruct) labelled rows whose label names are the answers."""
+        from ...data import load_data
+
+        return load_data(recipe.data, ("train", "validation"), labelled=getattr(recipe, "instruct", None) is not None)
+
+    def dataset(self, tokenizer: Any, texts: list[str], labels: list[int] | None, max_length: int, **context: Any) -> EncodedTexts:
+        instruct = getattr(context.get("recipe"), "instruct", None)
+        if instruct is not None:
+            check_template(tokenizer)
+            return instruct_dataset(tokenizer, instruct, texts, list(labels or []), context.get("label_names") or [], max_length)
         enc = tokenizer(texts, truncation=True, max_length=max_length - 1, add_special_tokens=False)
         ids = [list(row) + [tokenizer.eos_token_id] for row in enc["input_ids"]]
         # labels = the inputs (the model shifts them); padded with -100 by the collator, so an
@@ -126,17 +147,31 @@ class TextGeneration(Task):
 
         return decoder_spec(model)
 
-    def manifest_extras(self, model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
-        return {"generation": generation_spec(model_file, config, tokenizer)}
+    def manifest_extras(self, model_dir: Path, model_file: Path, config: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+        spec = generation_spec(model_file, config, tokenizer)
+        if getattr(tokenizer, "chat_template", None):  # a chat model: the runtime renders its template and stops at the turn's end
+            spec.update(
+                {
+                    "chat_template": tokenizer.chat_template,
+                    "stop_ids": end_of_turn_ids(tokenizer),
+                    "bos_token": tokenizer.bos_token,
+                    "eos_token": tokenizer.eos_token,
+                }
+            )
+        return {"generation": spec}
 
     # ---- judging --------------------------------------------------------------------------
 
-    def parity_settings(self, validate: Any) -> Any:
-        return validate.generation
+    def parity_settings(self, recipe: Any) -> Any:
+        """The greedy check's settings; with an instruct section, the two together."""
+        instruct = getattr(recipe, "instruct", None)
+        return ChatCheck(generation=recipe.validate_.generation, instruct=instruct) if instruct is not None else recipe.validate_.generation
 
     def parity_case(self, bundle: Any, reference_dir: Path, data: Any, split: str, batch_size: int, settings: Any) -> ParityCase:
-        from .parity import GenerationCase
+        from .parity import GenerationCase, InstructCase
 
+        if isinstance(settings, ChatCheck):
+            return InstructCase(self, bundle, reference_dir, data, split, batch_size, settings)
         return GenerationCase(self, bundle, reference_dir, data, split, batch_size, settings)
 
     def bench_probe(self) -> BenchProbe:

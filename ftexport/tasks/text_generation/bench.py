@@ -13,6 +13,7 @@ Every backend's greedy continuation of the prompt is compared with PyTorch's bef
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,12 @@ class _Eosless:
         self.g = generator
 
     def generate(self, prompt: list[int], n: int) -> list[int]:
-        eos, self.g.eos_id = self.g.eos_id, -1
+        eos, stops = self.g.eos_id, getattr(self.g, "stop_ids", ())
+        self.g.eos_id, self.g.stop_ids = -1, ()
         try:
             return self.g.generate_ids([prompt], n)[0]
         finally:
-            self.g.eos_id = eos
+            self.g.eos_id, self.g.stop_ids = eos, stops
 
     def prefill(self, prompt: list[int]) -> Any:
         ids = np.asarray([prompt], dtype=np.int64)
@@ -94,7 +96,7 @@ class GenerationProbe(BenchProbe):
             {"prefill": gen.prefill, "generate": lambda prompt: gen.generate(prompt, NEW_TOKENS)},
         )
 
-    def torch(self, model: Any, tokenizer: Any, max_length: int, device: str) -> Calls:
+    def torch(self, model: Any, tokenizer: Any, max_length: int, device: str, model_dir: Path | None = None) -> Calls:
         model.generation_config.eos_token_id = None  # never stop, and eos stays a candidate token, as in _Eosless
         prefill, generate = _torch_calls(model, NEW_TOKENS)
         return Calls(generate, {"prefill": prefill, "generate": generate})

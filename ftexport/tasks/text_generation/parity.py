@@ -88,7 +88,9 @@ def prompts_from(generator: Any, texts: list[str], check: Any) -> list[list[int]
     return out
 
 
-def torch_greedy(model: Any, prompts: list[list[int]], new_tokens: int, eos: int, pad: int) -> list[list[int]]:
+def torch_greedy(model: Any, prompts: list[list[int]], new_tokens: int, eos: int, pad: int, stops: tuple[int, ...] = ()) -> list[list[int]]:
+    """PyTorch's greedy continuation of each prompt, stopping where the runtime stops (eos, or
+    a stop id of a chat model)."""
     import torch
 
     device = next(model.parameters()).device
@@ -102,7 +104,7 @@ def torch_greedy(model: Any, prompts: list[list[int]], new_tokens: int, eos: int
                 do_sample=False,
                 use_cache=True,
                 max_new_tokens=new_tokens,
-                eos_token_id=eos,
+                eos_token_id=[eos, *stops] if stops else eos,
                 pad_token_id=pad,
                 num_beams=1,
             )
@@ -145,7 +147,9 @@ class GenerationCase(ParityCase):
                 self.reference_logits.append(logits)
                 ref.add(logits, ids, mask, None)
         r = ref.result()
-        self.reference_greedy = torch_greedy(model, self.prompts, check.new_tokens, base.eos_id, base.pad_id)
+        self.reference_greedy = torch_greedy(
+            model, self.prompts, check.new_tokens, base.eos_id, base.pad_id, tuple(getattr(base, "stop_ids", ()))
+        )
         del model
         progress.info(f"pytorch   perplexity {r['perplexity']:.3f}  next-token accuracy {r['accuracy']:.4f}")
         self.reference = {
@@ -207,18 +211,25 @@ def parity_table(report: Any) -> str:
                 "PASS" if v["passed"] else "FAIL: " + ", ".join(failed),
             ]
         )
-    head = (
-        f"Parity on the {report['split']} split: perplexity over {report['examples']} texts ({ref['tokens']} tokens); greedy continuations "
-        f"of {report['prompts']} prompts ({report['prompt_tokens']} tokens + {report['new_tokens']} new) vs PyTorch "
-        f"generate(use_cache=True)\n\n"
-    )
+    if "scored_by" in report:  # an instruction-tuned chat model
+        head = (
+            f"Parity on the {report['split']} split: {report['prompts']} conversations, answers of up to {report['new_tokens']} tokens "
+            f"scored by exact match with the label; perplexity over the conversations ({ref['tokens']} tokens); greedy answers vs "
+            f"PyTorch generate(use_cache=True)\n\n"
+        )
+    else:
+        head = (
+            f"Parity on the {report['split']} split: perplexity over {report['examples']} texts ({ref['tokens']} tokens); "
+            f"greedy continuations of {report['prompts']} prompts ({report['prompt_tokens']} tokens + {report['new_tokens']} new) "
+            f"vs PyTorch generate(use_cache=True)\n\n"
+        )
     return head + markdown_table(
         [
             "model",
             "precision",
             "perplexity",
             "ppl ratio",
-            "next-token acc.",
+            "answer acc." if "scored_by" in report else "next-token acc.",
             "next-token agreement",
             "greedy match",
             "max |Δlogit|",
@@ -226,3 +237,163 @@ def parity_table(report: Any) -> str:
         ],
         rows,
     )
+
+
+# ---- instruction-tuned chat models -------------------------------------------------------------
+
+COMPARED = 16  # conversations whose full logits are held to compare with each variant's (a 49k vocabulary is large)
+
+
+def _right_pad(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _cut(tokens: list[int], stops: set[int]) -> list[int]:
+    """A continuation up to (not including) its first end-of-turn token."""
+    out = []
+    for t in tokens:
+        if t in stops:
+            break
+        out.append(t)
+    return out
+
+
+class InstructCase(ParityCase):
+    """An instruction-tuned chat model on the held-out split: each row's prompt through the
+    chat template, the answer generated greedily up to its end of turn and compared with the
+    label name (exact match: `accuracy`); the same answers token for token against PyTorch's
+    (`greedy_match`); the perplexity of the whole conversations (prompt, answer, end of turn)
+    and its ratio to PyTorch's; and, over the first conversations, the logits themselves."""
+
+    def __init__(self, task: Any, bundle: Any, reference_dir: Path, data: Any, split: str, batch_size: int, check: Any):
+        import torch
+
+        from ...core.hf import load_tokenizer
+        from .instruct import end_of_turn_ids, normalize_answer, render_prompt
+
+        self.normalize = normalize_answer
+        instruct, self.batch_size = check.instruct, min(batch_size, 32)
+        manifest = bundle.manifest
+        self.labels, self.split = list(manifest.labels), split
+        held_out = load_data(data.model_copy(update={"label_names": self.labels}), (split,))[split]
+        tok = task.prepare_tokenizer(load_tokenizer(reference_dir, "reference model"))
+        self.stops = set(end_of_turn_ids(tok))
+        self.max_new = instruct.max_new_tokens
+        self.prompts = [tok(render_prompt(tok, instruct, t), add_special_tokens=False)["input_ids"] for t in held_out.texts]
+        self.gold = [self.labels[i] for i in held_out.labels]
+        eot = sorted(self.stops)[0] if self.stops else tok.eos_token_id
+        self.conversations = [p + tok(g, add_special_tokens=False)["input_ids"] + [eot] for p, g in zip(self.prompts, self.gold)]
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else eot
+        self.examples = len(self.prompts)
+        progress.info(f"{self.examples} conversations: answers up to {self.max_new} tokens, perplexity, logits over the first {COMPARED}")
+        model = reference_device(task.auto_model_class().from_pretrained(str(reference_dir))).eval()
+        device = next(model.parameters()).device
+        ref = _Stats()
+        self.reference_logits: list[np.ndarray] = []
+        with torch.inference_mode():
+            for i, (ids, mask) in enumerate(self._batches()):
+                logits = (
+                    model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
+                    .logits.float()
+                    .cpu()
+                    .numpy()
+                )
+                ref.add(logits, ids, mask, None)
+                if i * self.batch_size < COMPARED:
+                    self.reference_logits.append(logits[: max(0, COMPARED - i * self.batch_size)])
+            self.reference_answers = []
+            for i in range(0, len(self.prompts), self.batch_size):
+                rows = self.prompts[i : i + self.batch_size]
+                width = max(len(r) for r in rows)
+                ids = torch.tensor([[self.pad] * (width - len(r)) + r for r in rows], device=device)
+                mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+                out = model.generate(
+                    ids,
+                    attention_mask=mask,
+                    do_sample=False,
+                    use_cache=True,
+                    max_new_tokens=self.max_new,
+                    eos_token_id=sorted(self.stops),
+                    pad_token_id=self.pad,
+                    num_beams=1,
+                )
+                self.reference_answers += [_cut(row[width:].tolist(), self.stops) for row in out]
+        del model
+        r = ref.result()
+        accuracy = self._accuracy(tok, self.reference_answers)
+        self.decode = tok.decode
+        self.reference = {
+            "backend": "pytorch",
+            "device": str(device),
+            "accuracy": accuracy,
+            "perplexity": r["perplexity"],
+            "next_token_accuracy": r["accuracy"],
+            "tokens": r["tokens"],
+            "answer_sample": {"prompt": self.prompts[0], "answer": self.reference_answers[0]},
+        }
+        self.details = {"prompts": self.examples, "new_tokens": self.max_new, "scored_by": "exact match of the generated answer"}
+        progress.info(f"pytorch   answer accuracy {accuracy:.4f}  perplexity {r['perplexity']:.3f}")
+
+    def _batches(self) -> Any:
+        for i in range(0, len(self.conversations), self.batch_size):
+            yield _right_pad(self.conversations[i : i + self.batch_size], self.pad)
+
+    def _accuracy(self, tok: Any, answers: list[list[int]]) -> float:
+        right = [self.normalize(tok.decode(a, skip_special_tokens=True)) == self.normalize(g) for a, g in zip(answers, self.gold)]
+        return float(np.mean(right)) if right else 0.0
+
+    def score(self, predictor: Any) -> dict[str, Any]:
+        gen = predictor.generator
+        stats, compared = _Stats(), _Stats()
+        for i, (ids, mask) in enumerate(self._batches()):
+            logits = gen.forward(ids, mask)[0]
+            stats.add(logits, ids, mask, None)
+            if i < len(self.reference_logits):
+                n = len(self.reference_logits[i])
+                compared.add(logits[:n], ids[:n], mask[:n], self.reference_logits[i])
+        answers = []
+        for i in range(0, len(self.prompts), self.batch_size):
+            answers += [_cut(a, self.stops) for a in gen.generate_ids(self.prompts[i : i + self.batch_size], self.max_new)]
+        result = stats.result()
+        match = [a == r for a, r in zip(answers, self.reference_answers)]
+        closeness = compared.result()
+        result.update(
+            {
+                "accuracy": float(
+                    np.mean(
+                        [self.normalize(self.decode(a, skip_special_tokens=True)) == self.normalize(g) for a, g in zip(answers, self.gold)]
+                    )
+                ),
+                "next_token_accuracy": result["accuracy"],
+                "perplexity_ratio": result["perplexity"] / self.reference["perplexity"],
+                "greedy_match": float(np.mean(match)),
+                "agreement": closeness["agreement"],
+                "max_logit_diff": closeness["max_logit_diff"],
+                "mean_logit_diff": closeness["mean_logit_diff"],
+                "min_cosine": closeness["min_cosine"],
+                "greedy_mismatches": [
+                    {"prompt": p, "pytorch": r, "onnx": a}
+                    for p, r, a, ok in zip(self.prompts, self.reference_answers, answers, match)
+                    if not ok
+                ][:3],
+            }
+        )
+        return result
+
+    def gate(self, precision: str, gates: dict[str, Any]) -> Any:
+        gate = super().gate(precision, gates)
+        if precision == "fp32" and gate.min_greedy_match is None:
+            return with_defaults(gate, min_greedy_match=1.0)
+        return gate
+
+    def summary(self, r: dict[str, Any]) -> str:
+        return (
+            f"answer accuracy {r['accuracy']:.4f}  perplexity {r['perplexity']:.3f} (x{r['perplexity_ratio']:.4f})  "
+            f"greedy match {r['greedy_match']:.3f}  max |dlogit| {r['max_logit_diff']:.2e}"
+        )

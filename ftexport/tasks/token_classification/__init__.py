@@ -68,7 +68,9 @@ class TokenClassification(TextClassification):
 
         return AutoModelForTokenClassification
 
-    def dataset(self, tokenizer: Any, words: list[list[str]], labels: list[list[int]] | None, max_length: int) -> EncodedTexts:
+    def dataset(
+        self, tokenizer: Any, words: list[list[str]], labels: list[list[int]] | None, max_length: int, **context: Any
+    ) -> EncodedTexts:
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
         aligned = [align_labels(enc.word_ids(i), labels[i]) for i in range(len(words))] if labels is not None else None
         return EncodedTexts({k: list(v) for k, v in enc.items()}, aligned)

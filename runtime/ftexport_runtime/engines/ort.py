@@ -241,6 +241,12 @@ class OrtEngine:
         provider_options: dict[str, Any] | None = None,
     ):
         check_available(backend)
+        needs = variant.details.get("min_onnxruntime") if variant is not None else None
+        if isinstance(needs, str) and _version(needs) > _version(ort.__version__):  # e.g. 8-bit MatMulNBits: 1.22
+            raise BundleError(
+                f"{model_path}: variant {variant.name!r} needs onnxruntime>={needs} ({variant.details.get('weights', 'its operators')}) "
+                f"and this is {ort.__version__}: pip install 'onnxruntime>={needs}', or choose another variant"
+            )
         preload_gpu_libraries(backend.provider)
         opts = session_options or ort.SessionOptions()
         if threads is not None:

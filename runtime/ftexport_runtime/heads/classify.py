@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from .predict import PREDICT, predict_route
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,30 @@ def check_labels(data: dict[str, Any], where: str) -> None:
         raise BundleError(f"{where}: field 'labels' must be a non-empty list of strings")
 
 
+def prediction_schema(info: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of one Prediction, with this bundle's labels."""
+    labels = [str(x) for x in info.get("labels", [])]
+    return {
+        "type": "object",
+        "required": ["label", "score", "scores"],
+        "properties": {
+            "label": {"type": "string", **({"enum": labels} if labels else {})},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    }
+
+
 class ClassifyHead:
     """The head of text-classification bundles: logits per text -> Prediction."""
 
     name = "text-classification"
     encoder = True  # the model maps tokenizer encodings to logits: predict, logits, encode and run apply
-    serves = True  # `ftexport-runtime serve` answers POST /v1/predict with it
+    serves = True  # `ftexport-runtime serve` answers it (its routes)
     hint = "use predict()"  # what to call on such a bundle, for the one-line refusals
     command = "predict"  # the ftexport-runtime command for such a bundle
+    commands = (PREDICT,)
+    routes = (predict_route("Prediction", prediction_schema, "Label and scores for each text, in order"),)
 
     @staticmethod
     def check_manifest(data: dict[str, Any], where: str) -> dict[str, Any]:

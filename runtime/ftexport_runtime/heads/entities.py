@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import PredictError
 from .classify import check_labels, softmax
+from .predict import PREDICT, predict_route
 
 AGGREGATIONS = ("simple", "first")
 
@@ -130,6 +131,23 @@ def check_words(words: Sequence[Sequence[str]]) -> list[list[str]]:
     return out
 
 
+def entities_schema(info: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema of one text's Entities."""
+    types = sorted({_bio(str(x))[1] for x in info.get("labels", [])} - {"O"})
+    entity = {
+        "type": "object",
+        "required": ["entity_group", "score", "word", "start", "end"],
+        "properties": {
+            "entity_group": {"type": "string", **({"enum": types} if types else {})},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "word": {"type": "string"},
+            "start": {"type": "integer", "minimum": 0},
+            "end": {"type": "integer", "minimum": 0},
+        },
+    }
+    return {"type": "object", "required": ["entities"], "properties": {"entities": {"type": "array", "items": entity}}}
+
+
 class EntitiesHead:
     """The head of token-classification bundles: predict() answers each text's Entities."""
 
@@ -138,6 +156,8 @@ class EntitiesHead:
     serves = True  # POST /v1/predict answers {"entities": [...]} per text
     hint = "use predict()"
     command = "predict"
+    commands = (PREDICT,)
+    routes = (predict_route("Entities", entities_schema, "The entities of each text (type, score, surface, character offsets), in order"),)
 
     @staticmethod
     def check_manifest(data: dict[str, Any], where: str) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """`ftexport-runtime serve`: one bundle behind an HTTP JSON API, with dynamic micro-batching.
 
-    POST /v1/predict   {"texts": ["...", ...]} -> {"predictions": [{"label", "score", "scores"}, ...]}
+The routes of the bundle's head (heads/: each head offers its own), e.g.
+    POST /v1/predict     {"texts": ["...", ...]} -> {"predictions": [{"label", "score", "scores"}, ...]}
+    POST /v1/embeddings  OpenAI's embeddings API (feature-extraction bundles)
+    POST /v1/generate    a prompt or a conversation -> JSON, or server-sent events per token
+and the common ones:
     GET  /healthz      200 {"status": "ok"} while serving
     GET  /v1/metadata  task, labels, max_length, variant, backend and the serving limits
     GET  /v1/stats     requests, texts, batches run, rejections, texts waiting
@@ -17,12 +21,13 @@ requests meanwhile. A full queue answers 503 at once rather than growing. There 
 endpoint that loads a model: the bundle is fixed when the server starts.
 """
 
-from .app import ApiError, bind, create_app, parse_texts, serve
+from .app import Api, ApiError, bind, create_app, parse_texts, serve
 from .batcher import MicroBatcher, QueueFull, ShuttingDown, Stats
 from .config import ServeConfig, serving_session_options
 from .openapi import openapi_schema
 
 __all__ = [
+    "Api",
     "ApiError",
     "MicroBatcher",
     "QueueFull",

@@ -1,53 +1,44 @@
-"""The HTTP side of `ftexport-runtime serve`: the routes, the request checks, the ASGI app
-and the uvicorn server around one Predictor."""
+"""The HTTP side of `ftexport-runtime serve`: the common routes (/healthz, /v1/metadata,
+/v1/stats, /openapi.json), the routes the bundle's head offers (heads.base.Route: POST
+/v1/predict, /v1/embeddings, /v1/generate...), the ASGI app and the uvicorn server around one
+Predictor. Nothing here knows a task: the head's routes get an `Api` that reads bodies within
+the limits, queues work on the one micro-batcher and makes responses; this module maps the
+queue's refusals to 503 and each route's errors to its own error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import json
 import signal
 import socket
 import sys
 import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route as StarletteRoute
 
-from ..errors import FtexportError
+from ..errors import FtexportError, PredictError
+from ..heads import get_head, route_owners, serve_options
+from ..heads.base import ApiError, Route, plain_error
+from ..heads.predict import parse_texts
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .openapi import openapi_schema
 
-_JSON_TYPES = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
+__all__ = ["Api", "ApiError", "bind", "create_app", "parse_texts", "serve"]
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+COMMON_ROUTES = ("GET /healthz", "GET /v1/metadata", "GET /v1/stats", "GET /openapi.json")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _json_type(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
+    return JSONResponse(plain_error(status, message, None), status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, config: ServeConfig) -> bytes:
@@ -70,55 +61,85 @@ async def _read_body(request: Request, config: ServeConfig) -> bytes:
     return b"".join(chunks)
 
 
-def parse_texts(body: bytes, config: ServeConfig) -> list[str]:
-    """Check a /v1/predict body against the API and the limits; ApiError names what is wrong."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ApiError(400, f"request body is not UTF-8 (bad byte at position {e.start}); send JSON encoded as UTF-8") from None
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ApiError(400, f'request body is not valid JSON ({reason}); send {{"texts": ["..."]}}') from None
-    if not isinstance(data, dict):
-        raise ApiError(422, f'request body must be a JSON object {{"texts": [...]}}, got {_json_type(data)}')
-    unknown = sorted(set(data) - {"texts"})
-    if unknown:
-        raise ApiError(422, f'unknown field {json.dumps(unknown[0])} in the request body; the only field is "texts"')
-    if "texts" not in data:
-        raise ApiError(422, 'request body has no "texts" field; send {"texts": ["..."]}')
-    texts = data["texts"]
-    if isinstance(texts, str):
-        raise ApiError(422, '"texts" must be an array of strings, got a single string; wrap it in [...]')
-    if not isinstance(texts, list):
-        raise ApiError(422, f'"texts" must be an array of strings, got {_json_type(texts)}')
-    if not texts:
-        raise ApiError(422, '"texts" is empty; send at least one string')
-    if len(texts) > config.max_request_items:
-        raise ApiError(
-            422,
-            f'"texts" has {len(texts)} items, over the limit of {config.max_request_items} per request '
-            "(--max-request-items); split it into smaller requests",
-        )
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ApiError(422, f'"texts"[{i}] is {_json_type(t)}, not a string')
-        if len(t) > config.max_text_chars:
-            raise ApiError(
-                422,
-                f'"texts"[{i}] has {len(t)} characters, over the limit of {config.max_text_chars} '
-                "(--max-text-chars); shorten it (the model reads only its first tokens anyway)",
-            )
+@dataclass
+class Api:
+    """What a head's route handler gets (heads.base.ServerApi): the predictor, the limits, the
+    queue (its route's batch function, or lone calls) and the responses."""
+
+    predictor: Any
+    config: ServeConfig
+    info: dict[str, Any]
+    batcher: MicroBatcher
+    defaults: dict[str, int]  # the serve options' defaults
+    batch_fn: Callable[[list[str]], list[Any]] | None = None
+
+    async def read_body(self, request: Request) -> bytes:
+        return await _read_body(request, self.config)
+
+    async def batch(self, texts: list[str]) -> list[Any]:
+        """One answer per text from the route's batch function, micro-batched with other requests."""
+        assert self.batch_fn is not None, "this route has no batch function (Route.batch)"
+        return await self.batcher.submit(texts, self.batch_fn)
+
+    async def call(self, fn: Callable[[], Any], cost: int = 1) -> Any:
+        """fn() alone in the worker thread, in its turn in the queue (QueueFull: 503 at once)."""
+        return await self.batcher.call(fn, cost)
+
+    def start(self, fn: Callable[[], Any], cost: int = 1) -> asyncio.Future[Any]:
+        """Queue fn() like `call` (QueueFull: 503 at once) without waiting for it."""
+        return self.batcher.enqueue(fn, cost)
+
+    def option(self, name: str) -> int:
+        return int(self.config.options.get(name, self.defaults[name]))
+
+    def watch_disconnect(self, request: Request, gone: threading.Event) -> asyncio.Task[None]:
+        """Set `gone` when the client disconnects (call after reading the body; cancel the task when done)."""
+
+        async def listen() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    return
+
+        return asyncio.get_running_loop().create_task(listen(), name="ftexport-disconnect")
+
+    def json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return JSONResponse(data, status_code=status, headers=headers)
+
+    def events(self, chunks: AsyncIterator[str]) -> Response:
+        """Server-sent events: each chunk is one or more `data: ...` lines ending in a blank line."""
+        return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _endpoint(route: Route, api: Api) -> Callable[[Request], Any]:
+    """The Starlette endpoint of a head's route: its refusals in the route's error shape."""
+
+    def refuse(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(route.error(status, message, param), status_code=status, headers=headers)
+
+    async def endpoint(request: Request) -> Response:
         try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ApiError(422, f'"texts"[{i}] is not valid Unicode (it holds a lone surrogate escape such as \\ud800)') from None
-    return texts
+            return await route.handle(request, api)
+        except ApiError as e:
+            return refuse(e.status, e.message, e.param, e.headers)
+        except PredictError as e:  # input the model cannot take (a prompt longer than its positions...)
+            return refuse(422, str(e))
+        except QueueFull:
+            return refuse(
+                503,
+                f"queue full: {api.batcher.queued} texts are waiting (--queue-size {api.config.queue_size}); retry later",
+                headers={"Retry-After": "1"},
+            )
+        except ShuttingDown:
+            return refuse(503, "server is shutting down; retry on another instance", headers={"Connection": "close"})
+
+    return endpoint
 
 
 def create_app(predictor: Any, config: ServeConfig | None = None) -> Starlette:
-    """The ASGI app serving `predictor` (a Predictor, or anything with its predict_batch and metadata).
+    """The ASGI app serving `predictor` (a Predictor, or anything with its metadata and the
+    methods its task's routes call, e.g. predict_batch for POST /v1/predict).
 
     Run it with any ASGI server; its lifespan starts and drains the batcher, so the server
     must run lifespan events (uvicorn does by default).
@@ -126,30 +147,22 @@ def create_app(predictor: Any, config: ServeConfig | None = None) -> Starlette:
     from .. import __version__
 
     config = (config or ServeConfig()).check()
-
-    def predict(texts: list[str]) -> list[dict[str, Any]]:
-        return [p.as_dict() for p in predictor.predict_batch(texts, batch_size=config.max_batch)]
-
-    batcher = MicroBatcher(predict, config.max_batch, config.max_wait_ms / 1000, config.queue_size, config.batching)
     info = {**predictor.metadata(), "runtime_version": __version__}
-    metadata = {**info, "serving": asdict(config)}
-    schema = openapi_schema(config, info)
+    head = get_head(info["task"])
+    routes = list(head.routes)
+    batcher = MicroBatcher(None, config.max_batch, config.max_wait_ms / 1000, config.queue_size, config.batching)
+    defaults = {o.name: o.default for o in serve_options()}
+    own = {o.name: int(config.options.get(o.name, o.default)) for o in getattr(head, "serve_options", ())}
+    metadata = {**info, "serving": {**config.settings(), **own}}  # the head's own options, at their values here
+    schema = openapi_schema(config, info, routes)
 
-    async def predict_route(request: Request) -> JSONResponse:
-        try:
-            texts = parse_texts(await _read_body(request, config), config)
-            answers = await batcher.submit(texts)
-        except ApiError as e:
-            return _error(e.status, e.message)
-        except QueueFull:
-            return _error(
-                503,
-                f"queue full: {batcher.queued} texts are waiting (--queue-size {config.queue_size}); retry later",
-                {"Retry-After": "1"},
-            )
-        except ShuttingDown:
-            return _error(503, "server is shutting down; retry on another instance", {"Connection": "close"})
-        return JSONResponse({"predictions": answers})
+    def bound(route: Route) -> Callable[[list[str]], list[Any]] | None:
+        if route.batch is None:
+            return None
+        batch = route.batch
+        return lambda texts: batch(predictor, texts, config.max_batch)  # one function per route: its requests batch together
+
+    apis = [Api(predictor, config, info, batcher, defaults, bound(r)) for r in routes]
 
     async def healthz(request: Request) -> JSONResponse:
         if batcher.closing:
@@ -165,10 +178,24 @@ def create_app(predictor: Any, config: ServeConfig | None = None) -> Starlette:
     async def openapi_route(request: Request) -> JSONResponse:
         return JSONResponse(schema)
 
+    mine = {r.path for r in routes}
+    served = ", ".join(r.label for r in routes)
+
+    def not_here(path: str) -> str:
+        """The 404 line; for a route another task's bundle would answer, what this one answers."""
+        others = [h for h in route_owners().get(path, []) if h is not head]
+        if path in mine or not others:
+            return f"no endpoint {path}; see GET /openapi.json"
+        tasks = " and ".join(h.name for h in others)
+        return (
+            f"no endpoint {path}: this server's bundle is {head.name}, which answers {served} "
+            f"({path} is for {tasks} bundles); see GET /openapi.json"
+        )
+
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         message = {
-            404: f"no endpoint {request.url.path}; see GET /openapi.json",
+            404: not_here(request.url.path),
             405: f"{request.method} is not allowed on {request.url.path}; see GET /openapi.json",
         }
         return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)), dict(exc.headers or {}))
@@ -188,17 +215,18 @@ def create_app(predictor: Any, config: ServeConfig | None = None) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/v1/predict", predict_route, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/v1/metadata", metadata_route, methods=["GET"]),
-            Route("/v1/stats", stats_route, methods=["GET"]),
-            Route("/openapi.json", openapi_route, methods=["GET"]),
+            *(StarletteRoute(r.path, _endpoint(r, api), methods=[r.method]) for r, api in zip(routes, apis)),
+            StarletteRoute("/healthz", healthz, methods=["GET"]),
+            StarletteRoute("/v1/metadata", metadata_route, methods=["GET"]),
+            StarletteRoute("/v1/stats", stats_route, methods=["GET"]),
+            StarletteRoute("/openapi.json", openapi_route, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
     app.state.batcher = batcher
     app.state.config = config
+    app.state.routes = routes
     return app
 
 
@@ -242,9 +270,10 @@ def serve(
     address = sock.getsockname()
     shown = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
     meta = predictor.metadata()
+    answers = [r.label for r in app.state.routes] + [c for c in COMMON_ROUTES if c != "GET /v1/stats"]
     print(
         f"ftexport-runtime: serving {meta.get('name')} ({meta.get('variant')} on {meta.get('backend')}) "
-        f"at http://{shown}:{address[1]} (POST /v1/predict, GET /healthz, GET /v1/metadata, GET /openapi.json)",
+        f"at http://{shown}:{address[1]} ({', '.join(answers)})",
         file=sys.stderr,
         flush=True,
     )

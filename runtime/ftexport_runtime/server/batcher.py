@@ -2,6 +2,10 @@
 worker takes what is queued, waits up to max_wait for more while the batch is under
 max_batch texts, and runs one predict call in a worker thread, so the event loop keeps
 accepting and answering requests meanwhile. A full queue refuses at once rather than growing.
+
+A job is either texts for a batch function (jobs of the same function share model calls) or a
+call that runs alone (a generation: `enqueue`/`call`); both wait in the same queue, in order,
+and run on the same one worker thread.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ class ShuttingDown(Exception):
 
 @dataclass
 class _Job:
-    texts: list[str]
-    future: asyncio.Future[list[dict[str, Any]]]
+    texts: list[str]  # a batched job's texts (empty for a call)
+    future: asyncio.Future[Any]
+    fn: Callable[[list[str]], list[Any]] | None = None  # the batch function; jobs of the same one share a call
+    call: Callable[[], Any] | None = None  # a job that runs alone: call() in the worker thread
+    size: int = 0  # what it counts for in the queue (texts)
 
 
 @dataclass
@@ -41,10 +48,11 @@ class Stats:
 class MicroBatcher:
     """Collects queued requests into batches and runs each batch in one worker thread.
 
-    predict: texts -> one JSON-ready answer per text (runs in the worker thread).
+    predict: texts -> one JSON-ready answer per text (runs in the worker thread); the batch
+    function of `submit(texts)` when it names none.
     """
 
-    predict: Callable[[list[str]], list[dict[str, Any]]]
+    predict: Callable[[list[str]], list[Any]] | None
     max_batch: int
     max_wait_s: float
     capacity: int  # texts
@@ -82,37 +90,61 @@ class MicroBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str]) -> list[dict[str, Any]]:
+    async def submit(self, texts: list[str], fn: Callable[[list[str]], list[Any]] | None = None) -> list[Any]:
+        """Answers for `texts` from fn (default: predict), batched with other jobs of fn."""
+        batch_fn = fn or self.predict
+        assert batch_fn is not None, "submit() needs a batch function"
+        return await self._add(_Job(texts, asyncio.get_running_loop().create_future(), fn=batch_fn, size=len(texts)))
+
+    def enqueue(self, call: Callable[[], Any], cost: int = 1) -> asyncio.Future[Any]:
+        """Queue call() to run alone in the worker thread, counted as `cost` texts; the future
+        of its result. QueueFull / ShuttingDown are raised here, at once."""
+        job = _Job([], asyncio.get_running_loop().create_future(), call=call, size=cost)
+        self._admit(job)
+        return job.future
+
+    async def call(self, call: Callable[[], Any], cost: int = 1) -> Any:
+        """call() alone in the worker thread, in its turn in the queue."""
+        return await self.enqueue(call, cost)
+
+    async def _add(self, job: _Job) -> Any:
+        self._admit(job)
+        return await job.future
+
+    def _admit(self, job: _Job) -> None:
         if self._closing:
             self.stats.rejected += 1
             raise ShuttingDown
-        if self._queued + len(texts) > self.capacity:
+        if self._queued + job.size > self.capacity:
             self.stats.rejected += 1
             raise QueueFull
         assert self._wakeup is not None, "MicroBatcher.start() was not called (the app's lifespan did not run)"
-        job = _Job(texts, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
-        self._queued += len(texts)
+        self._queued += job.size
         self.stats.requests += 1
-        self.stats.texts += len(texts)
+        self.stats.texts += job.size
         self._wakeup.set()
-        return await job.future
 
     def _pop(self) -> _Job:
         job = self._jobs.popleft()
-        self._queued -= len(job.texts)
+        self._queued -= job.size
         return job
+
+    def _joins(self, first: _Job, size: int) -> bool:
+        """Whether the next queued job can join a batch that starts with `first`."""
+        nxt = self._jobs[0]
+        return nxt.call is None and nxt.fn is first.fn and size + len(nxt.texts) <= self.max_batch
 
     async def _next_batch(self) -> list[_Job]:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         batch = [self._pop()]  # the first job always goes, even one larger than max_batch
-        if not self.batching:
+        if not self.batching or batch[0].call is not None:
             return batch
         size = len(batch[0].texts)
         deadline = loop.time() + self.max_wait_s
         while size < self.max_batch:
-            while self._jobs and size + len(self._jobs[0].texts) <= self.max_batch:
+            while self._jobs and self._joins(batch[0], size):
                 batch.append(self._pop())
                 size += len(batch[-1].texts)
             remaining = deadline - loop.time()
@@ -138,11 +170,14 @@ class MicroBatcher:
             batch = [job for job in await self._next_batch() if not job.future.done()]
             if not batch:
                 continue
+            if batch[0].call is not None:
+                await self._run_call(batch[0])
+                continue
             texts = [t for job in batch for t in job.texts]
             self.stats.batches += 1
             self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
             try:
-                answers = await loop.run_in_executor(self._executor, self.predict, texts)
+                answers = await loop.run_in_executor(self._executor, batch[0].fn, texts)
             except Exception as e:  # noqa: BLE001  # a bug or a broken model: fail this batch, keep serving
                 for job in batch:
                     if not job.future.done():
@@ -153,3 +188,15 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_result(answers[start : start + len(job.texts)])
                 start += len(job.texts)
+
+    async def _run_call(self, job: _Job) -> None:
+        assert job.call is not None
+        self.stats.batches += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, job.call)
+        except Exception as e:  # noqa: BLE001  # the caller's to report
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if not job.future.done():
+            job.future.set_result(result)

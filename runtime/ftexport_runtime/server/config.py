@@ -3,7 +3,8 @@ options a server runs with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import onnxruntime as ort
 
@@ -20,10 +21,12 @@ class ServeConfig:
     max_text_chars: int = 10_000  # characters per text (the tokenizer truncates far sooner)
     max_request_items: int = 64  # texts per request
     batching: bool = True  # False: one request per model call, in arrival order
+    # the serve options heads add for their routes (heads.base.ServeOption), e.g. max_new_tokens
+    options: dict[str, int] = field(default_factory=dict)
 
     def check(self) -> ServeConfig:
-        for name in ("max_batch", "queue_size", "max_text_chars", "max_request_items"):
-            value = getattr(self, name)
+        common = [(n, getattr(self, n)) for n in ("max_batch", "queue_size", "max_text_chars", "max_request_items")]
+        for name, value in common + sorted(self.options.items()):
             if not isinstance(value, int) or value < 1:
                 raise FtexportError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.max_wait_ms < 0:
@@ -34,6 +37,13 @@ class ServeConfig:
                 "such a request could never be queued; raise --queue-size or lower --max-request-items"
             )
         return self
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by name (the head options beside the common ones), as /v1/metadata shows them."""
+        common = {
+            k: getattr(self, k) for k in ("max_batch", "max_wait_ms", "queue_size", "max_text_chars", "max_request_items", "batching")
+        }
+        return {**common, **self.options}
 
     @property
     def max_body_bytes(self) -> int:
