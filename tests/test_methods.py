@@ -232,3 +232,45 @@ def test_cli_method_override_is_validated(recipe_file):
     result = CliRunner().invoke(main, ["-q", "train", str(recipe_file()), "--method", "ia4"])
     assert result.exit_code == 2
     assert "recipe.method.name: expected one of" in result.output and "did you mean 'ia3'?" in result.output
+
+
+def test_evaluation_does_not_change_the_training_path(recipe_file, monkeypatch):
+    """An evaluation draws random numbers; without restoring the generators every later dropout
+    mask moved, so the same seed trained a different model per eval_steps (and per transformers
+    version). The mean training loss covers every step, whichever checkpoint is kept."""
+    import ftexport.train.trainer as trainer_module
+
+    def train_loss(eval_steps: int, tag: str) -> float:
+        recipe = _recipe(
+            recipe_file,
+            {"name": "full"},
+            training__max_steps=6,
+            training__eval_steps=eval_steps,
+            training__dropout=0.3,
+            training__early_stopping_patience=None,
+            output=str(Path(recipe_file().parent) / f"runs-{tag}"),
+        )
+        return train(recipe, recipe.output_dir() / "train", quiet=True)["metrics"]["train_loss"]
+
+    often, rarely = train_loss(1, "often"), train_loss(6, "rarely")
+    assert often == pytest.approx(rarely, rel=1e-6, abs=1e-7)
+    monkeypatch.setattr(trainer_module, "rng_neutral", lambda evaluate: evaluate)  # the control: the test can fail
+    assert train_loss(1, "unguarded") != pytest.approx(rarely, rel=1e-6, abs=1e-7)
+
+
+def test_the_last_step_is_evaluated_when_eval_steps_does_not_divide_it(recipe_file, monkeypatch):
+    """transformers 5 evaluates the final step on its own and 4.57 does not, so the same run kept
+    a different checkpoint on each stack; ftexport evaluates it on both."""
+    import transformers
+
+    steps: list[int] = []
+    real_evaluate = transformers.Trainer.evaluate
+
+    def spy(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return real_evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", spy)
+    recipe = _recipe(recipe_file, {"name": "lora", "r": 4, "alpha": 8}, training__max_steps=6, training__eval_steps=4)
+    train(recipe, recipe.output_dir() / "train", quiet=True)
+    assert steps == [4, 6, 6]  # steps 4 and 6 during training, then the closing evaluation of the kept checkpoint

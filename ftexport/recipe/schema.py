@@ -157,6 +157,7 @@ class TrainingSection(Section):
     metric: _one_of(list(dict.fromkeys(m for t in TASKS.values() for m in t.metrics_computed))) = Field(  # type: ignore[valid-type]
         "accuracy",
         description="dev metric that picks the best checkpoint; f1 = entity-level F1 (token-classification); "
+        "loss = the dev loss (lower is better; steadier than accuracy on a small dev split); "
         "perplexity (text-generation, lower is better)",
     )
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")

@@ -168,7 +168,8 @@ class Task:
     labelled: ClassVar[bool] = True  # data: a label column (False: texts only)
     example: ClassVar[str] = "a wonderful, moving film"  # the `try:` line after `ftexport run`
     # capabilities
-    metrics_computed: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")  # training.metric values
+    # training.metric values; loss = the dev loss (lower is better), the steadiest choice on a small dev split
+    metrics_computed: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "loss")
     forced_metric: ClassVar[str | None] = None  # a task scored one way only (language models: perplexity)
     quantize_modes: ClassVar[tuple[str, ...]] = QUANTIZE_MODES
     graph_optimization: ClassVar[bool] = True  # quantize.optimize O1-O4
@@ -277,7 +278,7 @@ class Task:
         return tokenizer
 
     def best_metric(self, metric: str) -> tuple[str, bool]:
-        return metric, True  # accuracy or F1: higher is better
+        return metric, metric != "loss"  # accuracy or F1: higher is better; the dev loss: lower
 
     def eval_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return metrics

@@ -30,7 +30,7 @@ class TokenClassification(TextClassification):
     peft_task_type = "TOKEN_CLS"  # peft then also trains the classifier head (modules_to_save)
     example = "Peter Blackburn flew to Brussels"
     output_axes = {0: "batch_size", 1: "sequence_length"}  # one row of logits per token
-    metrics_computed = ("accuracy", "f1")
+    metrics_computed = ("accuracy", "f1", "loss")
     accuracy_aware = False
     triton = False
     distill = False
