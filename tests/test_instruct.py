@@ -120,6 +120,10 @@ def test_instruction_tuning_learns_the_answers_and_holds_parity(chat_run):
     assert ref["accuracy"] >= 0.75  # the tiny model learned to answer the label
     assert fp32["accuracy"] == ref["accuracy"] and fp32["greedy_match"] == 1.0 and fp32["max_logit_diff"] < 1e-3
     assert {"int8", "int4"} <= set(parity["variants"])
+    # the gated perplexity is the gold answers' (answer and end of turn: what training scores);
+    # the whole conversations' is reported beside it and is far higher (nobody trained the prompts)
+    assert 2 * 40 <= ref["answer_tokens"] < ref["tokens"] and ref["perplexity"] < ref["conversation_perplexity"]
+    assert fp32["perplexity_ratio"] == pytest.approx(1.0, abs=1e-3) and "conversation_perplexity_ratio" in fp32
 
 
 def test_answer_only_loss(chat_model):
@@ -163,6 +167,12 @@ def test_int4_variant_is_matmulnbits(chat_run):
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     # 7 projections in each of 2 layers, and the tied head (MatMul of the transposed embedding table)
     assert len(nbits) == 2 * 7 + 1 and not [n for n in graph.node if n.op_type == "MatMul" and "lm_head" in n.input[1]]
+    # the head (the MatMul writing the logits) keeps 8-bit weights, every other projection 4
+    bits = {True: set(), False: set()}
+    for n in nbits:
+        bits[n.output[0] == "logits"] |= {a.i for a in n.attribute if a.name == "bits"}
+    assert bits == {True: {8}, False: {4}}
+    assert v.details["head"]["bits"] == 8 and v.details["min_onnxruntime"] == "1.22"
     assert not list(chat_run.bundle.glob("_folded_*"))
     rows = {(r["backend"], r["phase"]) for r in chat_run.bench["results"]}
     assert ("ort-int4", "per token") in rows
@@ -174,7 +184,7 @@ def test_shipped_smollm2_recipe_parses(monkeypatch, tmp_path):
     monkeypatch.setenv("FTEXPORT_DATA", str(tmp_path))
     r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "smollm2.yaml", check=False)
     assert r.task == "text-generation" and r.method.name == "lora" and r.model.path.endswith(".gguf")
-    assert r.instruct.max_new_tokens == 4 and r.quantize.modes == ["dynamic", "int4"]
+    assert r.instruct.max_new_tokens == 4 and r.quantize.modes == ["int8-block", "int4"]
     assert r.validate_.int4.max_perplexity_ratio == 1.05 and r.validate_.int8.max_accuracy_drop == 0.01
 
 

@@ -245,7 +245,7 @@ def test_ner_run_end_to_end(ner_run):
     assert manifest.labels == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     assert set(manifest.variants) == {"fp32", "int8"}
     parity = json.loads((result.bundle / "parity.json").read_text())
-    assert parity["reference"]["f1"] > 0.8  # training really trained (entity-level, seqeval)
+    assert parity["reference"]["f1"] > 0.7  # training really trained (entity-level, seqeval; an untrained tagger scores near 0)
     assert {"PER", "LOC"} <= set(parity["reference"]["per_class"])
     fp32 = parity["variants"]["fp32"]
     assert fp32["entity_agreement"] == 1.0 and fp32["sentence_agreement"] == 1.0 and fp32["max_logit_diff"] < 1e-3

@@ -83,8 +83,7 @@ def evaluate_last_step() -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             every = state.eval_steps  # the Trainer's own absolute count
             if state.global_step >= state.max_steps and args.eval_strategy == "steps" and every and state.global_step % every:
-                control.should_evaluate = True
-                control.should_save = control.should_save or args.save_strategy != "no"
+                control.should_evaluate = True  # the Trainer saves the last step already
             return control
 
     return EvaluateLastStep()
@@ -100,7 +99,7 @@ def rng_neutral(evaluate: Callable[..., Any]) -> Callable[..., Any]:
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         cpu = torch.random.get_rng_state()
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         try:
             return evaluate(*args, **kwargs)
         finally:

@@ -46,9 +46,9 @@ OPT_VARIANT, OPT_FILE = "opt", "model.opt.onnx"
 # What a quantize stage writes beyond its settings, part of its key so that stages written
 # before a change are redone: 2 = the dynamic int8 file is ORT's CPU rewrite (cpu_preoptimize)
 # and GPU backends default to fp32; 3 = a tied head (MatMul of a transposed embedding) is
-# quantized too, and weight-only variants record min_onnxruntime. The ORT version is in the
-# key too: the file is its output.
-OUTPUT_FORMAT = 3
+# quantized too, and weight-only variants record min_onnxruntime; 4 = int4 keeps an 8-bit head.
+# The ORT version is in the key too: the file is its output.
+OUTPUT_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,15 @@ class WeightOnlyMode(QuantMode):
     dimension, as ONNX Runtime's MatMulNBits operator. Activations stay float in the graph; with
     accuracy level 4 the CPU kernel quantizes them to int8 per block at run time and multiplies
     in int8, so an outlier channel costs precision in its own block only (dynamic int8 scales a
-    whole activation tensor at once). Embedding tables (Gather) stay fp32."""
+    whole activation tensor at once). Embedding tables (Gather) stay fp32. With `head_bits`, the
+    MatMuls that write a graph output (a language model's head) get that many bits instead: the
+    head turns every rounding error of its weights into a logit error; on SmolLM2 it was 40% of
+    all-4-bit's error (docs/design-notes.md, "Weight-only quantization")."""
 
     bits: int = 4
     block_size: int = 32
     accuracy_level: int = 4
+    head_bits: int | None = None
 
     def build(self, manifest: Manifest, tmp: Path, src_file: str) -> None:
         import onnx
@@ -103,21 +107,41 @@ class WeightOnlyMode(QuantMode):
         level = log.level
         log.setLevel(logging.WARNING)
         try:
-            quantizer = MatMulNBitsQuantizer(
-                onnx.load(str(tmp / src_file)),
-                bits=self.bits,
-                block_size=self.block_size,
-                is_symmetric=True,
-                accuracy_level=self.accuracy_level,
-                op_types_to_quantize=("MatMul",),
-            )
-            quantizer.process()
-            quantizer.model.save_model_to_file(str(tmp / self.file), use_external_data_format=False)
+            model = onnx.load(str(tmp / src_file))
+            matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+            for i, n in enumerate(matmuls):
+                n.name = n.name or f"MatMul_{i}"  # the quantizer picks nodes by name
+            outputs = {o.name for o in model.graph.output}
+            head = [n.name for n in matmuls if outputs.intersection(n.output)]
+            head_bits = self.head_bits if self.head_bits not in (None, self.bits) else None
+            if head_bits and not head:
+                progress.info(f"    no MatMul writes a graph output (the head): every MatMul gets {self.bits} bits")
+                head_bits = None
+            # the head first, at its own width; the second pass then finds MatMulNBits there, not MatMul
+            others = [n.name for n in matmuls if n.name not in head]
+            for bits, skip in ([(head_bits, others)] if head_bits else []) + [(self.bits, [])]:
+                quantizer = MatMulNBitsQuantizer(
+                    model,
+                    bits=bits,
+                    block_size=self.block_size,
+                    is_symmetric=True,
+                    accuracy_level=self.accuracy_level,
+                    nodes_to_exclude=skip,
+                    op_types_to_quantize=("MatMul",),
+                )
+                quantizer.process()
+                model = quantizer.model.model
+            onnx.save(model, str(tmp / self.file))
         except Exception as e:  # the quantizer raises bare Exceptions
             raise BundleError(f"{src_file}: ONNX Runtime's MatMulNBits quantizer failed ({first_line(e)})") from None
         finally:
             log.setLevel(level)
-        ops = [n.op_type for n in onnx.load(str(tmp / self.file), load_external_data=False).graph.node]
+        written = onnx.load(str(tmp / self.file), load_external_data=False).graph
+        ops = [n.op_type for n in written.node]
+        # what the head really got (a head without constant weights stays float)
+        heads = [n for n in written.node if n.op_type == "MatMulNBits" and outputs.intersection(n.output)]
+        got = {a.i for n in heads for a in n.attribute if a.name == "bits"}
+        head_bits = next((b for b in got if b != self.bits), None)
         if "MatMulNBits" not in ops:  # a variant identical to fp32 would pass every gate and mislead
             (tmp / self.file).unlink()
             why = f" (its {ops.count('Gemm')} Gemm nodes, as GPT-2's Conv1D layers export, are not MatMuls)" if "Gemm" in ops else ""
@@ -130,13 +154,14 @@ class WeightOnlyMode(QuantMode):
             self.precision,
             {
                 "mode": self.name,
-                "weights": f"int{self.bits} (MatMulNBits)",
+                "weights": f"int{self.bits} (MatMulNBits)" + (f", head int{head_bits}" if head_bits else ""),
                 "block_size": self.block_size,
                 "symmetric": True,
                 "accuracy_level": self.accuracy_level,
                 "operators": ["MatMul"],
+                **({"head": {"nodes": head, "bits": head_bits}} if head_bits else {}),
                 # MatMulNBits' CPU kernel: 4-bit since onnxruntime 1.17, 8-bit on x86 since 1.22
-                "min_onnxruntime": "1.22" if self.bits == 8 else "1.17",
+                "min_onnxruntime": "1.22" if 8 in (self.bits, head_bits) else "1.17",
             },
         )
 
@@ -165,7 +190,11 @@ register_mode(
         "int8-block", "int8-block", "model.int8-block.onnx", "int8", cpu_default_rank=2, constant_weights=True, bits=8, block_size=64
     )
 )
-register_mode(WeightOnlyMode("int4", "int4", "model.int4.onnx", "int4", cpu_default_rank=3, constant_weights=True, bits=4, block_size=32))
+# int4 with an 8-bit language-model head, as llama.cpp's 4-bit formats keep output.weight wider
+# (on SmolLM2 the 4-bit head alone cost most of int4's error; docs/design-notes.md)
+register_mode(
+    WeightOnlyMode("int4", "int4", "model.int4.onnx", "int4", cpu_default_rank=3, constant_weights=True, bits=4, block_size=32, head_bits=8)
+)
 
 
 def quantize_key(bundle_dir: Path, section: Any, data: Any = None, gate: Any = None) -> str:

@@ -214,8 +214,14 @@ def parity_table(report: Any) -> str:
     if "scored_by" in report:  # an instruction-tuned chat model
         head = (
             f"Parity on the {report['split']} split: {report['prompts']} conversations, answers of up to {report['new_tokens']} tokens "
-            f"scored by exact match with the label; perplexity over the conversations ({ref['tokens']} tokens); greedy answers vs "
-            f"PyTorch generate(use_cache=True)\n\n"
+            f"scored by exact match with the label; "
+            + (
+                f"perplexity of the gold answers ({ref['answer_tokens']} tokens; over the whole conversations, {ref['tokens']} "
+                f"tokens: {ref['conversation_perplexity']:.3f} in PyTorch)"
+                if "answer_tokens" in ref
+                else f"perplexity over the conversations ({ref['tokens']} tokens)"  # reports written before answer perplexity
+            )
+            + "; greedy answers vs PyTorch generate(use_cache=True)\n\n"
         )
     else:
         head = (
@@ -264,12 +270,29 @@ def _cut(tokens: list[int], stops: set[int]) -> list[int]:
     return out
 
 
+class _AnswerNll:
+    """Negative log-likelihood of the gold answers alone (the positions an answer mask marks)."""
+
+    def __init__(self) -> None:
+        self.nll, self.tokens = 0.0, 0
+
+    def add(self, logits: np.ndarray, ids: np.ndarray, answer_mask: np.ndarray) -> None:
+        nll, n = token_nll(logits, ids, answer_mask)
+        self.nll += nll
+        self.tokens += n
+
+    def perplexity(self) -> float:
+        return math.exp(min(self.nll / max(self.tokens, 1), 50.0))
+
+
 class InstructCase(ParityCase):
     """An instruction-tuned chat model on the held-out split: each row's prompt through the
     chat template, the answer generated greedily up to its end of turn and compared with the
     label name (exact match: `accuracy`); the same answers token for token against PyTorch's
-    (`greedy_match`); the perplexity of the whole conversations (prompt, answer, end of turn)
-    and its ratio to PyTorch's; and, over the first conversations, the logits themselves."""
+    (`greedy_match`); the perplexity of the gold answers (answer and end of turn, given the
+    prompt: what instruction tuning trains and its dev perplexity reports) and its ratio to
+    PyTorch's, the gated one; the perplexity of the whole conversations (system prompt and
+    review included), reported beside it; and, over the first conversations, the logits."""
 
     def __init__(self, task: Any, bundle: Any, reference_dir: Path, data: Any, split: str, batch_size: int, check: Any):
         import torch
@@ -287,17 +310,17 @@ class InstructCase(ParityCase):
         self.max_new = instruct.max_new_tokens
         self.prompts = [tok(render_prompt(tok, instruct, t), add_special_tokens=False)["input_ids"] for t in held_out.texts]
         self.gold = [self.labels[i] for i in held_out.labels]
-        eot = sorted(self.stops)[0] if self.stops else tok.eos_token_id
+        eot = end_of_turn_ids(tok)[0]  # the template's own end of turn: what training puts after an answer
         self.conversations = [p + tok(g, add_special_tokens=False)["input_ids"] + [eot] for p, g in zip(self.prompts, self.gold)]
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else eot
         self.examples = len(self.prompts)
         progress.info(f"{self.examples} conversations: answers up to {self.max_new} tokens, perplexity, logits over the first {COMPARED}")
         model = reference_device(task.auto_model_class().from_pretrained(str(reference_dir))).eval()
         device = next(model.parameters()).device
-        ref = _Stats()
+        ref, ref_answer = _Stats(), _AnswerNll()
         self.reference_logits: list[np.ndarray] = []
         with torch.inference_mode():
-            for i, (ids, mask) in enumerate(self._batches()):
+            for i, (ids, mask, answer) in enumerate(self._batches()):
                 logits = (
                     model(input_ids=torch.from_numpy(ids).to(device), attention_mask=torch.from_numpy(mask).to(device))
                     .logits.float()
@@ -305,6 +328,7 @@ class InstructCase(ParityCase):
                     .numpy()
                 )
                 ref.add(logits, ids, mask, None)
+                ref_answer.add(logits, ids, answer)
                 if i * self.batch_size < COMPARED:
                     self.reference_logits.append(logits[: max(0, COMPARED - i * self.batch_size)])
             self.reference_answers = []
@@ -332,17 +356,27 @@ class InstructCase(ParityCase):
             "backend": "pytorch",
             "device": str(device),
             "accuracy": accuracy,
-            "perplexity": r["perplexity"],
+            "perplexity": ref_answer.perplexity(),
+            "answer_tokens": ref_answer.tokens,
+            "conversation_perplexity": r["perplexity"],
             "next_token_accuracy": r["accuracy"],
             "tokens": r["tokens"],
             "answer_sample": {"prompt": self.prompts[0], "answer": self.reference_answers[0]},
         }
         self.details = {"prompts": self.examples, "new_tokens": self.max_new, "scored_by": "exact match of the generated answer"}
-        progress.info(f"pytorch   answer accuracy {accuracy:.4f}  perplexity {r['perplexity']:.3f}")
+        progress.info(
+            f"pytorch   answer accuracy {accuracy:.4f}  answer perplexity {self.reference['perplexity']:.4f}  "
+            f"conversation perplexity {r['perplexity']:.3f}"
+        )
 
     def _batches(self) -> Any:
         for i in range(0, len(self.conversations), self.batch_size):
-            yield _right_pad(self.conversations[i : i + self.batch_size], self.pad)
+            rows = self.conversations[i : i + self.batch_size]
+            ids, mask = _right_pad(rows, self.pad)
+            answer = np.zeros_like(mask)
+            for j, n in enumerate(len(p) for p in self.prompts[i : i + self.batch_size]):
+                answer[j, n : len(rows[j])] = 1  # token_nll scores position k against mask[k]
+            yield ids, mask, answer
 
     def _accuracy(self, tok: Any, answers: list[list[int]]) -> float:
         right = [self.normalize(tok.decode(a, skip_special_tokens=True)) == self.normalize(g) for a, g in zip(answers, self.gold)]
@@ -350,10 +384,11 @@ class InstructCase(ParityCase):
 
     def score(self, predictor: Any) -> dict[str, Any]:
         gen = predictor.generator
-        stats, compared = _Stats(), _Stats()
-        for i, (ids, mask) in enumerate(self._batches()):
+        stats, compared, answer_nll = _Stats(), _Stats(), _AnswerNll()
+        for i, (ids, mask, answer) in enumerate(self._batches()):
             logits = gen.forward(ids, mask)[0]
             stats.add(logits, ids, mask, None)
+            answer_nll.add(logits, ids, answer)
             if i < len(self.reference_logits):
                 n = len(self.reference_logits[i])
                 compared.add(logits[:n], ids[:n], mask[:n], self.reference_logits[i])
@@ -371,7 +406,11 @@ class InstructCase(ParityCase):
                     )
                 ),
                 "next_token_accuracy": result["accuracy"],
-                "perplexity_ratio": result["perplexity"] / self.reference["perplexity"],
+                "conversation_perplexity": result["perplexity"],
+                "conversation_perplexity_ratio": result["perplexity"] / self.reference["conversation_perplexity"],
+                "perplexity": answer_nll.perplexity(),
+                "perplexity_ratio": answer_nll.perplexity() / self.reference["perplexity"],
+                "answer_tokens": answer_nll.tokens,
                 "greedy_match": float(np.mean(match)),
                 "agreement": closeness["agreement"],
                 "max_logit_diff": closeness["max_logit_diff"],
@@ -394,6 +433,6 @@ class InstructCase(ParityCase):
 
     def summary(self, r: dict[str, Any]) -> str:
         return (
-            f"answer accuracy {r['accuracy']:.4f}  perplexity {r['perplexity']:.3f} (x{r['perplexity_ratio']:.4f})  "
+            f"answer accuracy {r['accuracy']:.4f}  answer perplexity {r['perplexity']:.4f} (x{r['perplexity_ratio']:.4f})  "
             f"greedy match {r['greedy_match']:.3f}  max |dlogit| {r['max_logit_diff']:.2e}"
         )
