@@ -131,7 +131,7 @@ def split_path(section: Any, split: str) -> Path | None:
 def fingerprint(section: Any) -> str:
     """Hash of the data's content and settings, so `ftexport run` notices edited data. Paths
     are not part of it, only the bytes of the files they name: the same files reached through
-    ../shared/data or /work/shared/data give the same key."""
+    a relative or an absolute `data.root` give the same key."""
     settings = {k: v for k, v in section.model_dump(mode="json").items() if k not in _WHERE}
     files: list[tuple[str, Path]] = []
     if section.hub is None:

@@ -270,21 +270,6 @@ def _cut(tokens: list[int], stops: set[int]) -> list[int]:
     return out
 
 
-class _AnswerNll:
-    """Negative log-likelihood of the gold answers alone (the positions an answer mask marks)."""
-
-    def __init__(self) -> None:
-        self.nll, self.tokens = 0.0, 0
-
-    def add(self, logits: np.ndarray, ids: np.ndarray, answer_mask: np.ndarray) -> None:
-        nll, n = token_nll(logits, ids, answer_mask)
-        self.nll += nll
-        self.tokens += n
-
-    def perplexity(self) -> float:
-        return math.exp(min(self.nll / max(self.tokens, 1), 50.0))
-
-
 class InstructCase(ParityCase):
     """An instruction-tuned chat model on the held-out split: each row's prompt through the
     chat template, the answer generated greedily up to its end of turn and compared with the
@@ -317,7 +302,7 @@ class InstructCase(ParityCase):
         progress.info(f"{self.examples} conversations: answers up to {self.max_new} tokens, perplexity, logits over the first {COMPARED}")
         model = reference_device(task.auto_model_class().from_pretrained(str(reference_dir))).eval()
         device = next(model.parameters()).device
-        ref, ref_answer = _Stats(), _AnswerNll()
+        ref, ref_answer = _Stats(), _Stats()  # whole conversations; the gold answers alone
         self.reference_logits: list[np.ndarray] = []
         with torch.inference_mode():
             for i, (ids, mask, answer) in enumerate(self._batches()):
@@ -328,7 +313,7 @@ class InstructCase(ParityCase):
                     .numpy()
                 )
                 ref.add(logits, ids, mask, None)
-                ref_answer.add(logits, ids, answer)
+                ref_answer.add(logits, ids, answer, None)
                 if i * self.batch_size < COMPARED:
                     self.reference_logits.append(logits[: max(0, COMPARED - i * self.batch_size)])
             self.reference_answers = []
@@ -356,7 +341,7 @@ class InstructCase(ParityCase):
             "backend": "pytorch",
             "device": str(device),
             "accuracy": accuracy,
-            "perplexity": ref_answer.perplexity(),
+            "perplexity": ref_answer.result()["perplexity"],
             "answer_tokens": ref_answer.tokens,
             "conversation_perplexity": r["perplexity"],
             "next_token_accuracy": r["accuracy"],
@@ -384,11 +369,11 @@ class InstructCase(ParityCase):
 
     def score(self, predictor: Any) -> dict[str, Any]:
         gen = predictor.generator
-        stats, compared, answer_nll = _Stats(), _Stats(), _AnswerNll()
+        stats, compared, answer_nll = _Stats(), _Stats(), _Stats()
         for i, (ids, mask, answer) in enumerate(self._batches()):
             logits = gen.forward(ids, mask)[0]
             stats.add(logits, ids, mask, None)
-            answer_nll.add(logits, ids, answer)
+            answer_nll.add(logits, ids, answer, None)
             if i < len(self.reference_logits):
                 n = len(self.reference_logits[i])
                 compared.add(logits[:n], ids[:n], mask[:n], self.reference_logits[i])
@@ -408,8 +393,8 @@ class InstructCase(ParityCase):
                 "next_token_accuracy": result["accuracy"],
                 "conversation_perplexity": result["perplexity"],
                 "conversation_perplexity_ratio": result["perplexity"] / self.reference["conversation_perplexity"],
-                "perplexity": answer_nll.perplexity(),
-                "perplexity_ratio": answer_nll.perplexity() / self.reference["perplexity"],
+                "perplexity": answer_nll.result()["perplexity"],
+                "perplexity_ratio": answer_nll.result()["perplexity"] / self.reference["perplexity"],
                 "answer_tokens": answer_nll.tokens,
                 "greedy_match": float(np.mean(match)),
                 "agreement": closeness["agreement"],
