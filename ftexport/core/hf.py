@@ -98,7 +98,9 @@ def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
     from transformers import AutoConfig
 
     if not path.is_dir():
-        raise ModelError(f"{where}: {path} is not a directory holding a Hugging Face model")
+        from .fetch import hint
+
+        raise ModelError(f"{where}: {path} is not a directory holding a Hugging Face model{hint(path)}")
     if not (path / "config.json").is_file():
         raise ModelError(f"{where}: {path} is not a model: it has no config.json (expected a save_pretrained folder)")
     try:

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..core.errors import RecipeError
+from ..core.fetch import hint
 from ..core.hf import resolve_model_path
 from .schema import Recipe
 
@@ -115,7 +116,7 @@ def check_files(recipe: Recipe) -> None:
         check_distill_files(recipe)  # first: a missing teacher is the likelier mistake, and says how to make it
     model_path = resolve_model_path(recipe.model.path) if recipe.model.path is not None else None
     if model_path is not None and not model_path.exists():
-        raise RecipeError(f"recipe.model.path: {model_path} does not exist")
+        raise RecipeError(f"recipe.model.path: {model_path} does not exist{hint(model_path)}")
     if recipe.data.hub is None:
         if recipe.data.root and not Path(recipe.data.root).is_dir():
             raise RecipeError(f"recipe.data.root: {recipe.data.root} is not a directory")
