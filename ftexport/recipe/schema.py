@@ -355,6 +355,12 @@ class DistillSection(Section):
         description="token: teacher and student share a tokenizer (checked); text: the teacher reads each text with its own tokenizer",
     )
     baseline: bool = Field(True, description="also fine-tune the same student without the teacher (same settings, seed), for the report")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="train student (and baseline) once per seed and report each and the mean; the first seed's student is the "
+        "output (default: [training.seed])",
+    )
     unlabeled: UnlabeledSection | None = Field(
         None,
         description="extra texts the teacher labels: the student learns from its soft targets there (no cross-entropy); "

@@ -28,6 +28,7 @@ import numpy as np
 from ..core import progress
 from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
 from ..core.errors import ModelError, RecipeError
+from ..core.fetch import hint
 from ..core.hf import check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
 from ..core.tables import markdown_table
 from ..core.timing import cycle, summarize, time_calls
@@ -37,6 +38,7 @@ from ..tasks.encoder import torch_probs
 from .trainer import train
 
 LATENCY_BATCHES = (1, 8)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 # ---- the loss -----------------------------------------------------------------------------
@@ -209,6 +211,11 @@ def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
     d = recipe.distill
     assert d is not None
     check_model_dir(teacher_dir, "recipe.distill.teacher")
+    if not any((teacher_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ModelError(
+            f"recipe.distill.teacher: {teacher_dir} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); the folder is "
+            f"incomplete: save or fetch the teacher again{hint(teacher_dir)}"
+        )
     config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
     labels = recipe.data.label_names
     names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
@@ -267,10 +274,12 @@ def teacher_outputs(
 # ---- the transfer set ---------------------------------------------------------------------
 
 
-def load_unlabeled(recipe: Any, train_texts: list[str]) -> list[str]:
+def load_unlabeled(recipe: Any, train_texts: list[str], held_out: list[str] = ()) -> list[str]:  # type: ignore[assignment]
     """The texts of distill.unlabeled: read from its file (the text column only), empty and
-    duplicate texts dropped, and (skip_training_texts) those already in the labelled
-    training split; then a seeded sample of max_samples."""
+    duplicate texts dropped, those of the held-out splits always (`held_out`: the dev rows
+    that choose checkpoints and the test rows that are reported; a teacher's answers on them
+    would leak into both), and (skip_training_texts) those already in the labelled training
+    split; then a seeded sample of max_samples."""
     u = recipe.distill.unlabeled  # type: ignore[union-attr]
     assert u is not None
     path, column = recipe.unlabeled_path(), u.text_column or recipe.data.text_column
@@ -280,7 +289,7 @@ def load_unlabeled(recipe: Any, train_texts: list[str]) -> list[str]:
         raise RecipeError(
             f"recipe.{where}: {path} has no column {column!r} (it has: {', '.join(map(str, df.columns[:10]))}); set {where}.text_column"
         )
-    seen = set(train_texts) if u.skip_training_texts else set()
+    seen = set(held_out) | (set(train_texts) if u.skip_training_texts else set())
     texts = []
     for t in df[column].tolist():
         if isinstance(t, str) and t.strip() and t not in seen:
@@ -368,9 +377,11 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     student_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": str(student_dir)})})
 
     # 2. The teacher's outputs on the training split, once.
-    data = load_data(recipe.data, ("train", "test"))
+    data = load_data(recipe.data, ("train", "validation", "test"))
     train_texts = data["train"].texts
-    extra = load_unlabeled(recipe, train_texts) if d.unlabeled is not None else []
+    dev = data.get("validation")
+    held_out = (dev.texts if dev is not None else []) + data["test"].texts
+    extra = load_unlabeled(recipe, train_texts, held_out) if d.unlabeled is not None else []
     if extra:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
     with_hidden = d.hidden_mse > 0
@@ -400,34 +411,22 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
     progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
 
-    # 3. The student with the teacher, and (for the report) without.
-    kd_dir, base_dir = work / "kd", work / "baseline"
-    kd_key = make_key("distill-kd", key)
-    if is_fresh(kd_dir, kd_key):
-        progress.step("distill: student (with the teacher) up to date, reused")
-    else:
-        progress.step(
-            f"distill: training the student with the teacher (alpha {d.alpha}, T {d.temperature}"
-            + (f", hidden MSE {d.hidden_mse}" if with_hidden else "")
-            + (f"; {len(train_texts)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "")
-            + ")"
-        )
-        transfer = (get_task(recipe.task), extra, max_len) if extra else None
-        train(student_recipe, kd_dir, quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
-    baseline_key = make_key(
-        "distill-baseline", student_recipe.section_hash("task", "data", "method", "training"), data_fp, model_hash(student_dir), max_len
-    )
-    if d.baseline:
-        if is_fresh(base_dir, baseline_key):
-            progress.step("distill: baseline student (no teacher) up to date, reused")
-        else:
-            progress.step("distill: training the same student without the teacher (baseline)")
-            train(student_recipe, base_dir, quiet=quiet, key=baseline_key)
+    # 3. The student with the teacher, and (for the report) without: once per seed, the same
+    #    seeds for both, so each seed is a paired comparison.
+    seeds = d.seeds or [recipe.training.seed]
+    runs: dict[int, dict[str, Path]] = {}
+    for seed in seeds:
+        seeded = student_recipe.model_copy(update={"training": recipe.training.model_copy(update={"seed": seed})})
+        runs[seed] = _train_pair(seeded, key, work, seed, seeds, d, logits, hidden, extra, max_len, data_fp, student_dir, quiet)
+    kd_dir = runs[seeds[0]]["student"]
 
     # 4. Teacher vs student vs baseline on the held-out split, and each one's latency.
     progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
-    rows = {"teacher": teacher_dir, "student": kd_dir, **({"baseline": base_dir} if d.baseline else {})}
+    rows = {"teacher": teacher_dir, **runs[seeds[0]]}
     report = compare_models(rows, data["test"].texts, data["test"].labels, len(data.label_names), max_len, recipe.task)
+    report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report)
+    for m in report["models"].values():
+        m.pop("correct")  # per-text right/wrong: what the paired tests read, too long for the report
     report.update(
         {
             "settings": d.model_dump(mode="json"),
@@ -473,6 +472,81 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     return report
 
 
+def _train_pair(
+    recipe: Any,
+    key: str,
+    work: Path,
+    seed: int,
+    seeds: list[int],
+    d: Any,
+    logits: np.ndarray,
+    hidden: np.ndarray | None,
+    extra: list[str],
+    max_len: int,
+    data_fp: str,
+    student_dir: Path,
+    quiet: bool,
+) -> dict[str, Path]:
+    """Train (or reuse) the distilled student and, with distill.baseline, the same student
+    without the teacher, both with `seed`. Returns {"student": dir[, "baseline": dir]}."""
+    tag = "" if len(seeds) == 1 else f" (seed {seed}, {seeds.index(seed) + 1} of {len(seeds)})"
+    suffix = "" if seed == seeds[0] else f"-seed{seed}"  # the first seed keeps the plain names the pipeline reads
+    out = {"student": work / f"kd{suffix}"}
+    kd_key = make_key("distill-kd", key, seed)
+    if is_fresh(out["student"], kd_key):
+        progress.step(f"distill: student (with the teacher){tag} up to date, reused")
+    else:
+        progress.step(
+            f"distill: training the student with the teacher{tag} (alpha {d.alpha}, T {d.temperature}"
+            + (f", hidden MSE {d.hidden_mse}" if hidden is not None else "")
+            + (f"; {len(logits) - len(extra)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "")
+            + ")"
+        )
+        transfer = (get_task(recipe.task), extra, max_len) if extra else None
+        train(recipe, out["student"], quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
+    if d.baseline:
+        out["baseline"] = work / f"baseline{suffix}"
+        baseline_key = make_key(
+            "distill-baseline", recipe.section_hash("task", "data", "method", "training"), data_fp, model_hash(student_dir), max_len
+        )
+        if is_fresh(out["baseline"], baseline_key):
+            progress.step(f"distill: baseline student (no teacher){tag} up to date, reused")
+        else:
+            progress.step(f"distill: training the same student without the teacher (baseline){tag}")
+            train(recipe, out["baseline"], quiet=quiet, key=baseline_key)
+    return out
+
+
+def seed_table(
+    runs: dict[int, dict[str, Path]], texts: list[str], labels: list[int], max_length: int, report: dict[str, Any]
+) -> dict[str, Any]:
+    """Test accuracy of student and baseline for every seed (the first seed's come from
+    `report`), their means and spread, and the paired McNemar test per seed."""
+    from transformers import AutoModelForSequenceClassification
+
+    gold = np.asarray(labels)
+    per: dict[str, Any] = {}
+    for n, (seed, dirs) in enumerate(runs.items()):
+        correct = {}
+        for name, path in dirs.items():
+            if n == 0:
+                correct[name] = np.asarray(report["models"][name]["correct"], dtype=bool)
+                continue
+            model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+            correct[name] = predict_logits(model, load_tokenizer(path, name), texts, max_length).argmax(-1) == gold
+        per[str(seed)] = {f"{name}_accuracy": float(c.mean()) for name, c in correct.items()}
+        if "baseline" in correct:
+            per[str(seed)]["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
+    out: dict[str, Any] = {"per_seed": per}
+    for name in next(iter(runs.values())):
+        accs = np.array([row[f"{name}_accuracy"] for row in per.values()])
+        out[name] = {"mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0}
+    if "baseline" in out:
+        out["mean_student_minus_baseline"] = out["student"]["mean"] - out["baseline"]["mean"]
+        out["seeds_student_ahead"] = sum(row["student_accuracy"] > row["baseline_accuracy"] for row in per.values())
+    return out
+
+
 def compare_models(
     models: dict[str, Path],
     texts: list[str],
@@ -502,6 +576,7 @@ def compare_models(
         out["models"][name] = {
             "path": str(path),
             **scores,
+            "correct": correct[name].astype(int).tolist(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "layers": getattr(model.config, "num_hidden_layers", None),
         }
@@ -594,6 +669,39 @@ def distill_markdown(report: dict[str, Any]) -> str:
                     else "a split this even could well be chance; more test texts would tell)"
                 )
             )
+    seeds = report.get("seeds", {})
+    if len(seeds.get("per_seed", {})) > 1:
+        has_base = "baseline" in seeds
+        rows = [
+            [seed, f"{100 * r['student_accuracy']:.2f}%"]
+            + (
+                [
+                    f"{100 * r['baseline_accuracy']:.2f}%",
+                    f"{100 * (r['student_accuracy'] - r['baseline_accuracy']):+.2f}",
+                    f"{r['student_vs_baseline']['mcnemar_p']:.3f}",
+                ]
+                if has_base
+                else []
+            )
+            for seed, r in seeds["per_seed"].items()
+        ]
+        mean = [f"{100 * seeds['student']['mean']:.2f}% ± {100 * seeds['student']['std']:.2f}"]
+        if has_base:
+            mean += [
+                f"{100 * seeds['baseline']['mean']:.2f}% ± {100 * seeds['baseline']['std']:.2f}",
+                f"{100 * seeds['mean_student_minus_baseline']:+.2f}",
+                "",
+            ]
+        rows.append(["mean ± sd"] + mean)
+        head = ["seed", "student"] + (["without KD", "difference (points)", "McNemar p"] if has_base else [])
+        lines += [
+            "",
+            "Every seed (the first one's student is the output; the tables above are that seed's):",
+            "",
+            markdown_table(head, rows),
+        ]
+        if has_base:
+            lines.append(f"the student is ahead of the baseline for {seeds['seeds_student_ahead']} of {len(rows) - 1} seeds")
     lines.append(
         f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls "
         f"per cell, models interleaved in one run."
