@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from ftexport.cli import main
 from ftexport.core import fetch
 from ftexport.core.errors import ModelError
-from ftexport.core.hf import check_model_dir
+from ftexport.core.hf import check_model_dir, model_hash
 
 
 def _zip_bytes() -> bytes:
@@ -59,6 +59,9 @@ def test_assemble_extracts_the_checked_folder(tmp_path: Path) -> None:
     assert (out / "model.safetensors").read_bytes() == bytes(range(256)) * 400
     assert not (out / "desktop.ini").exists()
     assert fetch.is_assembled(model, out)
+    before = model_hash(out)
+    (out / fetch.RECORD).unlink()
+    assert model_hash(out) == before  # the record is not part of the model's identity (stage keys stay)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["tiny"]  # no scratch zip left beside it
 
 

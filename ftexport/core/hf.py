@@ -132,7 +132,9 @@ def model_hash(path: Path) -> str:
         else [
             f
             for f in sorted(path.iterdir())
-            if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model") and f.name != "ftexport.json"
+            if f.is_file()
+            and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")
+            and f.name not in ("ftexport.json", "ftexport-source.json")  # records of what made it
         ]
     )
     for f in files:
