@@ -46,9 +46,10 @@ OPT_VARIANT, OPT_FILE = "opt", "model.opt.onnx"
 # What a quantize stage writes beyond its settings, part of its key so that stages written
 # before a change are redone: 2 = the dynamic int8 file is ORT's CPU rewrite (cpu_preoptimize)
 # and GPU backends default to fp32; 3 = a tied head (MatMul of a transposed embedding) is
-# quantized too, and weight-only variants record min_onnxruntime; 4 = int4 keeps an 8-bit head.
+# quantized too, and weight-only variants record min_onnxruntime; 4 = int4 keeps an 8-bit head;
+# 5 = with quantize.optimize, weight-only variants are made from the fused graph.
 # The ORT version is in the key too: the file is its output.
-OUTPUT_FORMAT = 4
+OUTPUT_FORMAT = 5
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class WeightOnlyMode(QuantMode):
             self.precision,
             {
                 "mode": self.name,
+                "source": src_file.removeprefix("_folded_"),
                 "weights": f"int{self.bits} (MatMulNBits)" + (f", head int{head_bits}" if head_bits else ""),
                 "block_size": self.block_size,
                 "symmetric": True,
@@ -264,8 +266,10 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
             int8_source = tmp / OPT_FILE
             if int8_modes:
                 int8_source = typed(int8_source, tmp / "_typed.onnx")
-        # quantizers take constant weights only: a tied head (MatMul of a Transpose) gets its own
-        weights_source = with_constant_weights(tmp / src.file, tmp).name
+        # quantizers take constant weights only: a tied head (MatMul of a Transpose) gets its own.
+        # Weight-only modes start from the fused graph too when there is one: at batch 1 on short
+        # texts the per-node cost is most of the time, and a fused Attention keeps its weights fp32
+        weights_source = with_constant_weights(tmp / (OPT_FILE if fused else src.file), tmp).name
         int8_source = with_constant_weights(int8_source, tmp) if int8_modes else int8_source
 
         reader = scorer = timing = None
