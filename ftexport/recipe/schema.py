@@ -320,7 +320,7 @@ class StudentSection(Section):
 
 # Optional fields added after recipes were already being run: left unset, they leave a stage's
 # settings hash as it was, so upgrading ftexport does not retrain finished stages.
-ADDED_UNSET = (("distill", "unlabeled"),)
+ADDED_UNSET = (("distill", "unlabeled"), ("distill", "seeds"))
 
 
 class UnlabeledSection(Section):

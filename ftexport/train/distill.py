@@ -414,10 +414,12 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     # 3. The student with the teacher, and (for the report) without: once per seed, the same
     #    seeds for both, so each seed is a paired comparison.
     seeds = d.seeds or [recipe.training.seed]
+    # each run's key leaves the seed list out: adding a seed later reuses the runs already made
+    pair_key = distill_key(recipe.model_copy(update={"distill": d.model_copy(update={"seeds": None})}), hashes)
     runs: dict[int, dict[str, Path]] = {}
     for seed in seeds:
         seeded = student_recipe.model_copy(update={"training": recipe.training.model_copy(update={"seed": seed})})
-        runs[seed] = _train_pair(seeded, key, work, seed, seeds, d, logits, hidden, extra, max_len, data_fp, student_dir, quiet)
+        runs[seed] = _train_pair(seeded, pair_key, work, seed, seeds, d, logits, hidden, extra, max_len, data_fp, student_dir, quiet)
     kd_dir = runs[seeds[0]]["student"]
 
     # 4. Teacher vs student vs baseline on the held-out split, and each one's latency.
