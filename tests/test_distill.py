@@ -569,6 +569,8 @@ def test_an_incomplete_teacher_folder_is_refused(tmp_path, teacher):
     for f in broken.glob("*.safetensors"):
         f.unlink()
     r = parse_recipe(distill_recipe(tmp_path, broken))
-    with pytest.raises(ModelError, match=r"has a config.json but no weights .*ftexport fetch-model all-mpnet-base-v2"):
+    with pytest.raises(
+        ModelError, match=r"^recipe.distill.teacher: .* has a config.json but no weights .*ftexport fetch-model all-mpnet-base-v2"
+    ):
         d.distill(r, tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()

@@ -15,6 +15,8 @@ import numpy as np
 from .artifacts import read_record
 from .errors import ModelError, RecipeError, first_line
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
 
 def resolve_model_path(spec: str, where: str = "recipe.model.path") -> Path:
     """A directory or a GGUF file, or `package:NAME/sub/path` inside an installed Python
@@ -103,6 +105,13 @@ def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
         raise ModelError(f"{where}: {path} is not a directory holding a Hugging Face model{hint(path)}")
     if not (path / "config.json").is_file():
         raise ModelError(f"{where}: {path} is not a model: it has no config.json (expected a save_pretrained folder)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        from .fetch import hint
+
+        raise ModelError(
+            f"{where}: {path} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); the folder is incomplete: "
+            f"save or fetch the model again{hint(path)}"
+        )
     try:
         AutoConfig.from_pretrained(str(path))
     except (ValueError, OSError, json.JSONDecodeError) as e:

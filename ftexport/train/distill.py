@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ import numpy as np
 from ..core import progress
 from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
 from ..core.errors import ModelError, RecipeError
-from ..core.fetch import hint
 from ..core.hf import check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
 from ..core.tables import markdown_table
 from ..core.timing import cycle, summarize, time_calls
@@ -38,7 +38,6 @@ from ..tasks.encoder import torch_probs
 from .trainer import train
 
 LATENCY_BATCHES = (1, 8)
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 # ---- the loss -----------------------------------------------------------------------------
@@ -211,11 +210,6 @@ def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
     d = recipe.distill
     assert d is not None
     check_model_dir(teacher_dir, "recipe.distill.teacher")
-    if not any((teacher_dir / name).is_file() for name in WEIGHT_FILES):
-        raise ModelError(
-            f"recipe.distill.teacher: {teacher_dir} has a config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); the folder is "
-            f"incomplete: save or fetch the teacher again{hint(teacher_dir)}"
-        )
     config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
     labels = recipe.data.label_names
     names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
@@ -274,7 +268,7 @@ def teacher_outputs(
 # ---- the transfer set ---------------------------------------------------------------------
 
 
-def load_unlabeled(recipe: Any, train_texts: list[str], held_out: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+def load_unlabeled(recipe: Any, train_texts: list[str], held_out: Iterable[str] = ()) -> list[str]:
     """The texts of distill.unlabeled: read from its file (the text column only), empty and
     duplicate texts dropped, those of the held-out splits always (`held_out`: the dev rows
     that choose checkpoints and the test rows that are reported; a teacher's answers on them
@@ -426,9 +420,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
     rows = {"teacher": teacher_dir, **runs[seeds[0]]}
     report = compare_models(rows, data["test"].texts, data["test"].labels, len(data.label_names), max_len, recipe.task)
-    report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report)
-    for m in report["models"].values():
-        m.pop("correct")  # per-text right/wrong: what the paired tests read, too long for the report
+    report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"))
     report.update(
         {
             "settings": d.model_dump(mode="json"),
@@ -520,10 +512,11 @@ def _train_pair(
 
 
 def seed_table(
-    runs: dict[int, dict[str, Path]], texts: list[str], labels: list[int], max_length: int, report: dict[str, Any]
+    runs: dict[int, dict[str, Path]], texts: list[str], labels: list[int], max_length: int, first: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """Test accuracy of student and baseline for every seed (the first seed's come from
-    `report`), their means and spread, and the paired McNemar test per seed."""
+    """Test accuracy of student and baseline for every seed (`first`: the first seed's
+    right/wrong per text, as compare_models scored them), their means and spread, and the
+    paired McNemar test per seed."""
     from transformers import AutoModelForSequenceClassification
 
     gold = np.asarray(labels)
@@ -532,7 +525,7 @@ def seed_table(
         correct = {}
         for name, path in dirs.items():
             if n == 0:
-                correct[name] = np.asarray(report["models"][name]["correct"], dtype=bool)
+                correct[name] = first[name]
                 continue
             model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
             correct[name] = predict_logits(model, load_tokenizer(path, name), texts, max_length).argmax(-1) == gold
@@ -578,7 +571,6 @@ def compare_models(
         out["models"][name] = {
             "path": str(path),
             **scores,
-            "correct": correct[name].astype(int).tolist(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "layers": getattr(model.config, "num_hidden_layers", None),
         }
@@ -604,6 +596,7 @@ def compare_models(
         "p50_of": iterations,
         "texts": "held-out split, as they come",
     }
+    out["correct"] = correct  # per-text right/wrong, for the per-seed paired tests; not written to the report
     return out
 
 
