@@ -584,6 +584,23 @@ def validate(
     "--backends",
     help="Comma-separated, e.g. pytorch,pytorch-compile,ort-int8,ort-cuda-fp16 [default: all; those this machine lacks are skipped].",
 )
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME=BUNDLE[,REFERENCE]",
+    help="Also time this model in the same run (repeatable), e.g. teacher=runs/t/quantized,runs/t/merged: every backend name then "
+    "carries its model's name (teacher/pytorch), --backends takes bare names (every model) or NAME/BACKEND (one), and bench.md "
+    "gains a trade-off table. REFERENCE is the PyTorch folder its pytorch and optimum-int8 rows load.",
+)
+@click.option("--label", default="main", show_default=True, help="With --model: the name of BUNDLE's model.")
+@click.option(
+    "--accuracy",
+    "score",
+    is_flag=True,
+    help="Also score every backend on the recipe's whole labelled test split (needs --recipe; text classification): the "
+    "accuracy column of the trade-off table.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
 def bench(
     bundle: str,
@@ -607,10 +624,14 @@ def bench(
     cold_start: bool | None,
     parity_tolerance: float | None,
     backends: str | None,
+    models: tuple[str, ...],
+    label: str,
+    score: bool,
     as_json: bool,
 ) -> None:
     """Latency (p50/p90/p95/p99), throughput, noise, cold start and peak memory of PyTorch
     fp32 (eager and torch.compile), the plain Optimum path and the bundle's ONNX variants.
+    With --model, several models (a teacher and its students) in one run: the trade-off table.
 
     All backends get the same texts in the same process; ONNX variants run through the
     runtime's Predictor, tokenization included. Each cell is checked against the baseline's
@@ -655,7 +676,19 @@ def bench(
     out = output or f"{bundle.rstrip('/')}.bench"
     parity = ParityReport.load(parity_dir) if parity_dir else None
     texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, get_task(rec.task).labelled) if rec else None
-    report = bench_stage(bundle, reference, section, out, texts, parity=parity)
+    others = _bench_models(models, label)
+    scored = None
+    if score:
+        if rec is None:
+            raise RecipeError("--accuracy scores the recipe's labelled test split: give --recipe")
+        from ftexport_runtime.bundle import Bundle
+
+        from .data import load_data
+
+        labels = list(Bundle.open(bundle).manifest.labels)
+        test = load_data(rec.data.model_copy(update={"label_names": labels}), ("test",))["test"]
+        scored = (test.texts, list(test.labels))
+    report = bench_stage(bundle, reference, section, out, texts, parity=parity, others=others, label=label, scored=scored)
     _echo_json(report.to_json()) if as_json else click.echo(bench_table(report))
     if old is not None:
         rows = compare_reports(old, report, tolerance, relative_to)
@@ -668,6 +701,20 @@ def bench(
             )
             click.echo(f"Error: {len(slower)} cell(s) slower than {tolerance:.0%}: {cells}", err=True)
             sys.exit(1)
+
+
+def _bench_models(specs: tuple[str, ...], label: str) -> dict[str, tuple[str, str | None]]:
+    """--model NAME=BUNDLE[,REFERENCE] options -> {name: (bundle, reference)}."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for spec in specs:
+        name, eq, paths = spec.partition("=")
+        bundle, _, reference = paths.partition(",")
+        if not eq or not name or not bundle or "/" in name:
+            raise RecipeError(f"--model {spec}: expected NAME=BUNDLE or NAME=BUNDLE,REFERENCE, with no / in NAME")
+        if name in out or name == label:
+            raise RecipeError(f"--model {spec}: the name {name} is taken; give every model its own name (--label names BUNDLE's)")
+        out[name] = (bundle, reference or None)
+    return out
 
 
 @main.command()

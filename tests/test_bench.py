@@ -415,3 +415,60 @@ def test_compare_relative_to_a_baseline_cancels_drift_of_the_whole_machine(tiny_
     assert "change vs pytorch" in caught.output and "| baseline" in caught.output
     bad = run_bench(result, tmp_path / "rel3", "--batch-sizes", "1", "--seq-len", "8", "--relative-to", "pytorch")
     assert bad.exit_code == 2 and "--relative-to pytorch: needs --compare" in bad.output
+
+
+def test_several_models_in_one_run_each_checked_against_its_own_pytorch(tiny_run, tmp_path):
+    """--model: a second model (one that answers the opposite of the first) timed in the same
+    run; each model's rows are checked against its own PyTorch, speed-ups are against the first
+    model's, and --accuracy scores every row on the recipe's labelled test split."""
+    recipe, result = tiny_run
+    flipped = _flipped_reference(result.root / "merged", tmp_path / "flipped")
+    export = CliRunner().invoke(main, ["-q", "export", str(flipped), "-o", str(tmp_path / "fb")])
+    assert export.exit_code == 0, export.output
+    out = run_bench(
+        result,
+        tmp_path / "b",
+        "--batch-sizes",
+        "1",
+        "--seq-len",
+        "16",
+        "--label",
+        "a",
+        "--model",
+        f"b={tmp_path / 'fb'},{flipped}",
+        "--recipe",
+        str(recipe),
+        "--accuracy",
+        backends="pytorch,ort-fp32,a/ort-int8",
+    )
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "b" / "bench.json").read_text())
+    rows = {r["backend"]: r for r in report["results"]}
+    assert set(rows) == {"a/pytorch", "a/ort-fp32", "a/ort-int8", "b/pytorch", "b/ort-fp32"} and not report["refused"]
+    assert rows["b/ort-fp32"]["parity"]["against"] == "b/pytorch" and rows["a/ort-int8"]["parity"]["against"] == "a/pytorch"
+    assert report["baseline"] == "a/pytorch"
+    for r in rows.values():
+        assert r["speedup_vs_pytorch"] == pytest.approx(rows["a/pytorch"]["p50_ms"] / r["p50_ms"])
+    acc = report["accuracy"]
+    assert set(acc) == set(rows) and report["accuracy_texts"] > 0
+    assert acc["a/ort-fp32"] == acc["a/pytorch"] and acc["b/ort-fp32"] == acc["b/pytorch"]
+    assert acc["a/pytorch"] + acc["b/pytorch"] == pytest.approx(1.0)  # b says the opposite of a on every text
+    assert report["model_bytes"]["b/pytorch"] == (flipped / "model.safetensors").stat().st_size
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert "Trade-off at batch 1" in md and "| b/ort-fp32 " in md and f"{100 * acc['b/pytorch']:.2f}%" in md
+    assert "accuracy vs latency" in (tmp_path / "b" / "report.html").read_text()
+
+    bad = {
+        ("--model", "b"): "--model b: expected NAME=BUNDLE",
+        ("--model", f"a={tmp_path / 'fb'}"): "the name a is taken",
+        ("--model", f"b={tmp_path / 'nope'}"): "--model b:",
+        ("--model", f"b={tmp_path / 'fb'}", "--backends", "c/ort-fp32"): "backend c/ort-fp32: no model is called c",
+        ("--accuracy",): "--accuracy scores the recipe's labelled test split: give --recipe",
+    }
+    for args, message in bad.items():
+        res = CliRunner().invoke(
+            main, ["-q", "bench", str(result.root / "quantized"), "--label", "a", "-o", str(tmp_path / "x"), "--no-cold-start", *args]
+        )
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and len(res.output.strip().splitlines()) == 1, (args, res.output)
+        assert not (tmp_path / "x").exists()

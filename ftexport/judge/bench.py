@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from ..data import load_data
 from ..tasks import DEFAULT_TASK, get_task
 from ..tasks.base import Cell
 from .html import bench_html
-from .runners import Runner, build_runner, parse_backend, skip_reason
+from .runners import Model, Runner, build_runner, parse_backend, skip_reason, split_backend
 
 BENCH_MD = "bench.md"
 REPORT_HTML = "report.html"
@@ -61,21 +62,23 @@ def read_texts(path: str | Path) -> list[str]:
     return texts
 
 
-def bench_key(bundle_dir: Path, reference_dir: Path, section: Any) -> str:
+def bench_key(bundle_dir: Path, reference_dir: Path, section: Any, others: Sequence[Model] = (), scored: Any = None) -> str:
     keys = [key_of(d) or str(Path(d).resolve()) for d in (bundle_dir, reference_dir)]
-    return make_key("bench", keys, section.model_dump())
+    more = [(m.label, key_of(m.bundle_dir) or str(m.bundle_dir.resolve()), str(m.reference)) for m in others]
+    return make_key("bench", keys, section.model_dump(), *([more] if more else []), *([len(scored[0])] if scored else []))
 
 
 def run_cell(
-    cell: Cell, runners: dict[str, Runner], baseline: str, section: Any, probe: Any, failed: dict[str, str]
+    cell: Cell, runners: dict[str, Runner], baselines: dict[str, str], section: Any, probe: Any, failed: dict[str, str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Parity first (a backend whose answers differ from the baseline's gets no speed figure),
-    then timing in `repeats` rounds with the backends interleaved."""
+    """Parity first (a backend whose answers differ from its baseline's gets no speed figure:
+    `baselines` maps each backend to the one it is checked against, its own model's PyTorch in
+    a multi-model run), then timing in `repeats` rounds with the backends interleaved."""
     where = {"batch": cell.batch, "seq_len": cell.seq_len}
-    reference: Any = None
+    references: dict[str, Any] = {}
     timed, refused = [], []
     parity: dict[str, dict[str, Any]] = {}
-    for name in [baseline] + [n for n in runners if n != baseline]:
+    for name in sorted(runners, key=lambda n: baselines[n] != n):  # baselines first, otherwise in order
         if name in failed:
             continue
         try:
@@ -84,8 +87,8 @@ def run_cell(
             failed[name] = f"failed at batch {cell.batch} seq {cell.seq_len}: {first_line(e, 300)}"
             progress.info(f"{name}: {failed[name]}")
             continue
-        if reference is None:
-            reference = outputs
+        baseline = baselines[name]
+        reference = references.setdefault(baseline, outputs)  # a failed baseline: the first answers stand in
         ok, check = probe.agree(reference, outputs, section.parity_tolerance)
         check = {"against": baseline, **check}
         if not ok:
@@ -138,7 +141,7 @@ def cold_start(runner: Runner, cells: list[Cell], workdir: Path) -> dict[str, An
         cells_file.write_text(
             json.dumps([{"batch": c.batch, "seq_len": c.seq_len, "batches": c.batches, "tokens": c.tokens} for c in cells])
         )
-    spec_file = workdir / f"{runner.name}.json"
+    spec_file = workdir / f"{runner.name.replace('/', '__')}.json"
     spec_file.write_text(json.dumps({**runner.spec, "cells_file": str(cells_file)}))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     start = time.time()
@@ -160,59 +163,79 @@ def bench(
     output: str | Path,
     texts_pool: list[str] | None = None,
     parity: Any = None,
+    others: dict[str, tuple[str | Path, str | Path | None]] | None = None,
+    label: str = "main",
+    scored: tuple[list[str], list[int]] | None = None,
 ) -> BenchReport:
     """Time every requested backend in each cell; write bench.json, bench.md and report.html
-    (plots; with `parity`, the accuracy-vs-latency scatter too)."""
+    (plots; with `parity`, the accuracy-vs-latency scatter too).
+
+    others: more models timed in the same run, {label: (bundle, reference or None)}; then every
+    backend name carries its model's label (`label` for this bundle), a bare backend is timed
+    for every model and "teacher/pytorch" for one. Each model's rows are checked against its
+    own PyTorch; speed-ups are against the first model's. scored: labelled texts on which each
+    backend's accuracy is measured (text classification), for a trade-off table."""
     import torch
 
-    bundle_dir, output = Path(bundle_dir), Path(output)
-    reference = Path(reference_dir) if reference_dir else None
-    bundle = Bundle.open(bundle_dir)
+    output = Path(output)
+    models = [_model(label if others else None, bundle_dir, reference_dir)]
+    models += [_model(name, b, r) for name, (b, r) in (others or {}).items()]
+    bundle = models[0].bundle
     task = get_task(bundle.manifest.task)
     probe = task.bench_probe()
     max_length = bundle.manifest.max_length
     probe.check(section, max_length)  # settings the bundle cannot take fail before any model loads
-    if reference is not None:
-        check_reference(reference, "reference model")
+    _check_models(models, scored is not None)
+    for m in models:
+        if m.reference is not None:
+            check_reference(m.reference, "reference model" if m.label is None else f"--model {m.label}: the reference model")
+    if scored is not None and not probe.scores_accuracy:
+        raise RecipeError(f"bench: accuracy is scored for text classification only, not {task.name}; leave out --accuracy")
     threads = section.threads or default_threads()
     torch.set_num_threads(threads)
-    skipped = {b: r for b in section.backends if (r := skip_reason(b, bundle, reference, task))}
-    backends = [b for b in section.backends if b not in skipped]
+    wanted = _wanted(models, section.backends)
+    skipped = {q: r for q, (m, b) in wanted.items() if (r := skip_reason(b, m.bundle, m.reference, task))}
+    backends = [q for q in wanted if q not in skipped]
     if not backends:
         raise RecipeError(f"bench: none of the backends can run here ({'; '.join(f'{b}: {r}' for b, r in skipped.items())})")
 
     workdir = Path(tempfile.mkdtemp(prefix="ftexport-bench-"))
     try:
         runners: dict[str, Runner] = {}
-        for b in backends:
+        for q in backends:
+            m, b = wanted[q]
             try:
-                runners[b] = build_runner(b, bundle, bundle_dir, reference, threads, workdir, task)
+                runners[q] = build_runner(b, m.bundle, m.bundle_dir, m.reference, threads, workdir / (m.label or ""), task)
+                runners[q].name = q
             except BackendUnavailable as e:  # listed by the machine but not startable (a provider without its libraries): a skipped row
-                skipped[b] = str(e)
+                skipped[q] = str(e)
             except Exception as e:  # noqa: BLE001 - any other failure to start one backend is its row's reason, not the bench's end
-                skipped[b] = f"could not start: {first_line(e, 300)}"
+                skipped[q] = f"could not start: {first_line(e, 300)}"
         backends = [b for b in backends if b in runners]
         if not backends:
             raise RecipeError(f"bench: none of the backends can run here ({'; '.join(f'{b}: {r}' for b, r in skipped.items())})")
         notes: list[str] = []
-        source = next((r.predictor for r in runners.values() if r.predictor), None) or Predictor(bundle, threads=threads)
-        cells = probe.cells(section, source, texts_pool, notes)
+        source = next((r.predictor for q, r in runners.items() if r.predictor and wanted[q][0] is models[0]), None)
+        cells = probe.cells(section, source or Predictor(bundle, threads=threads), texts_pool, notes)
         progress.step(f"bench: {', '.join(backends)} over {len(cells)} cells, {threads} threads, {section.repeats} rounds")
         for b, reason in skipped.items():
             progress.info(f"{b}: skipped ({reason})")
-        baseline = next((b for b in ("pytorch", "pytorch-cuda") if b in runners), backends[0])
+        baselines = _baselines(models, backends)
+        baseline = baselines[backends[0]]
         failed: dict[str, str] = {}
         results, refused = [], []
         for cell in cells:
-            timed, bad = run_cell(cell, runners, baseline, section, probe, failed)
+            timed, bad = run_cell(cell, runners, baselines, section, probe, failed)
             results += timed
             refused += bad
+        accuracy = _accuracy(runners, probe, scored, failed) if scored is not None else {}
         cold: dict[str, Any] = {}
         if section.cold_start and probe.cold_start:
             for b in backends:
                 if b not in failed:
                     progress.info(f"{b}: cold start and peak memory in a fresh process")
                     cold[b] = cold_start(runners[b], cells, workdir)
+        sizes = {q: _model_bytes(wanted[q][0], wanted[q][1], runners[q]) for q in backends}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -226,16 +249,23 @@ def bench(
             r = cells_by_key.get((b, row["batch"], row["seq_len"], None))
             if r is not None:
                 r.update({k: v for k, v in row.items() if k in ("peak_rss_mb", "gpu_mb")})
+    by_name = {q: wanted[q][0] for q in backends}
+    pytorch = models[0].qualify("pytorch")
     for r in results:
-        base = cells_by_key.get(("pytorch", r["batch"], r["seq_len"], r.get("phase")))
+        base = cells_by_key.get((pytorch, r["batch"], r["seq_len"], r.get("phase")))
         r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base and r["p50_ms"] > 0 else None
         # int8 or GPU slower than fp32 on the CPU is a finding, not something to hide
-        fp32 = cells_by_key.get(("ort-fp32", r["batch"], r["seq_len"], r.get("phase")))
+        fp32 = cells_by_key.get((by_name[r["backend"]].qualify("ort-fp32"), r["batch"], r["seq_len"], r.get("phase")))
         kind, device, variant = parse_backend(r["backend"])
         if fp32 and r is not fp32 and (device != "cpu" or "int8" in (variant or "") or kind == "optimum") and r["p50_ms"] > fp32["p50_ms"]:
             r["flag"] = f"slower than ort-fp32 on the CPU ({r['p50_ms']:.2f} vs {fp32['p50_ms']:.2f} ms)"
-    sizes = {b: bundle.path_of(bundle.variant(parse_backend(b)[2]).file).stat().st_size for b in backends if parse_backend(b)[0] == "ort"}
     seq_len, batch_sizes = probe.headline(section, max_length, cells)
+    details: dict[str, Any] = {"task": task.name, **probe.report_fields(section, max_length), "model_bytes": sizes}
+    if others:
+        details["models"] = {m.label: {"bundle": str(m.bundle_dir), "reference": str(m.reference) if m.reference else None} for m in models}
+    if scored is not None:
+        details["accuracy"] = accuracy
+        details["accuracy_texts"] = len(scored[0])
     report = BenchReport(
         machine=machine_info(),
         threads=threads,
@@ -250,16 +280,125 @@ def bench(
         notes=notes,
         cold_start=cold,
         refused=refused,
-        details={"task": task.name, **probe.report_fields(section, max_length), "model_bytes": sizes},
+        details=details,
     )
+    key = bench_key(models[0].bundle_dir, models[0].reference or models[0].bundle_dir, section, models[1:], scored)
     with stage_dir(output) as tmp:
         (tmp / BENCH_JSON).write_text(report.dumps())
-        (tmp / BENCH_MD).write_text(task.bench_table(report) + "\n")
+        (tmp / BENCH_MD).write_text(task.bench_table(report) + "\n" + (f"\n{tradeoff_table(report)}\n" if others or scored else ""))
         (tmp / REPORT_HTML).write_text(bench_html(report, task, parity))
-        StageRecord(
-            "bench", bench_key(bundle_dir, reference or bundle_dir, section), {"bundle": key_of(bundle_dir)}, section.model_dump()
-        ).write(tmp)
+        StageRecord("bench", key, {"bundle": key_of(models[0].bundle_dir)}, section.model_dump()).write(tmp)
     return report
+
+
+def _model(label: str | None, bundle_dir: str | Path, reference: str | Path | None) -> Model:
+    where = f"--model {label}: " if label else ""
+    try:
+        bundle = Bundle.open(bundle_dir)
+    except Exception as e:  # noqa: BLE001 - the runtime's error names what is wrong with the folder
+        raise RecipeError(f"{where}{first_line(e, 300)}") from None
+    return Model(label, bundle, Path(bundle_dir), Path(reference) if reference else None)
+
+
+def _check_models(models: list[Model], scoring: bool) -> None:
+    """Models timed together answer the same question: the same task, and (to be scored on
+    the same labelled texts) the same labels in the same order."""
+    first = models[0].bundle.manifest
+    for m in models[1:]:
+        man = m.bundle.manifest
+        if man.task != first.task:
+            raise RecipeError(
+                f"--model {m.label}: {m.bundle_dir} is a {man.task} bundle and {models[0].bundle_dir} a {first.task} one; "
+                "models timed in one run must do the same task"
+            )
+        if scoring and list(man.labels) != list(first.labels):
+            raise RecipeError(
+                f"--model {m.label}: {m.bundle_dir} predicts {list(man.labels)}, {models[0].bundle_dir} {list(first.labels)}; "
+                "models scored on the same texts need the same labels in the same order"
+            )
+    labels = [m.label for m in models]
+    if len(set(labels)) != len(labels):
+        raise RecipeError(f"--model: the labels {labels} repeat; give every model its own name (--label names the first)")
+
+
+def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str]]:
+    """Qualified backend name -> (model, bare backend): a bare name for every model, a
+    labelled one for its model; model by model, in the order asked."""
+    labels = {m.label for m in models}
+    out: dict[str, tuple[Model, str]] = {}
+    for m in models:
+        for name in names:
+            label, backend = split_backend(name)
+            if label is not None and label not in labels:
+                raise RecipeError(f"backend {name}: no model is called {label} (the models: {', '.join(map(str, labels))})")
+            if label is None or label == m.label:
+                out[m.qualify(backend)] = (m, backend)
+    return out
+
+
+def _baselines(models: list[Model], backends: list[str]) -> dict[str, str]:
+    """Each backend -> the one it is checked against: its model's PyTorch row when timed,
+    else that model's first row."""
+    out: dict[str, str] = {}
+    for m in models:
+        own = [q for q in backends if split_backend(q)[0] == m.label]
+        torch_rows = [q for kind in ("pytorch", "pytorch-cuda") for q in own if split_backend(q)[1] == kind]
+        base = (torch_rows or own or [None])[0]
+        out.update({q: base for q in own})  # type: ignore[misc]
+    return out
+
+
+def _accuracy(runners: dict[str, Runner], probe: Any, scored: tuple[list[str], list[int]], failed: dict[str, str]) -> dict[str, float]:
+    """Each backend's accuracy on the labelled texts (the same texts for all), batches of 64."""
+    texts, labels = scored
+    out = {}
+    for name, r in runners.items():
+        if name in failed:
+            continue
+        outputs = [r.calls.check(texts[i : i + 64]) for i in range(0, len(texts), 64)]
+        out[name] = probe.accuracy(outputs, labels)
+        progress.info(f"{name:16s} accuracy {out[name]:.4f} on {len(texts)} labelled texts")
+    return out
+
+
+def _model_bytes(model: Model, backend: str, runner: Runner) -> int | None:
+    """What the backend loads: the bundle variant's ONNX file, the PyTorch weights, or the plain Optimum int8 model."""
+    kind, _, variant = parse_backend(backend)
+    if kind == "ort":
+        return model.bundle.path_of(model.bundle.variant(variant).file).stat().st_size
+    if kind == "optimum":
+        return sum(f.stat().st_size for f in Path(runner.spec["optimum_dir"]).glob("*.onnx*"))
+    if kind.startswith("pytorch") and model.reference is not None:
+        return sum(f.stat().st_size for f in model.reference.iterdir() if f.suffix in (".safetensors", ".bin"))
+    return None
+
+
+def tradeoff_table(report: Any) -> str:
+    """What to ship: per backend (model), accuracy, p50 at batch 1 on fixed-length and on
+    real-traffic texts, size, and speed-up over the first model's PyTorch."""
+    results, accuracy, sizes = report["results"], report.get("accuracy", {}), report.get("model_bytes", {})
+    seq = report["seq_len"]
+
+    def cell(backend: str, seq_len: Any) -> dict[str, Any] | None:
+        return next((r for r in results if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == seq_len), None)
+
+    rows = []
+    for b in dict.fromkeys(r["backend"] for r in results):
+        fixed, real = cell(b, seq), cell(b, "real")
+        rows.append(
+            [
+                b,
+                f"{100 * accuracy[b]:.2f}%" if b in accuracy else None,
+                ms(fixed["p50_ms"]) if fixed else None,
+                f"{fixed['speedup_vs_pytorch']:.2f}x" if fixed and fixed.get("speedup_vs_pytorch") else None,
+                ms(real["p50_ms"]) if real else None,
+                f"{real['speedup_vs_pytorch']:.2f}x" if real and real.get("speedup_vs_pytorch") else None,
+                f"{sizes[b] / 2**20:.1f}" if sizes.get(b) else None,
+            ]
+        )
+    n = report.get("accuracy_texts")
+    head = f"Trade-off at batch 1 (accuracy on {n} labelled texts; speed-up against {report['baseline']}):\n\n" if n else ""
+    return head + markdown_table(["backend", "accuracy", f"p50 ms seq {seq}", "speed-up", "p50 ms real", "speed-up real", "size MiB"], rows)
 
 
 def bench_table(report: Any) -> str:

@@ -114,7 +114,13 @@ def bench_html(report: Any, task: Any, parity: Any = None) -> str:
         _svg_plot(f"p50 latency vs sequence length (batch {batch})", "tokens per text", "p50 ms", latency, "line", log_x=True),
         _svg_plot(f"speed-up over PyTorch fp32 (batch {batch}, seq {report['seq_len']})", "", "x PyTorch p50", speedup, "bar"),
     ]
-    if parity:
+    if report.get("accuracy"):  # scored in the bench run itself (--accuracy): every backend, every model
+        p50s = {r["backend"]: r["p50_ms"] for r in head}
+        acc_of = {b: [(p50s[b], a)] for b, a in report["accuracy"].items() if b in p50s}
+        plots.append(
+            _svg_plot(f"accuracy vs latency (batch {batch}, seq {report['seq_len']})", "p50 ms", "test accuracy", acc_of, "scatter")
+        )
+    elif parity:
         p50s = {r["backend"]: r["p50_ms"] for r in head}
         acc: dict[str, list[tuple[float, float]]] = {}
         if "pytorch" in p50s:
@@ -133,6 +139,10 @@ def bench_html(report: Any, task: Any, parity: Any = None) -> str:
         )
     m = report["machine"]
     tables = "<pre>" + _esc(bench_table(report)) + "</pre>" + ("<pre>" + _esc(parity_table(parity)) + "</pre>" if parity else "")
+    if report.get("accuracy") or report.get("models"):
+        from .bench import tradeoff_table
+
+        tables = "<pre>" + _esc(tradeoff_table(report)) + "</pre>" + tables
     versions_line = ", ".join(f"{k} {v}" for k, v in sorted(m.get("versions", {}).items()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ftexport latency report</title>

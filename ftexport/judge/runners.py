@@ -31,8 +31,10 @@ from ..core import progress
 from ..core.hf import is_adapter_dir, load_reference, load_tokenizer
 from ..tasks.base import Calls
 
+# A backend, optionally for one model of a multi-model run: "teacher/pytorch", "l6/ort-int8".
 BACKEND_PATTERN = (
-    r"^(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*"
+    r"^([A-Za-z0-9][A-Za-z0-9_.-]*/)?"
+    r"(pytorch|pytorch-cuda|pytorch-compile|optimum-int8|ort-(cpu|cuda|tensorrt)-[a-z0-9][a-z0-9_-]*|ort-[a-z0-9][a-z0-9_-]*"
     r"|trt-[a-z0-9][a-z0-9_-]*)$"
 )
 # Every backend ftexport can time; those the machine or the bundle lacks are skipped with the reason.
@@ -55,8 +57,29 @@ BENCH_BACKENDS = (
 def backend_help() -> str:
     return (
         "pytorch, pytorch-compile, pytorch-cuda, optimum-int8, ort-VARIANT (CPU), ort-cuda-VARIANT, ort-tensorrt-VARIANT "
-        "or trt-ENGINE (the bundle's TensorRT engine)"
+        "or trt-ENGINE (the bundle's TensorRT engine); MODEL/BACKEND for one model of a run with --model"
     )
+
+
+@dataclass
+class Model:
+    """One model of a bench run: its bundle, and the PyTorch folder its pytorch and optimum rows
+    load. `label` is None in a one-model run (backend names stay bare) and prefixes every
+    backend name ("teacher/pytorch") when several models are timed together."""
+
+    label: str | None
+    bundle: Any
+    bundle_dir: Path
+    reference: Path | None
+
+    def qualify(self, backend: str) -> str:
+        return f"{self.label}/{backend}" if self.label else backend
+
+
+def split_backend(name: str) -> tuple[str | None, str]:
+    """'teacher/ort-int8' -> ('teacher', 'ort-int8'); 'ort-int8' -> (None, 'ort-int8')."""
+    label, _, backend = name.rpartition("/")
+    return label or None, backend
 
 
 @dataclass
@@ -73,7 +96,9 @@ class Runner:
 def parse_backend(name: str) -> tuple[str, str, str | None]:
     """'pytorch' -> (pytorch, cpu, None); 'pytorch-compile' -> (pytorch-compile, cpu, None);
     'ort-cuda-fp16' -> (ort, cuda, fp16); 'ort-int8' -> (ort, cpu, int8);
-    'optimum-int8' -> (optimum, cpu, None): the plain Optimum path, exported and quantized here."""
+    'optimum-int8' -> (optimum, cpu, None): the plain Optimum path, exported and quantized here.
+    A model label ('teacher/pytorch') is ignored."""
+    name = split_backend(name)[1]
     if name == "optimum-int8":
         return "optimum", "cpu", None
     if name == "pytorch-compile":

@@ -68,6 +68,7 @@ class BenchProbe:
     Runtime, TensorRT, plain Optimum) and asks the probe how each answers and what to compare."""
 
     cold_start: bool = True  # measure start-to-first-answer in a fresh process
+    scores_accuracy: bool = False  # `accuracy` scores labelled texts (bench --accuracy)
 
     def check(self, section: Any, max_length: int) -> None:
         """Refuse settings the bundle cannot take (a length over its max_length), before any model loads."""
@@ -92,6 +93,10 @@ class BenchProbe:
     def iterations(self, phase: str, section: Any) -> tuple[int, int]:
         """(warm-up calls, timed calls) of a phase over all rounds."""
         return section.warmup, section.iterations
+
+    def accuracy(self, outputs: list[Any], labels: list[int]) -> float:
+        """Accuracy of a backend's `check` outputs (one per batch of texts) against the labels."""
+        raise NotImplementedError
 
     def agree(self, reference: Any, outputs: Any, tolerance: float) -> tuple[bool, dict[str, Any]]:
         """Whether a backend's outputs match the baseline's closely enough to be timed, and the

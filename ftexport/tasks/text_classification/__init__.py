@@ -50,6 +50,15 @@ class ClassifyCase(ParityCase):
         return f"accuracy {r['accuracy']:.4f}  agreement {r['agreement']:.4f}  max |dlogit| {r['max_logit_diff']:.2e}"
 
 
+class ClassifyProbe(EncoderProbe):
+    """The encoder probe, and accuracy: the class with the highest probability against the label."""
+
+    scores_accuracy = True
+
+    def accuracy(self, outputs: list[Any], labels: list[int]) -> float:
+        return float((np.concatenate(outputs).argmax(-1) == np.asarray(labels)).mean())
+
+
 class TextClassification(Task):
     name = "text-classification"
     head = "classify"
@@ -103,7 +112,7 @@ class TextClassification(Task):
         return ClassifyCase(self, bundle, reference_dir, data, split, batch_size)
 
     def bench_probe(self) -> BenchProbe:
-        return EncoderProbe()
+        return ClassifyProbe()
 
     def parity_table(self, report: Any) -> str:
         ref = report["reference"]
