@@ -16,6 +16,12 @@ from helpers import make_tiny_model, make_tokenizer, tiny_recipe, write_recipe
 from ftexport.core.errors import DataError, ModelError, RecipeError
 from ftexport.recipe import load_recipe, parse_recipe
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Each test its own teacher-output cache: a cache left by another test would make 'computed once' pass vacuously."""
+    monkeypatch.setenv("FTEXPORT_CACHE", str(tmp_path / "cache"))
+
+
 # ---- the loss ------------------------------------------------------------------------------
 
 
@@ -169,6 +175,43 @@ def test_non_bert_teacher_cannot_be_cut(tmp_path):
     with pytest.raises(ModelError, match="distilbert has no BERT-style encoder.layer"):
         cut_student(tmp_path / "d", "every_other", tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_student_cut_from_model_path_reuses_the_teachers_cached_logits(tmp_path, teacher, monkeypatch):
+    """student.layers cuts the pretrained student (model.path), not the teacher; a second recipe
+    with the same teacher and data, writing elsewhere, reads the teacher's logits from the cache."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    import ftexport.train.distill as d
+
+    student = make_tiny_model(tmp_path / "student", seed=3)
+    rec = distill_recipe(tmp_path, teacher, student=student, level="text")
+    first = d.distill(parse_recipe(rec), tmp_path / "a" / "distill", quiet=True)
+    assert first["teacher_logits"]["reused"] is False
+
+    def refuse(*a, **k):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(d, "teacher_outputs", refuse)
+    cut = {**rec, "distill": {**rec["distill"], "student": {"layers": [1]}}}
+    report = d.distill(parse_recipe(cut), tmp_path / "b" / "distill", quiet=True)
+    assert report["teacher_logits"]["reused"] is True
+    assert report["student_layers_of_model_path"] == [1] and report["student_layers_from_teacher"] is None
+    assert report["models"]["student"]["layers"] == 1 and report["models"]["teacher"]["layers"] == 2
+    # the cut student started from model.path's layer 1 (not the teacher's)
+    (cut_dir,) = (tmp_path / "b" / ".distill.work").glob("student-*")
+    kept = AutoModelForSequenceClassification.from_pretrained(str(cut_dir)).bert.encoder.layer[0].state_dict()
+    source = AutoModel.from_pretrained(str(student)).encoder.layer[1].state_dict()
+    assert all(torch.equal(kept[k], source[k]) for k in source)
+
+    bad = {**rec, "distill": {**rec["distill"], "student": {"layers": [0, 2]}}}
+    with pytest.raises(RecipeError, match=r"^recipe.distill.student.layers: the model.path model has 2 layers \(0..1\); \[2\] do not exist"):
+        d.distill(parse_recipe(bad), tmp_path / "c" / "distill", quiet=True)
+    assert not (tmp_path / "c").exists()
+    both = {**rec, "distill": {**rec["distill"], "student": {"layers": [0], "from_teacher": {"layers": [0]}}}}
+    with pytest.raises(RecipeError, match=r"recipe.distill.student: .*give one"):
+        parse_recipe(both)
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -490,19 +533,23 @@ def test_shipped_recipe_parses_and_names_the_teacher_recipe_when_the_teacher_is_
 
 
 def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher):
-    """Recipes distilled before distill.unlabeled and distill.seeds existed keep their keys: no retraining on upgrade."""
+    """Recipes distilled before distill.unlabeled, distill.seeds and distill.student.layers existed keep their keys: no
+    retraining on upgrade."""
     import hashlib
 
     base = distill_recipe(tmp_path, teacher)
     r = parse_recipe(base)
     dump = r.model_dump(mode="json", by_alias=True)
     del dump["distill"]["unlabeled"], dump["distill"]["seeds"]  # what the distill section looked like before the fields
+    del dump["distill"]["student"]["layers"]
     del dump["distill"]["teacher"]  # a path: keys hash the teacher's files instead (its content), not how its path is spelled
     before = hashlib.sha256(json.dumps({"distill": dump["distill"]}, sort_keys=True).encode()).hexdigest()[:16]
     assert r.section_hash("distill") == before
     path = _unlabeled_file(tmp_path, base, ["a new text"])
     with_set = parse_recipe({**base, "distill": {**base["distill"], "unlabeled": {"path": path, "text_column": "text"}}})
     assert with_set.section_hash("distill") != before  # a transfer set is a new setting
+    cut = parse_recipe({**base, "distill": {**base["distill"], "student": {"layers": [0]}}})
+    assert cut.section_hash("distill") != before
 
 
 # ---- several seeds, held-out texts, incomplete teachers ------------------------------------------

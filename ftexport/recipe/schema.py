@@ -316,11 +316,31 @@ class StudentSection(Section):
     from_teacher: FromTeacher | None = Field(
         None, description="cut the student from the teacher; without it the student is model.path (a smaller pretrained model)"
     )
+    layers: list[int] | None = Field(
+        None,
+        description="keep only these encoder layers of model.path, e.g. [0, 2, 4] of a 6-layer model: a smaller student with "
+        "the pretrained weights of the layers kept",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, v: Any) -> Any:
+        if v is not None and (not v or len(set(v)) != len(v) or any(i < 0 for i in v)):
+            raise ValueError(f"expected a non-empty list of distinct layer indices >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSection:
+        if self.layers is not None and self.from_teacher is not None:
+            raise ValueError(
+                "layers cuts model.path and from_teacher cuts the teacher: give one (from_teacher: {layers: [...]} to cut the teacher)"
+            )
+        return self
 
 
 # Optional fields added after recipes were already being run: left unset, they leave a stage's
 # settings hash as it was, so upgrading ftexport does not retrain finished stages.
-ADDED_UNSET = (("distill", "unlabeled"), ("distill", "seeds"))
+ADDED_UNSET = (("distill", "unlabeled"), ("distill", "seeds"), ("distill", "student.layers"))
 
 
 class UnlabeledSection(Section):
@@ -526,13 +546,12 @@ class _Recipe(Section):
         the same data reached through another spelling of its path keeps the key."""
         dump = self.model_dump(mode="json", by_alias=True)
         for section, key in ADDED_UNSET:  # a field added later hashes like its absence until it is set
-            if isinstance(dump.get(section), dict) and dump[section].get(key) is None:
-                dump[section].pop(key, None)
+            where = _parent(dump, section, key)
+            if where is not None and where.get(key.split(".")[-1]) is None:
+                where.pop(key.split(".")[-1], None)
         for section, key in PATH_FIELDS:
-            where = dump.get(section)
-            for part in key.split(".")[:-1]:
-                where = where.get(part) if isinstance(where, dict) else None
-            if isinstance(where, dict):
+            where = _parent(dump, section, key)
+            if where is not None:
                 where.pop(key.split(".")[-1], None)
         blob = json.dumps({n: dump[n] for n in names}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -557,6 +576,14 @@ def _with_task_sections(base: type[Section]) -> type[Section]:
 Recipe = _with_task_sections(_Recipe)
 
 # Where-is-it fields, left out of settings hashes (their files' contents are hashed instead).
+def _parent(dump: dict[str, Any], section: str, key: str) -> dict[str, Any] | None:
+    """The dict holding the dotted `key` of `section` in a recipe dump, or None."""
+    where = dump.get(section)
+    for part in key.split(".")[:-1]:
+        where = where.get(part) if isinstance(where, dict) else None
+    return where if isinstance(where, dict) else None
+
+
 PATH_FIELDS = (
     ("data", "root"),
     ("data", "train"),

@@ -4,15 +4,16 @@
            [+ hidden_mse * MSE(proj(student [CLS]), teacher [CLS])]
 
 The teacher runs once, over the training split, before training starts; its logits (and
-[CLS] states when hidden_mse is on) are cached beside the output, keyed by the teacher's
-files and the data, and reach the student as extra dataset columns. Training itself is
+[CLS] states when hidden_mse is on) are cached in $FTEXPORT_CACHE/distill (default
+~/.cache/ftexport), keyed by the teacher's files, the data and the transfer set, so every
+student of that teacher reuses them; they reach the student as extra dataset columns. Training itself is
 `ftexport train` (train.train) with a Trainer subclass for the loss, so checkpoints, resume,
 seeds and launchers behave the same. With `baseline: true` the same student is also
 fine-tuned without the teacher (same settings, same seed), and distill.md compares teacher,
 student and baseline on the held-out split, with each one's PyTorch latency.
 
-Work files live in a hidden sibling `.OUTPUT.work/` (teacher cache, the cut student, the two
-training runs); each piece is keyed, so a re-run with a new alpha reuses the teacher's
+Work files live in a hidden sibling `.OUTPUT.work/` (the cut student, the two training runs
+per seed); each piece is keyed, so a re-run with a new alpha reuses the teacher's
 logits and the baseline.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ import numpy as np
 from ..core import progress
 from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
 from ..core.errors import ModelError, RecipeError
-from ..core.hf import check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
+from ..core.hf import cache_root, check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
 from ..core.tables import markdown_table
 from ..core.timing import cycle, summarize, time_calls
 from ..data import fingerprint, load_data, read_table
@@ -171,34 +173,40 @@ def _layer_list(model: Any) -> Any:
     return layers if isinstance(layers, nn.ModuleList) else None
 
 
-def kept_layers(spec: Any, n: int) -> list[int]:
+# Where a student's layers are cut from: the teacher (student.from_teacher) or model.path (student.layers).
+CUT_FROM = {"teacher": "recipe.distill.student.from_teacher.layers", "model.path": "recipe.distill.student.layers"}
+
+
+def kept_layers(spec: Any, n: int, source: str = "teacher") -> list[int]:
+    where = CUT_FROM[source]
     keep = list(range(0, n, 2)) if spec == "every_other" else list(spec)
     bad = [i for i in keep if i >= n]
     if bad:
-        raise RecipeError(f"recipe.distill.student.from_teacher.layers: the teacher has {n} layers (0..{n - 1}); {bad} do not exist")
+        raise RecipeError(f"{where}: the {source} model has {n} layers (0..{n - 1}); {bad} do not exist")
     if len(keep) == n:
-        raise RecipeError(f"recipe.distill.student.from_teacher.layers: {keep} keeps all {n} layers; a student must drop some")
+        raise RecipeError(f"{where}: {keep} keeps all {n} layers; a student must drop some")
     return keep
 
 
-def cut_student(teacher_dir: Path, layers: Any, output: Path, trust_remote_code: bool = False) -> list[int]:
-    """Save the teacher with only the kept encoder layers (weights copied, in order) to `output`."""
+def cut_student(source_dir: Path, layers: Any, output: Path, trust_remote_code: bool = False, source: str = "teacher") -> list[int]:
+    """Save the source model (the teacher, or model.path) with only the kept encoder layers
+    (weights copied, in order) to `output`."""
     from torch import nn
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(str(source_dir), trust_remote_code=trust_remote_code)
     stack = _layer_list(model)
     if stack is None:
         raise ModelError(
-            f"recipe.distill.student.from_teacher: {model.config.model_type} has no BERT-style encoder.layer list to cut; "
-            "use a BERT-like teacher, or give a smaller pretrained student in model.path"
+            f"{CUT_FROM[source]}: {model.config.model_type} has no BERT-style encoder.layer list to cut; "
+            "use a BERT-like model, or give a smaller pretrained student in model.path"
         )
-    keep = kept_layers(layers, len(stack))
+    keep = kept_layers(layers, len(stack), source)
     model.base_model.encoder.layer = nn.ModuleList([stack[i] for i in keep])
     model.config.num_hidden_layers = len(keep)
     with stage_dir(output) as tmp:
         model.save_pretrained(str(tmp))
-        load_tokenizer(teacher_dir, "recipe.distill.teacher").save_pretrained(str(tmp))
+        load_tokenizer(source_dir, "recipe.distill.teacher" if source == "teacher" else "model.path").save_pretrained(str(tmp))
         (tmp / "ftexport.json").write_text(json.dumps({"stage": "distill-student", "key": output.name, "layers": keep}) + "\n")
     return keep
 
@@ -226,6 +234,9 @@ def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
         )
     if d.student.from_teacher is not None:
         kept_layers(d.student.from_teacher.layers, config.num_hidden_layers)
+    if d.student.layers is not None:
+        student_config = AutoConfig.from_pretrained(str(student_dir), trust_remote_code=recipe.model.trust_remote_code)
+        kept_layers(d.student.layers, student_config.num_hidden_layers, "model.path")
     if d.level == "token":
         t_vocab = load_tokenizer(teacher_dir, "recipe.distill.teacher").get_vocab()
         s_vocab = load_tokenizer(student_dir).get_vocab()
@@ -358,16 +369,19 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     key = distill_key(recipe, hashes)
     max_len = recipe.model.max_length
 
-    # 1. The student's starting weights: a pretrained model, or the teacher with layers cut.
+    # 1. The student's starting weights: a pretrained model, or the teacher or that model with layers cut.
     layers: list[int] | None = None
-    if student_dir is None:
-        spec = d.student.from_teacher.layers  # type: ignore[union-attr]
-        student_dir = work / f"student-{make_key(t_hash, spec)}"
+    source = "teacher" if d.student.from_teacher is not None else "model.path"
+    spec = d.student.from_teacher.layers if d.student.from_teacher is not None else d.student.layers
+    if spec is not None:
+        source_dir, source_hash = (teacher_dir, t_hash) if student_dir is None else (student_dir, hashes[3][0])
+        student_dir = work / f"student-{make_key(source_hash, spec)}"
         if (student_dir / "ftexport.json").is_file():
             layers = json.loads((student_dir / "ftexport.json").read_text())["layers"]
         else:
-            progress.step(f"distill: cutting the student from the teacher (layers {spec})")
-            layers = cut_student(teacher_dir, spec, student_dir, recipe.model.trust_remote_code)
+            progress.step(f"distill: cutting the student from the {source} model (layers {spec})")
+            layers = cut_student(source_dir, spec, student_dir, recipe.model.trust_remote_code, source)
+    assert student_dir is not None
     student_recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": str(student_dir)})})
 
     # 2. The teacher's outputs on the training split, once.
@@ -379,7 +393,11 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     if extra:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
     with_hidden = d.hidden_mse > 0
-    cache = work / f"teacher-{make_key(t_hash, data_fp, max_len, with_hidden, *transfer)}.npz"
+    # keyed by the teacher's, the data's and the transfer set's contents: shared by every recipe
+    # with this teacher (a 3-layer and a 6-layer student read the same logits); runs made before
+    # the shared cache kept theirs in the work folder
+    name = f"teacher-{make_key(t_hash, data_fp, max_len, with_hidden, *transfer)}.npz"
+    cache = next((c for c in (work / name, cache_root() / "distill" / name) if c.is_file()), cache_root() / "distill" / name)
     cached = cache.is_file()
     if cached:
         progress.step(f"distill: teacher outputs from the cache ({cache.name})")
@@ -394,8 +412,8 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
         logits, hidden = teacher_outputs(
             teacher_dir, train_texts + extra, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code
         )
-        work.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
         tmp.replace(cache)
     if len(logits) != len(train_texts) + len(extra):
@@ -424,7 +442,8 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     report.update(
         {
             "settings": d.model_dump(mode="json"),
-            "student_layers_from_teacher": layers,
+            "student_layers_from_teacher": layers if source == "teacher" else None,
+            "student_layers_of_model_path": layers if source == "model.path" else None,
             "train_rows": len(train_texts),
             "unlabeled_rows": len(extra),
             "teacher_logits": {"cache": str(cache), "reused": cached, "teacher_train_accuracy": teacher_train_acc},
