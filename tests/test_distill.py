@@ -16,6 +16,7 @@ from helpers import make_tiny_model, make_tokenizer, tiny_recipe, write_recipe
 from ftexport.core.errors import DataError, ModelError, RecipeError
 from ftexport.recipe import load_recipe, parse_recipe
 
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
     """Each test its own teacher-output cache: a cache left by another test would make 'computed once' pass vacuously."""
@@ -206,7 +207,9 @@ def test_a_student_cut_from_model_path_reuses_the_teachers_cached_logits(tmp_pat
     assert all(torch.equal(kept[k], source[k]) for k in source)
 
     bad = {**rec, "distill": {**rec["distill"], "student": {"layers": [0, 2]}}}
-    with pytest.raises(RecipeError, match=r"^recipe.distill.student.layers: the model.path model has 2 layers \(0..1\); \[2\] do not exist"):
+    with pytest.raises(
+        RecipeError, match=r"^recipe.distill.student.layers: the model.path model has 2 layers \(0..1\); \[2\] do not exist"
+    ):
         d.distill(parse_recipe(bad), tmp_path / "c" / "distill", quiet=True)
     assert not (tmp_path / "c").exists()
     both = {**rec, "distill": {**rec["distill"], "student": {"layers": [0], "from_teacher": {"layers": [0]}}}}

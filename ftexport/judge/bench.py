@@ -34,7 +34,7 @@ from ..core.errors import RecipeError, first_line
 from ..core.hf import check_reference
 from ..core.machine import default_threads, machine_info
 from ..core.reports import BENCH_JSON, BenchReport
-from ..core.tables import markdown_table, ms
+from ..core.tables import markdown_table, ms, tradeoff_table
 from ..core.timing import cycle, summarize, time_calls
 from ..data import load_data
 from ..tasks import DEFAULT_TASK, get_task
@@ -371,34 +371,6 @@ def _model_bytes(model: Model, backend: str, runner: Runner) -> int | None:
     if kind.startswith("pytorch") and model.reference is not None:
         return sum(f.stat().st_size for f in model.reference.iterdir() if f.suffix in (".safetensors", ".bin"))
     return None
-
-
-def tradeoff_table(report: Any) -> str:
-    """What to ship: per backend (model), accuracy, p50 at batch 1 on fixed-length and on
-    real-traffic texts, size, and speed-up over the first model's PyTorch."""
-    results, accuracy, sizes = report["results"], report.get("accuracy", {}), report.get("model_bytes", {})
-    seq = report["seq_len"]
-
-    def cell(backend: str, seq_len: Any) -> dict[str, Any] | None:
-        return next((r for r in results if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == seq_len), None)
-
-    rows = []
-    for b in dict.fromkeys(r["backend"] for r in results):
-        fixed, real = cell(b, seq), cell(b, "real")
-        rows.append(
-            [
-                b,
-                f"{100 * accuracy[b]:.2f}%" if b in accuracy else None,
-                ms(fixed["p50_ms"]) if fixed else None,
-                f"{fixed['speedup_vs_pytorch']:.2f}x" if fixed and fixed.get("speedup_vs_pytorch") else None,
-                ms(real["p50_ms"]) if real else None,
-                f"{real['speedup_vs_pytorch']:.2f}x" if real and real.get("speedup_vs_pytorch") else None,
-                f"{sizes[b] / 2**20:.1f}" if sizes.get(b) else None,
-            ]
-        )
-    n = report.get("accuracy_texts")
-    head = f"Trade-off at batch 1 (accuracy on {n} labelled texts; speed-up against {report['baseline']}):\n\n" if n else ""
-    return head + markdown_table(["backend", "accuracy", f"p50 ms seq {seq}", "speed-up", "p50 ms real", "speed-up real", "size MiB"], rows)
 
 
 def bench_table(report: Any) -> str:

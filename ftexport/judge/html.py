@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.tables import tradeoff_table
+
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -140,8 +142,6 @@ def bench_html(report: Any, task: Any, parity: Any = None) -> str:
     m = report["machine"]
     tables = "<pre>" + _esc(bench_table(report)) + "</pre>" + ("<pre>" + _esc(parity_table(parity)) + "</pre>" if parity else "")
     if report.get("accuracy") or report.get("models"):
-        from .bench import tradeoff_table
-
         tables = "<pre>" + _esc(tradeoff_table(report)) + "</pre>" + tables
     versions_line = ", ".join(f"{k} {v}" for k, v in sorted(m.get("versions", {}).items()))
     return f"""<!doctype html>

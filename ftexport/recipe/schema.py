@@ -575,6 +575,7 @@ def _with_task_sections(base: type[Section]) -> type[Section]:
 
 Recipe = _with_task_sections(_Recipe)
 
+
 # Where-is-it fields, left out of settings hashes (their files' contents are hashed instead).
 def _parent(dump: dict[str, Any], section: str, key: str) -> dict[str, Any] | None:
     """The dict holding the dotted `key` of `section` in a recipe dump, or None."""
