@@ -33,7 +33,7 @@ def tradeoff_table(report: Any) -> str:
         return next((r for r in results if r["backend"] == backend and r["batch"] == 1 and r["seq_len"] == seq_len), None)
 
     rows = []
-    for b in dict.fromkeys(r["backend"] for r in results):
+    for b in dict.fromkeys([*sizes, *(r["backend"] for r in results)]):  # model by model, as asked (model_bytes keeps that order)
         fixed, real = cell(b, seq), cell(b, "real")
         rows.append(
             [
