@@ -706,6 +706,8 @@ def bench(
 def _bench_models(specs: tuple[str, ...], label: str) -> dict[str, tuple[str, str | None]]:
     """--model NAME=BUNDLE[,REFERENCE] options -> {name: (bundle, reference)}."""
     out: dict[str, tuple[str, str | None]] = {}
+    if specs and (not label or "/" in label):
+        raise RecipeError(f"--label {label!r}: give the first model a name without /, e.g. --label teacher")
     for spec in specs:
         name, eq, paths = spec.partition("=")
         bundle, _, reference = paths.partition(",")
