@@ -677,18 +677,10 @@ def bench(
     parity = ParityReport.load(parity_dir) if parity_dir else None
     texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, get_task(rec.task).labelled) if rec else None
     others = _bench_models(models, label)
-    scored = None
-    if score:
-        if rec is None:
-            raise RecipeError("--accuracy scores the recipe's labelled test split: give --recipe")
-        from ftexport_runtime.bundle import Bundle
-
-        from .data import load_data
-
-        labels = list(Bundle.open(bundle).manifest.labels)
-        test = load_data(rec.data.model_copy(update={"label_names": labels}), ("test",))["test"]
-        scored = (test.texts, list(test.labels))
-    report = bench_stage(bundle, reference, section, out, texts, parity=parity, others=others, label=label, scored=scored)
+    if score and rec is None:
+        raise RecipeError("--accuracy scores the recipe's labelled test split: give --recipe")
+    accuracy_data = rec.data if score and rec else None
+    report = bench_stage(bundle, reference, section, out, texts, parity=parity, others=others, label=label, accuracy_data=accuracy_data)
     _echo_json(report.to_json()) if as_json else click.echo(bench_table(report))
     if old is not None:
         rows = compare_reports(old, report, tolerance, relative_to)

@@ -165,7 +165,7 @@ def bench(
     parity: Any = None,
     others: dict[str, tuple[str | Path, str | Path | None]] | None = None,
     label: str = "main",
-    scored: tuple[list[str], list[int]] | None = None,
+    accuracy_data: Any = None,
 ) -> BenchReport:
     """Time every requested backend in each cell; write bench.json, bench.md and report.html
     (plots; with `parity`, the accuracy-vs-latency scatter too).
@@ -173,8 +173,9 @@ def bench(
     others: more models timed in the same run, {label: (bundle, reference or None)}; then every
     backend name carries its model's label (`label` for this bundle), a bare backend is timed
     for every model and "teacher/pytorch" for one. Each model's rows are checked against its
-    own PyTorch; speed-ups are against the first model's. scored: labelled texts on which each
-    backend's accuracy is measured (text classification), for a trade-off table."""
+    own PyTorch; speed-ups are against the first model's. accuracy_data: a recipe's data section
+    whose whole test split, read with the bundle's labels, scores every backend's accuracy
+    (text classification), for a trade-off table."""
     import torch
 
     output = Path(output)
@@ -185,12 +186,16 @@ def bench(
     probe = task.bench_probe()
     max_length = bundle.manifest.max_length
     probe.check(section, max_length)  # settings the bundle cannot take fail before any model loads
-    _check_models(models, scored is not None)
+    _check_models(models, accuracy_data is not None)
     for m in models:
         if m.reference is not None:
             check_reference(m.reference, "reference model" if m.label is None else f"--model {m.label}: the reference model")
-    if scored is not None and not probe.scores_accuracy:
-        raise RecipeError(f"bench: accuracy is scored for text classification only, not {task.name}; leave out --accuracy")
+    scored = None
+    if accuracy_data is not None:
+        if not probe.scores_accuracy:
+            raise RecipeError(f"bench: accuracy is scored for text classification only, not {task.name}; leave out --accuracy")
+        test = load_data(accuracy_data.model_copy(update={"label_names": list(bundle.manifest.labels)}), ("test",))["test"]
+        scored = (test.texts, list(test.labels))
     threads = section.threads or default_threads()
     torch.set_num_threads(threads)
     wanted = _wanted(models, section.backends)
@@ -249,13 +254,12 @@ def bench(
             r = cells_by_key.get((b, row["batch"], row["seq_len"], None))
             if r is not None:
                 r.update({k: v for k, v in row.items() if k in ("peak_rss_mb", "gpu_mb")})
-    by_name = {q: wanted[q][0] for q in backends}
     pytorch = models[0].qualify("pytorch")
     for r in results:
         base = cells_by_key.get((pytorch, r["batch"], r["seq_len"], r.get("phase")))
         r["speedup_vs_pytorch"] = base["p50_ms"] / r["p50_ms"] if base and r["p50_ms"] > 0 else None
         # int8 or GPU slower than fp32 on the CPU is a finding, not something to hide
-        fp32 = cells_by_key.get((by_name[r["backend"]].qualify("ort-fp32"), r["batch"], r["seq_len"], r.get("phase")))
+        fp32 = cells_by_key.get((wanted[r["backend"]][0].qualify("ort-fp32"), r["batch"], r["seq_len"], r.get("phase")))
         kind, device, variant = parse_backend(r["backend"])
         if fp32 and r is not fp32 and (device != "cpu" or "int8" in (variant or "") or kind == "optimum") and r["p50_ms"] > fp32["p50_ms"]:
             r["flag"] = f"slower than ort-fp32 on the CPU ({r['p50_ms']:.2f} vs {fp32['p50_ms']:.2f} ms)"

@@ -297,6 +297,13 @@ class ValidateSection(Section):
         return {"fp32": self.fp32, "fp16": self.fp16, "int8": self.int8, "int4": self.int4}
 
 
+def _layer_indices(v: list[int], also: str = "") -> list[int]:
+    """A list of encoder layers to keep: non-empty, distinct, none negative."""
+    if not v or len(set(v)) != len(v) or any(i < 0 for i in v):
+        raise ValueError(f"expected {also}a non-empty list of distinct layer indices >= 0, got {v}")
+    return v
+
+
 class FromTeacher(Section):
     """A student cut from the teacher: the same model with only some encoder layers."""
 
@@ -307,9 +314,7 @@ class FromTeacher(Section):
     @field_validator("layers")
     @classmethod
     def _indices(cls, v: Any) -> Any:
-        if isinstance(v, list) and (not v or len(set(v)) != len(v) or any(i < 0 for i in v)):
-            raise ValueError(f"expected every_other or a non-empty list of distinct layer indices >= 0, got {v}")
-        return v
+        return _layer_indices(v, "every_other or ") if isinstance(v, list) else v
 
 
 class StudentSection(Section):
@@ -325,9 +330,7 @@ class StudentSection(Section):
     @field_validator("layers")
     @classmethod
     def _distinct(cls, v: Any) -> Any:
-        if v is not None and (not v or len(set(v)) != len(v) or any(i < 0 for i in v)):
-            raise ValueError(f"expected a non-empty list of distinct layer indices >= 0, got {v}")
-        return v
+        return _layer_indices(v) if v is not None else v
 
     @model_validator(mode="after")
     def _one_source(self) -> StudentSection:
