@@ -473,3 +473,35 @@ def test_several_models_in_one_run_each_checked_against_its_own_pytorch(tiny_run
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output and len(res.output.strip().splitlines()) == 1, (args, res.output)
         assert not (tmp_path / "x").exists()
+
+
+def test_a_batch_one_cell_is_judged_on_many_texts_not_only_the_timed_one(tiny_run):
+    """A backend right on the one timed text and wrong on every other is refused: the parity
+    check of a fixed batch-1 cell reads PARITY_TEXTS texts, while only the first is timed."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ftexport_runtime import Predictor
+
+    from ftexport.judge.bench import run_cell
+    from ftexport.recipe import BenchSection
+    from ftexport.tasks.base import Calls
+    from ftexport.tasks.encoder import PARITY_TEXTS, EncoderProbe
+
+    section = BenchSection(batch_sizes=[1, 4], seq_len=16, traffic="fixed", iterations=2, warmup=0, repeats=1, parity_tolerance=0.1)
+    probe = EncoderProbe()
+    cells = probe.cells(section, Predictor.from_bundle(tiny_run[1].bundle), None, [])
+    one = next(c for c in cells if c.batch == 1)
+    assert len(one.batches) == 1 and len(one.batches[0]) == 1  # one text timed
+    texts = [t for b in one.parity_batches for t in b]
+    assert len(texts) == PARITY_TEXTS == len(set(texts)) and texts[0] == one.batches[0][0]
+    four = next(c for c in cells if c.batch == 4)
+    assert [len(b) for b in four.parity_batches] == [4] * (PARITY_TEXTS // 4) and four.batches == four.parity_batches[:1]
+
+    timed_text = one.batches[0][0]
+    right = lambda texts: np.array([[1.0, 0.0]] * len(texts))  # noqa: E731
+    wrong_but_on_the_timed_text = lambda texts: np.array([[1.0, 0.0] if t == timed_text else [0.0, 1.0] for t in texts])  # noqa: E731
+    runners = {n: SimpleNamespace(calls=Calls(f, {"": f})) for n, f in (("pytorch", right), ("bad", wrong_but_on_the_timed_text))}
+    timed, refused = run_cell(one, runners, {"pytorch": "pytorch", "bad": "pytorch"}, section, probe, {})
+    assert [r["backend"] for r in timed] == ["pytorch"] and timed[0]["parity"]["inputs"] == PARITY_TEXTS
+    assert [r["backend"] for r in refused] == ["bad"] and refused[0]["mean_prob_diff"] == pytest.approx(15 / 16)

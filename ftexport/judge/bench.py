@@ -82,7 +82,7 @@ def run_cell(
         if name in failed:
             continue
         try:
-            outputs = [runners[name].calls.check(b) for b in cell.batches]
+            outputs = [runners[name].calls.check(b) for b in cell.parity_batches]
         except Exception as e:  # a backend that cannot run this cell (compile failure, OOM) is reported, not fatal
             failed[name] = f"failed at batch {cell.batch} seq {cell.seq_len}: {first_line(e, 300)}"
             progress.info(f"{name}: {failed[name]}")
@@ -90,7 +90,7 @@ def run_cell(
         baseline = baselines[name]
         reference = references.setdefault(baseline, outputs)  # a failed baseline: the first answers stand in
         ok, check = probe.agree(reference, outputs, section.parity_tolerance)
-        check = {"against": baseline, **check}
+        check = {"against": baseline, "inputs": cell.batch * len(cell.parity_batches), **check}
         if not ok:
             refused.append({"backend": name, **where, **check, "tolerance": section.parity_tolerance})
             progress.info(

@@ -37,6 +37,11 @@ class Cell:
     seq_len: int | str  # "real": held-out texts as they come, padded per batch
     batches: list[Any]  # batches of inputs (texts, or token ids for a decoder)
     tokens: float  # mean padded length of a batch
+    check_batches: list[Any] | None = None  # what the parity check reads, when more than the timed batches
+
+    @property
+    def parity_batches(self) -> list[Any]:
+        return self.check_batches or self.batches
 
 
 @dataclass

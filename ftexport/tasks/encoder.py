@@ -16,6 +16,7 @@ from ..core.tables import markdown_table, ms
 from .base import BenchProbe, Calls, Cell, softmax
 
 REAL_BATCHES = 8  # distinct held-out batches per real-traffic cell, cycled through
+PARITY_TEXTS = 16  # texts a fixed-length cell's parity check reads at least (one batch-1 text is too few to judge)
 
 # Used when no held-out texts are given: plain English, so WordPiece lengths are realistic.
 _FILLER = (
@@ -115,7 +116,11 @@ class EncoderProbe(BenchProbe):
         if section.traffic in ("fixed", "both"):
             for seq_len in section.grid_seq_lens(max_length):
                 for batch in section.batch_sizes:
-                    cells.append(Cell(batch, seq_len, [texts_of_length(predictor, seq_len, batch, pool)], float(seq_len)))
+                    # the timed batch is the first `batch` of these texts; parity reads all of them,
+                    # so a small batch is judged on PARITY_TEXTS texts, not on one borderline text
+                    texts = texts_of_length(predictor, seq_len, batch * -(-PARITY_TEXTS // batch), pool)
+                    check = [texts[i : i + batch] for i in range(0, len(texts), batch)]  # whole batches
+                    cells.append(Cell(batch, seq_len, check[:1], float(seq_len), check if len(check) > 1 else None))
         if section.traffic in ("real", "both"):
             if not pool:
                 notes.append("real traffic: skipped (no held-out texts; give --recipe or --texts)")
