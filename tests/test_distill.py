@@ -378,12 +378,82 @@ def test_the_teacher_labels_a_transfer_set_the_baseline_never_sees(tmp_path, tea
     monkeypatch.setattr(d, "train", spy_train)
     report = d.distill(r, tmp_path / "out", quiet=True)
     assert report["unlabeled_rows"] == 40 and report["train_rows"] == 192
-    assert seen[0][-40:] == extra and len(seen[0]) == 232  # the teacher read both, once
+    assert seen[0] == extra  # the teacher read only the new texts: its answers on the training split are cached on their own
     assert seen[1:] == [("train", "kd")]  # the baseline (labelled rows only) was reused, not retrained
-    assert np.load(report["teacher_logits"]["cache"])["logits"].shape == (232, 2)
+    pieces = report["teacher_logits"]["pieces"]
+    assert [np.load(pieces[p])["logits"].shape for p in ("training", "transfer")] == [(192, 2), (40, 2)]
     kd = json.loads((tmp_path / ".out.work" / "kd" / "ftexport.json").read_text())
     assert kd["metrics"]["steps"] == 2 * -(-232 // 16)  # 2 epochs over labelled + unlabeled rows
     assert "and 40 unlabeled texts the teacher labelled" in (tmp_path / "out" / "distill.md").read_text()
+
+
+def test_augment_makes_seeded_new_texts_from_the_training_texts():
+    from ftexport.recipe.schema import AugmentSection
+    from ftexport.train.distill import CONNECTIVES, augment_texts
+
+    train = ["a b c d", "e f g h i", "j k l m n o", "too short", "p q r s t u v"]
+    held_out = ["a b c", "e f g h"]
+    a = AugmentSection(texts=30, join=0.5, drop=0.25, seed=3)
+    made = augment_texts(train, a, [*train, *held_out])
+    assert len(made) == 30 == len(set(made)) and made == augment_texts(train, a, [*train, *held_out])  # seeded
+    assert made != augment_texts(train, a.model_copy(update={"seed": 4}), train)
+    assert not set(made) & {*train, *held_out}
+    long = [t.split() for t in train if len(t.split()) >= 4]
+    joined = [t for t in made if any(f" {c} " in f" {t} " for c in CONNECTIVES)]
+    dropped = [t for t in made if t not in joined]
+    assert joined and dropped  # both kinds, about half each
+    for t in dropped:  # a long text less a quarter of its words, order kept
+        words = t.split()
+        src = next(w for w in long if len(w) - len(words) == max(1, round(0.25 * len(w))) and all(x in w for x in words))
+        assert [w for w in src if w in words] == words
+    assert "too" not in " ".join(made).split()  # texts under min_words are not used
+    with pytest.raises(RecipeError, match=r"^recipe.distill.augment: only 1 training texts have 5\+ words; lower augment.min_words"):
+        augment_texts(["a b c d e", "a b"], AugmentSection(texts=3, min_words=5))
+
+
+def test_augmented_texts_reach_the_student_and_reuse_the_cached_training_logits(tmp_path, teacher, monkeypatch):
+    import ftexport.train.distill as d
+
+    base = distill_recipe(tmp_path, teacher, rows=None)
+    first = d.distill(parse_recipe(base), tmp_path / "out", quiet=True)
+    assert set(first["teacher_logits"]["pieces"]) == {"training"}
+
+    seen = []
+    real_outputs = d.teacher_outputs
+    monkeypatch.setattr(d, "teacher_outputs", lambda *a, **k: seen.append(list(a[1])) or real_outputs(*a, **k))
+    r = parse_recipe({**base, "distill": {**base["distill"], "augment": {"texts": 24, "seed": 1}}})
+    report = d.distill(r, tmp_path / "out2", quiet=True)
+    assert report["unlabeled_rows"] == 24 and report["settings"]["augment"]["texts"] == 24
+    assert len(seen) == 1 and len(seen[0]) == 24  # the teacher read the synthetic texts only
+    train = d.load_data(r.data, ("train",))["train"].texts
+    assert seen[0] == d.augment_texts(train, r.distill.augment, train) and not set(seen[0]) & set(train)
+    assert np.load(report["teacher_logits"]["pieces"]["augmented"])["logits"].shape == (24, 2)
+    kd = json.loads((tmp_path / ".out2.work" / "kd" / "ftexport.json").read_text())
+    assert kd["metrics"]["steps"] == 2 * -(-(192 + 24) // 16)  # 2 epochs over labelled + synthetic rows
+
+
+def test_a_teacher_cache_from_before_pieces_is_split_not_recomputed(tmp_path, monkeypatch):
+    """Runs made before the per-piece cache kept one file for training + transfer texts: it is
+    split into the two pieces, and the teacher does not run."""
+    import ftexport.train.distill as d
+    from ftexport.core.artifacts import make_key
+
+    monkeypatch.setattr(d, "teacher_outputs", lambda *a, **k: pytest.fail("the teacher ran"))
+    work = tmp_path / ".out.work"
+    work.mkdir()
+    old = np.arange(10, dtype=np.float32).reshape(5, 2)
+    np.savez(work / f"teacher-{make_key('t', 'data', 32, False, 'tr')}.npz", logits=old)
+    pieces = {"training": ["a", "b", "c"], "transfer": ["d", "e"]}
+    logits, hidden, files, cached = d.teacher_pieces(tmp_path, pieces, ("t", 32, False), work, legacy=("data", "tr"))
+    assert np.array_equal(logits, old) and hidden is None and cached
+    assert np.array_equal(np.load(files["transfer"])["logits"], old[3:])
+    # the training piece alone now serves a recipe with another transfer set
+    seen = []
+    monkeypatch.setattr(d, "teacher_outputs", lambda t, texts, *a, **k: seen.append(texts) or (np.ones((len(texts), 2), np.float32), None))
+    logits, _, _, cached = d.teacher_pieces(
+        tmp_path, {"training": ["a", "b", "c"], "transfer": ["x"]}, ("t", 32, False), work, ("data", "other")
+    )
+    assert seen == [["x"]] and np.array_equal(logits[:3], old[:3]) and not cached
 
 
 def test_transfer_set_dataset_appends_unlabeled_rows_with_their_teacher_outputs():
@@ -536,14 +606,18 @@ def test_shipped_recipe_parses_and_names_the_teacher_recipe_when_the_teacher_is_
 
 
 def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher):
-    """Recipes distilled before distill.unlabeled, distill.seeds and distill.student.layers existed keep their keys: no
-    retraining on upgrade."""
+    """Recipes distilled before distill.unlabeled, distill.seeds, distill.student.layers and distill.augment existed keep
+    their keys: no retraining on upgrade."""
     import hashlib
 
     base = distill_recipe(tmp_path, teacher)
     r = parse_recipe(base)
     dump = r.model_dump(mode="json", by_alias=True)
-    del dump["distill"]["unlabeled"], dump["distill"]["seeds"]  # what the distill section looked like before the fields
+    del (
+        dump["distill"]["unlabeled"],
+        dump["distill"]["seeds"],
+        dump["distill"]["augment"],
+    )  # what the distill section looked like before the fields
     del dump["distill"]["student"]["layers"]
     del dump["distill"]["teacher"]  # a path: keys hash the teacher's files instead (its content), not how its path is spelled
     before = hashlib.sha256(json.dumps({"distill": dump["distill"]}, sort_keys=True).encode()).hexdigest()[:16]
@@ -553,6 +627,8 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
     assert with_set.section_hash("distill") != before  # a transfer set is a new setting
     cut = parse_recipe({**base, "distill": {**base["distill"], "student": {"layers": [0]}}})
     assert cut.section_hash("distill") != before
+    augmented = parse_recipe({**base, "distill": {**base["distill"], "augment": {"texts": 10}}})
+    assert augmented.section_hash("distill") != before
 
 
 # ---- several seeds, held-out texts, incomplete teachers ------------------------------------------

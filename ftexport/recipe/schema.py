@@ -343,7 +343,7 @@ class StudentSection(Section):
 
 # Optional fields added after recipes were already being run: left unset, they leave a stage's
 # settings hash as it was, so upgrading ftexport does not retrain finished stages.
-ADDED_UNSET = (("distill", "unlabeled"), ("distill", "seeds"), ("distill", "student.layers"))
+ADDED_UNSET = (("distill", "unlabeled"), ("distill", "seeds"), ("distill", "student.layers"), ("distill", "augment"))
 
 
 class UnlabeledSection(Section):
@@ -358,6 +358,19 @@ class UnlabeledSection(Section):
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
     max_samples: int | None = Field(None, gt=0, description="a random sample of this many texts (data.sample_seed)")
     skip_training_texts: bool = Field(True, description="leave out texts that are also in the labelled training split (and duplicates)")
+
+
+class AugmentSection(Section):
+    """Synthetic transfer texts made from the labelled training texts (TinyBERT-style data
+    augmentation, without a masked LM): two training texts joined by a connective (", but",
+    ", although"...: the mixed sentences where a teacher's soft targets say most), or one longer
+    training text with some words dropped. Only the teacher labels them; the baseline never sees them."""
+
+    texts: int = Field(gt=0, description="how many synthetic texts to make")
+    join: float = Field(0.5, ge=0, le=1, description="share made by joining two training texts; the rest drop words of one")
+    drop: float = Field(0.15, gt=0, lt=1, description="share of words dropped from a text (at least one)")
+    min_words: int = Field(4, ge=2, description="only training texts of at least this many words are used")
+    seed: int = Field(0, description="seed of the random choices: the same seed, the same texts")
 
 
 class DistillSection(Section):
@@ -389,6 +402,9 @@ class DistillSection(Section):
         description="extra texts the teacher labels: the student learns from its soft targets there (no cross-entropy); "
         "the baseline never sees them",
     )
+    augment: AugmentSection | None = Field(
+        None, description="synthetic transfer texts made from the training texts, labelled by the teacher like unlabeled's"
+    )
 
     @model_validator(mode="after")
     def _hidden_needs_tokens(self) -> DistillSection:
@@ -397,11 +413,12 @@ class DistillSection(Section):
                 "hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: "
                 "token"
             )
-        if self.unlabeled is not None and self.alpha == 1 and self.hidden_mse == 0:
-            raise ValueError(
-                "distill.unlabeled needs alpha < 1 or hidden_mse > 0: with alpha 1 the teacher's soft targets weigh nothing, "
-                "and unlabeled texts have nothing else to learn from"
-            )
+        for name in ("unlabeled", "augment"):
+            if getattr(self, name) is not None and self.alpha == 1 and self.hidden_mse == 0:
+                raise ValueError(
+                    f"distill.{name} needs alpha < 1 or hidden_mse > 0: with alpha 1 the teacher's soft targets weigh nothing, "
+                    "and unlabeled texts have nothing else to learn from"
+                )
         return self
 
 

@@ -276,6 +276,69 @@ def teacher_outputs(
     return logits, hidden
 
 
+def teacher_pieces(
+    teacher_dir: Path,
+    pieces: dict[str, list[str]],
+    key: tuple[Any, ...],
+    work: Path,
+    legacy: tuple[str, ...],
+    trust_remote_code: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Path], bool]:
+    """The teacher's outputs on each piece of texts (training split, transfer file, synthetic
+    texts), in that order, each cached on its own in $FTEXPORT_CACHE/distill, keyed by the
+    teacher (`key`: hash, max_length, with hidden states) and the piece's texts: every student
+    of that teacher, and every recipe that adds or changes one piece, reuses the others.
+    Returns (logits, hidden, {piece: its cache file}, whether everything came from cache).
+
+    Before pieces, one file held the training and transfer texts together, named by `legacy`
+    (data fingerprint and transfer key); found in the work folder or the cache, it is split
+    into its pieces once."""
+    t_hash, max_len, with_hidden = key
+    named = {p: texts for p, texts in pieces.items() if texts}
+    files = {
+        p: cache_root() / "distill" / f"teacher-{make_key(t_hash, _texts_hash(texts), max_len, with_hidden)}.npz"
+        for p, texts in named.items()
+    }
+    old_name = f"teacher-{make_key(t_hash, *legacy[:1], max_len, with_hidden, *legacy[1:])}.npz"
+    old = next((c for c in (work / old_name, cache_root() / "distill" / old_name) if c.is_file()), None)
+    n_old = len(pieces["training"]) + len(pieces.get("transfer", []))
+    if old is not None and not all(f.is_file() for p, f in files.items() if p in ("training", "transfer")):
+        z = np.load(old)
+        if len(z["logits"]) == n_old and (not with_hidden or "hidden" in z):
+            start = 0
+            for p in ("training", "transfer"):
+                if p in named:
+                    rows = slice(start, start + len(named[p]))
+                    _save_npz(files[p], z["logits"][rows], z["hidden"][rows] if with_hidden else None)
+                    start += len(named[p])
+    got: list[tuple[np.ndarray, np.ndarray | None]] = []
+    cached = True
+    for p, texts in named.items():
+        f = files[p]
+        if f.is_file():
+            progress.step(f"distill: teacher outputs on the {len(texts)} {p} texts from the cache ({f.name})")
+            z = np.load(f)
+            got.append((z["logits"], z["hidden"] if with_hidden else None))
+        else:
+            cached = False
+            progress.step(f"distill: teacher {teacher_dir.name} reads the {len(texts)} {p} texts (once)")
+            out = teacher_outputs(teacher_dir, texts, max_len, with_hidden, trust_remote_code=trust_remote_code)
+            _save_npz(f, *out)
+            got.append(out)
+        if len(got[-1][0]) != len(texts):
+            raise ModelError(f"distill: the teacher cache {f} holds {len(got[-1][0])} rows, not {len(texts)}; delete it and re-run")
+    logits = np.concatenate([g[0] for g in got])
+    hidden = np.concatenate([g[1] for g in got]) if with_hidden else None  # type: ignore[misc]
+    return logits, hidden, files, cached
+
+
+def _save_npz(path: Path, logits: np.ndarray, hidden: np.ndarray | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
+    tmp.replace(path)
+
+
 # ---- the transfer set ---------------------------------------------------------------------
 
 
@@ -309,6 +372,45 @@ def load_unlabeled(recipe: Any, train_texts: list[str], held_out: Iterable[str] 
         rng = np.random.default_rng(recipe.data.sample_seed)
         texts = [texts[i] for i in sorted(rng.choice(len(texts), u.max_samples, replace=False))]
     return texts
+
+
+CONNECTIVES = (", but", ", and", ", although", ", yet", "; however ,", ", even though", ", while", ", because", ", so", "and")
+
+
+def augment_texts(train_texts: list[str], a: Any, exclude: Iterable[str] = ()) -> list[str]:
+    """distill.augment: `a.texts` synthetic texts from the training texts of at least
+    `a.min_words` words, seeded. A share `a.join` joins two of them with a connective; the rest
+    drop a share `a.drop` of one text's words (at least one). Texts in `exclude` (the training,
+    transfer and held-out texts) and repeats are never returned."""
+    pool = [t.split() for t in dict.fromkeys(train_texts) if len(t.split()) >= a.min_words]
+    if len(pool) < 2:
+        raise RecipeError(f"recipe.distill.augment: only {len(pool)} training texts have {a.min_words}+ words; lower augment.min_words")
+    rng = np.random.default_rng(a.seed)
+    seen = set(exclude)
+    out: list[str] = []
+    for _ in range(a.texts * 20):  # tiny pools run out of new texts: stop rather than loop for ever
+        if len(out) == a.texts:
+            break
+        if rng.random() < a.join:
+            i, j = rng.choice(len(pool), 2, replace=False)
+            text = " ".join([*pool[i], CONNECTIVES[rng.integers(len(CONNECTIVES))], *pool[j]])
+        else:
+            words = pool[rng.integers(len(pool))]
+            gone = max(1, round(a.drop * len(words)))
+            keep = np.sort(rng.choice(len(words), len(words) - gone, replace=False))
+            text = " ".join(words[k] for k in keep)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def _texts_hash(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def _transfer_key(recipe: Any) -> tuple[str, ...]:
@@ -392,33 +494,26 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     extra = load_unlabeled(recipe, train_texts, held_out) if d.unlabeled is not None else []
     if extra:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
-    with_hidden = d.hidden_mse > 0
-    # keyed by the teacher's, the data's and the transfer set's contents: shared by every recipe
-    # with this teacher (a 3-layer and a 6-layer student read the same logits); runs made before
-    # the shared cache kept theirs in the work folder
-    name = f"teacher-{make_key(t_hash, data_fp, max_len, with_hidden, *transfer)}.npz"
-    cache = next((c for c in (work / name, cache_root() / "distill" / name) if c.is_file()), cache_root() / "distill" / name)
-    cached = cache.is_file()
-    if cached:
-        progress.step(f"distill: teacher outputs from the cache ({cache.name})")
-        z = np.load(cache)
-        logits, hidden = z["logits"], (z["hidden"] if with_hidden else None)
+    if d.augment is not None:
+        made = augment_texts(train_texts, d.augment, [*train_texts, *extra, *held_out])
+        progress.info(f"transfer set: {len(made)} synthetic texts made from the training texts (distill.augment)")
+        pieces = {"training": train_texts, "transfer": extra, "augmented": made}
+        extra = extra + made
     else:
-        progress.step(
-            f"distill: teacher {teacher_dir.name} reads {len(train_texts)} training texts"
-            + (f" and {len(extra)} unlabeled ones" if extra else "")
-            + " (once)"
-        )
-        logits, hidden = teacher_outputs(
-            teacher_dir, train_texts + extra, max_len, with_hidden, trust_remote_code=recipe.model.trust_remote_code
-        )
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
-        tmp.replace(cache)
+        pieces = {"training": train_texts, "transfer": extra}
+    with_hidden = d.hidden_mse > 0
+    logits, hidden, caches, cached = teacher_pieces(
+        teacher_dir,
+        pieces,
+        (t_hash, max_len, with_hidden),
+        work,
+        legacy=(data_fp, *transfer),
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
     if len(logits) != len(train_texts) + len(extra):
         raise ModelError(
-            f"distill: the teacher cache {cache} holds {len(logits)} rows, not {len(train_texts) + len(extra)}; delete it and re-run"
+            f"distill: the teacher caches {', '.join(map(str, caches.values()))} hold {len(logits)} rows, not "
+            f"{len(train_texts) + len(extra)}; delete them and re-run"
         )
     teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
     progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
@@ -446,7 +541,12 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
             "student_layers_of_model_path": layers if source == "model.path" else None,
             "train_rows": len(train_texts),
             "unlabeled_rows": len(extra),
-            "teacher_logits": {"cache": str(cache), "reused": cached, "teacher_train_accuracy": teacher_train_acc},
+            "teacher_logits": {
+                "cache": str(caches["training"]),
+                "pieces": {p: str(f) for p, f in caches.items()},
+                "reused": cached,
+                "teacher_train_accuracy": teacher_train_acc,
+            },
             "test_rows": len(data["test"]),
         }
     )
