@@ -423,7 +423,11 @@ def test_augmented_texts_reach_the_student_and_reuse_the_cached_training_logits(
     monkeypatch.setattr(d, "teacher_outputs", lambda *a, **k: seen.append(list(a[1])) or real_outputs(*a, **k))
     r = parse_recipe({**base, "distill": {**base["distill"], "augment": {"texts": 24, "seed": 1}}})
     report = d.distill(r, tmp_path / "out2", quiet=True)
-    assert report["unlabeled_rows"] == 24 and report["settings"]["augment"]["texts"] == 24
+    assert report["unlabeled_rows"] == report["augmented_rows"] == 24 and report["settings"]["augment"]["texts"] == 24
+    assert (
+        "and 24 unlabeled texts the teacher labelled for the student, 24 of them synthetic"
+        in (tmp_path / "out2" / "distill.md").read_text()
+    )
     assert len(seen) == 1 and len(seen[0]) == 24  # the teacher read the synthetic texts only
     train = d.load_data(r.data, ("train",))["train"].texts
     assert seen[0] == d.augment_texts(train, r.distill.augment, train) and not set(seen[0]) & set(train)

@@ -541,6 +541,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
             "student_layers_of_model_path": layers if source == "model.path" else None,
             "train_rows": len(train_texts),
             "unlabeled_rows": len(extra),
+            "augmented_rows": len(pieces.get("augmented", [])),
             "teacher_logits": {
                 "cache": str(caches["training"]),
                 "pieces": {p: str(f) for p, f in caches.items()},
@@ -756,8 +757,9 @@ def distill_markdown(report: dict[str, Any]) -> str:
         f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled "
         f"training rows"
         + (
-            f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student (the baseline sees only the labelled "
-            f"rows)."
+            f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student"
+            + (f", {report['augmented_rows']} of them synthetic (distill.augment)" if report.get("augmented_rows") else "")
+            + " (the baseline sees only the labelled rows)."
             if report.get("unlabeled_rows")
             else "."
         ),
