@@ -407,6 +407,8 @@ def test_augment_makes_seeded_new_texts_from_the_training_texts():
         src = next(w for w in long if len(w) - len(words) == max(1, round(0.25 * len(w))) and all(x in w for x in words))
         assert [w for w in src if w in words] == words
     assert "too" not in " ".join(made).split()  # texts under min_words are not used
+    two = augment_texts(["a b", "c d"], AugmentSection(texts=4, join=0.0, drop=0.9, min_words=2))
+    assert two and all(len(t.split()) == 1 for t in two)  # a high drop still leaves one word
     with pytest.raises(RecipeError, match=r"^recipe.distill.augment: only 1 training texts have 5\+ words; lower augment.min_words"):
         augment_texts(["a b c d e", "a b"], AugmentSection(texts=3, min_words=5))
 

@@ -5,8 +5,9 @@
 
 The teacher runs once, over the training split, before training starts; its logits (and
 [CLS] states when hidden_mse is on) are cached in $FTEXPORT_CACHE/distill (default
-~/.cache/ftexport), keyed by the teacher's files, the data and the transfer set, so every
-student of that teacher reuses them; they reach the student as extra dataset columns. Training itself is
+~/.cache/ftexport), one file per piece of texts (training split, transfer file, synthetic
+texts), keyed by the teacher's files and the piece's texts, so every student of that teacher
+reuses them; they reach the student as extra dataset columns. Training itself is
 `ftexport train` (train.train) with a Trainer subclass for the loss, so checkpoints, resume,
 seeds and launchers behave the same. With `baseline: true` the same student is also
 fine-tuned without the teacher (same settings, same seed), and distill.md compares teacher,
@@ -396,7 +397,7 @@ def augment_texts(train_texts: list[str], a: Any, exclude: Iterable[str] = ()) -
             text = " ".join([*pool[i], CONNECTIVES[rng.integers(len(CONNECTIVES))], *pool[j]])
         else:
             words = pool[rng.integers(len(pool))]
-            gone = max(1, round(a.drop * len(words)))
+            gone = min(len(words) - 1, max(1, round(a.drop * len(words))))  # at least one word goes, one stays
             keep = np.sort(rng.choice(len(words), len(words) - gone, replace=False))
             text = " ".join(words[k] for k in keep)
         if text not in seen:
