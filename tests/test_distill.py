@@ -448,16 +448,17 @@ def test_a_teacher_cache_from_before_pieces_is_split_not_recomputed(tmp_path, mo
     work = tmp_path / ".out.work"
     work.mkdir()
     old = np.arange(10, dtype=np.float32).reshape(5, 2)
-    np.savez(work / f"teacher-{make_key('t', 'data', 32, False, 'tr')}.npz", logits=old)
+    legacy = make_key("t", "data", 32, False, "tr")  # the one-file name: teacher, data, max_length, hidden, transfer
+    np.savez(work / f"teacher-{legacy}.npz", logits=old)
     pieces = {"training": ["a", "b", "c"], "transfer": ["d", "e"]}
-    logits, hidden, files, cached = d.teacher_pieces(tmp_path, pieces, ("t", 32, False), work, legacy=("data", "tr"))
+    logits, hidden, files, cached = d.teacher_pieces(tmp_path, pieces, ("t", 32, False), work, legacy=legacy)
     assert np.array_equal(logits, old) and hidden is None and cached
     assert np.array_equal(np.load(files["transfer"])["logits"], old[3:])
     # the training piece alone now serves a recipe with another transfer set
     seen = []
     monkeypatch.setattr(d, "teacher_outputs", lambda t, texts, *a, **k: seen.append(texts) or (np.ones((len(texts), 2), np.float32), None))
     logits, _, _, cached = d.teacher_pieces(
-        tmp_path, {"training": ["a", "b", "c"], "transfer": ["x"]}, ("t", 32, False), work, ("data", "other")
+        tmp_path, {"training": ["a", "b", "c"], "transfer": ["x"]}, ("t", 32, False), work, make_key("t", "data", 32, False, "other")
     )
     assert seen == [["x"]] and np.array_equal(logits[:3], old[:3]) and not cached
 

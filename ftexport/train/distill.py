@@ -282,7 +282,7 @@ def teacher_pieces(
     pieces: dict[str, list[str]],
     key: tuple[Any, ...],
     work: Path,
-    legacy: tuple[str, ...],
+    legacy: str,
     trust_remote_code: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Path], bool]:
     """The teacher's outputs on each piece of texts (training split, transfer file, synthetic
@@ -291,17 +291,13 @@ def teacher_pieces(
     of that teacher, and every recipe that adds or changes one piece, reuses the others.
     Returns (logits, hidden, {piece: its cache file}, whether everything came from cache).
 
-    Before pieces, one file held the training and transfer texts together, named by `legacy`
-    (data fingerprint and transfer key); found in the work folder or the cache, it is split
-    into its pieces once."""
+    Before pieces, one file held the training and transfer texts together, teacher-`legacy`.npz
+    (its key: teacher, data fingerprint, max_length, hidden states, transfer key); found in the
+    work folder or the cache, it is split into its pieces once."""
     t_hash, max_len, with_hidden = key
     named = {p: texts for p, texts in pieces.items() if texts}
-    files = {
-        p: cache_root() / "distill" / f"teacher-{make_key(t_hash, _texts_hash(texts), max_len, with_hidden)}.npz"
-        for p, texts in named.items()
-    }
-    old_name = f"teacher-{make_key(t_hash, *legacy[:1], max_len, with_hidden, *legacy[1:])}.npz"
-    old = next((c for c in (work / old_name, cache_root() / "distill" / old_name) if c.is_file()), None)
+    files = {p: cache_root() / "distill" / f"teacher-{make_key(t_hash, texts, max_len, with_hidden)}.npz" for p, texts in named.items()}
+    old = next((c for c in (work / f"teacher-{legacy}.npz", cache_root() / "distill" / f"teacher-{legacy}.npz") if c.is_file()), None)
     n_old = len(pieces["training"]) + len(pieces.get("transfer", []))
     if old is not None and not all(f.is_file() for p, f in files.items() if p in ("training", "transfer")):
         z = np.load(old)
@@ -406,14 +402,6 @@ def augment_texts(train_texts: list[str], a: Any, exclude: Iterable[str] = ()) -
     return out
 
 
-def _texts_hash(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
 def _transfer_key(recipe: Any) -> tuple[str, ...]:
     """The transfer set's part of a cache key (a hash of its settings and its file's bytes):
     nothing without one, so keys made before distill.unlabeled existed still match."""
@@ -508,14 +496,9 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
         pieces,
         (t_hash, max_len, with_hidden),
         work,
-        legacy=(data_fp, *transfer),
+        legacy=make_key(t_hash, data_fp, max_len, with_hidden, *transfer),  # the one-file cache's key before pieces
         trust_remote_code=recipe.model.trust_remote_code,
     )
-    if len(logits) != len(train_texts) + len(extra):
-        raise ModelError(
-            f"distill: the teacher caches {', '.join(map(str, caches.values()))} hold {len(logits)} rows, not "
-            f"{len(train_texts) + len(extra)}; delete them and re-run"
-        )
     teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
     progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
 
