@@ -281,8 +281,6 @@ def test_text_level_distillation_into_a_student_with_another_tokenizer(tmp_path,
 
 def test_recipe_errors_name_the_field(tmp_path, teacher):
     base = distill_recipe(tmp_path, teacher)
-    with pytest.raises(RecipeError, match=r"recipe.distill: hidden_mse needs level: token"):
-        parse_recipe({**base, "distill": {**base["distill"], "hidden_mse": 1.0, "level": "text"}})
     with pytest.raises(RecipeError, match=r"set method: \{name: full\}"):
         parse_recipe({**base, "method": {"name": "lora"}})
     with pytest.raises(RecipeError, match=r"task token-classification is not supported"):
@@ -545,6 +543,53 @@ def test_hidden_mse_projects_a_narrower_student(tmp_path, teacher, monkeypatch):
     assert not any("distill_projection" in k for k in weights)  # training-only, not shipped
     assert report["models"]["student"]["layers"] == 1
     assert "hidden" in np.load(report["teacher_logits"]["cache"]).files
+
+
+def test_hidden_mse_at_text_level_matches_the_teachers_own_cls_and_shares_its_cache(tmp_path, teacher, monkeypatch):
+    """level: text with hidden_mse: the target is the teacher's [CLS] state on its own tokens
+    (one vector per text, so the student's other tokenizer does not matter); a later student
+    without hidden_mse reads its logits from that same cache file instead of running the teacher."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForSequenceClassification
+
+    import ftexport.train.distill as d
+    from ftexport.core.hf import load_tokenizer
+    from ftexport.data import load_data
+
+    student = make_tiny_model(tmp_path / "student", reverse_words=True, seed=5)
+    seen = []
+    real = F.mse_loss
+
+    def spy(a, b, *rest, **k):
+        seen.append(b.detach().clone())
+        return real(a, b, *rest, **k)
+
+    monkeypatch.setattr(F, "mse_loss", spy)
+    rec = distill_recipe(tmp_path, teacher, student=student, level="text", hidden_mse=1.0)
+    r = parse_recipe(rec)
+    report = d.distill(r, tmp_path / "a" / "distill", quiet=True)
+    assert seen, "hidden_mse never reached the loss"
+    monkeypatch.setattr(F, "mse_loss", real)
+    cache = Path(report["teacher_logits"]["cache"])
+    z = np.load(cache)
+    # the cached [CLS] states are the teacher reading each text with its own tokenizer
+    texts = load_data(r.data, ("train",))["train"].texts
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher)).eval()
+    with torch.inference_mode():
+        enc = load_tokenizer(teacher)(texts[:8], padding=True, return_tensors="pt")
+        cls = model(**enc, output_hidden_states=True).hidden_states[-1][:, 0].numpy()
+    assert np.abs(z["hidden"][:8] - cls).max() < 1e-4
+    # and every target the loss saw is one of those rows
+    rows = {tuple(np.round(h, 4)) for h in z["hidden"]}
+    assert all(tuple(np.round(v, 4)) in rows for batch in seen for v in batch.numpy())
+
+    def refuse(*a, **k):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(d, "teacher_outputs", refuse)
+    plain = d.distill(parse_recipe({**rec, "distill": {**rec["distill"], "hidden_mse": 0.0}}), tmp_path / "b" / "distill", quiet=True)
+    assert plain["teacher_logits"]["reused"] is True and Path(plain["teacher_logits"]["cache"]) == cache
 
 
 # ---- end to end ------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ class DistillSection(Section):
         0.0,
         ge=0,
         description="weight of an MSE between the student's and teacher's last [CLS] hidden states "
-        "(through a learned projection when widths differ); 0 = off",
+        "(through a learned projection when widths differ); one vector per text, so it works at either level; 0 = off",
     )
     level: Literal["token", "text"] = Field(
         "token",
@@ -407,12 +407,7 @@ class DistillSection(Section):
     )
 
     @model_validator(mode="after")
-    def _hidden_needs_tokens(self) -> DistillSection:
-        if self.hidden_mse > 0 and self.level == "text":
-            raise ValueError(
-                "hidden_mse needs level: token (the teacher's hidden states must come from the same tokens); set hidden_mse: 0 or level: "
-                "token"
-            )
+    def _transfer_needs_the_teacher(self) -> DistillSection:
         for name in ("unlabeled", "augment"):
             if getattr(self, name) is not None and self.alpha == 1 and self.hidden_mse == 0:
                 raise ValueError(

@@ -288,7 +288,8 @@ def teacher_pieces(
     """The teacher's outputs on each piece of texts (training split, transfer file, synthetic
     texts), in that order, each cached on its own in $FTEXPORT_CACHE/distill, keyed by the
     teacher (`key`: hash, max_length, with hidden states) and the piece's texts: every student
-    of that teacher, and every recipe that adds or changes one piece, reuses the others.
+    of that teacher, and every recipe that adds or changes one piece, reuses the others. A
+    student without hidden_mse also reads a piece's logits from the file a hidden_mse run left.
     Returns (logits, hidden, {piece: its cache file}, whether everything came from cache).
 
     Before pieces, one file held the training and transfer texts together, teacher-`legacy`.npz
@@ -296,7 +297,11 @@ def teacher_pieces(
     work folder or the cache, it is split into its pieces once."""
     t_hash, max_len, with_hidden = key
     named = {p: texts for p, texts in pieces.items() if texts}
-    files = {p: cache_root() / "distill" / f"teacher-{make_key(t_hash, texts, max_len, with_hidden)}.npz" for p, texts in named.items()}
+
+    def cache_file(texts: list[str], hidden: bool) -> Path:
+        return cache_root() / "distill" / f"teacher-{make_key(t_hash, texts, max_len, hidden)}.npz"
+
+    files = {p: cache_file(texts, with_hidden) for p, texts in named.items()}
     old = next((c for c in (work / f"teacher-{legacy}.npz", cache_root() / "distill" / f"teacher-{legacy}.npz") if c.is_file()), None)
     n_old = len(pieces["training"]) + len(pieces.get("transfer", []))
     if old is not None and not all(f.is_file() for p, f in files.items() if p in ("training", "transfer")):
@@ -312,6 +317,8 @@ def teacher_pieces(
     cached = True
     for p, texts in named.items():
         f = files[p]
+        if not f.is_file() and not with_hidden and cache_file(texts, True).is_file():
+            f = files[p] = cache_file(texts, True)  # a hidden_mse run read these texts: the same logits, and [CLS] states beside
         if f.is_file():
             progress.step(f"distill: teacher outputs on the {len(texts)} {p} texts from the cache ({f.name})")
             z = np.load(f)
