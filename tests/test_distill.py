@@ -721,6 +721,12 @@ def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher, monk
     more = parse_recipe(distill_recipe(tmp_path, teacher, rows=48, baseline=True, seeds=[5, 6, 7]))
     d.distill(more, tmp_path / "out", quiet=True)
     assert trained == ["kd-seed7", "baseline-seed7"]
+    # a one-seed try without the baseline, then the same recipe with it: the student is reused
+    trained.clear()
+    pilot = distill_recipe(tmp_path, teacher, rows=48, baseline=False, seeds=[8])
+    d.distill(parse_recipe(pilot), tmp_path / "out", quiet=True)
+    d.distill(parse_recipe({**pilot, "distill": {**pilot["distill"], "baseline": True}}), tmp_path / "out", quiet=True)
+    assert trained == ["kd", "baseline"]
 
 
 def test_a_transfer_set_never_holds_dev_or_test_texts(tmp_path, teacher):

@@ -512,8 +512,9 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     # 3. The student with the teacher, and (for the report) without: once per seed, the same
     #    seeds for both, so each seed is a paired comparison.
     seeds = d.seeds or [recipe.training.seed]
-    # each run's key leaves the seed list out: adding a seed later reuses the runs already made
-    pair_key = distill_key(recipe.model_copy(update={"distill": d.model_copy(update={"seeds": None})}), hashes)
+    # each run's key leaves the seed list and the baseline switch out: adding a seed, or the
+    # baseline, later reuses the students already trained
+    pair_key = distill_key(recipe.model_copy(update={"distill": d.model_copy(update={"seeds": None, "baseline": True})}), hashes)
     runs: dict[int, dict[str, Path]] = {}
     for seed in seeds:
         seeded = student_recipe.model_copy(update={"training": recipe.training.model_copy(update={"seed": seed})})
