@@ -709,8 +709,9 @@ def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher, monk
     assert seeds["mean_student_minus_baseline"] == pytest.approx(seeds["student"]["mean"] - seeds["baseline"]["mean"])
     assert all("mcnemar_p" in row["student_vs_baseline"] for row in seeds["per_seed"].values())
     assert "correct" not in report["models"]["student"]
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]  # figures name the machine they were measured on
     md = (tmp_path / "out" / "distill.md").read_text()
-    assert "Every seed" in md and "mean ± sd" in md
+    assert "Every seed" in md and "mean ± sd" in md and f"Machine: {report['machine']['cpu']}" in md
     # a re-run trains nothing: every seed's pair is reused; so does a longer seed list, which
     # trains the new seed only
     trained = []

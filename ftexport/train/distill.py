@@ -33,6 +33,7 @@ from ..core import progress
 from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
 from ..core.errors import ModelError, RecipeError
 from ..core.hf import cache_root, check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
+from ..core.machine import machine_info
 from ..core.tables import markdown_table
 from ..core.timing import cycle, summarize, time_calls
 from ..data import fingerprint, load_data, read_table
@@ -541,6 +542,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
                 "teacher_train_accuracy": teacher_train_acc,
             },
             "test_rows": len(data["test"]),
+            "machine": machine_info(),  # accuracy and latency both depend on it: name the CPU beside them
         }
     )
     s, t = report["models"]["student"], report["models"]["teacher"]
@@ -814,4 +816,7 @@ def distill_markdown(report: dict[str, Any]) -> str:
         f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls "
         f"per cell, models interleaved in one run."
     )
+    if "machine" in report:  # reports from before it was recorded have none
+        m = report["machine"]
+        lines.append(f"Machine: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no int8 flags'}), {m['cores']} cores.")
     return "\n".join(lines)
