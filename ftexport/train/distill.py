@@ -299,10 +299,13 @@ def teacher_pieces(
     t_hash, max_len, with_hidden = key
     named = {p: texts for p, texts in pieces.items() if texts}
 
-    def cache_file(texts: list[str], hidden: bool) -> Path:
-        return cache_root() / "distill" / f"teacher-{make_key(t_hash, texts, max_len, hidden)}.npz"
+    def cache_file(texts: list[str]) -> Path:
+        """The piece's own file; without hidden states, a hidden_mse run's file when only that
+        one exists (the same logits, [CLS] states beside)."""
+        own, richer = (cache_root() / "distill" / f"teacher-{make_key(t_hash, texts, max_len, h)}.npz" for h in (with_hidden, True))
+        return richer if not own.is_file() and richer.is_file() else own
 
-    files = {p: cache_file(texts, with_hidden) for p, texts in named.items()}
+    files = {p: cache_file(texts) for p, texts in named.items()}
     old = next((c for c in (work / f"teacher-{legacy}.npz", cache_root() / "distill" / f"teacher-{legacy}.npz") if c.is_file()), None)
     n_old = len(pieces["training"]) + len(pieces.get("transfer", []))
     if old is not None and not all(f.is_file() for p, f in files.items() if p in ("training", "transfer")):
@@ -318,8 +321,6 @@ def teacher_pieces(
     cached = True
     for p, texts in named.items():
         f = files[p]
-        if not f.is_file() and not with_hidden and cache_file(texts, True).is_file():
-            f = files[p] = cache_file(texts, True)  # a hidden_mse run read these texts: the same logits, and [CLS] states beside
         if f.is_file():
             progress.step(f"distill: teacher outputs on the {len(texts)} {p} texts from the cache ({f.name})")
             z = np.load(f)
