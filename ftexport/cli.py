@@ -173,7 +173,14 @@ def train(recipe: str, output: str | None, method_name: str | None) -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Output folder [default: OUTPUT/distill from the recipe].")
 @click.option("--json", "as_json", is_flag=True, help="Print distill.json to stdout.")
-def distill(recipe: str, output: str | None, as_json: bool) -> None:
+@click.option(
+    "--save-teacher-outputs",
+    "save_to",
+    type=click.Path(dir_okay=False),
+    help="Only write the teacher's logits on every text the recipe uses (training, transfer, dev, test) to this .npz file, "
+    "then stop; a recipe whose distill.teacher_outputs names it distils without the teacher model.",
+)
+def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None) -> None:
     """Distil the recipe's teacher (distill.teacher) into a smaller student.
 
     \b
@@ -181,7 +188,10 @@ def distill(recipe: str, output: str | None, as_json: bool) -> None:
     or the teacher with some encoder layers kept (distill.student.from_teacher.layers).
     loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
            [+ hidden_mse * MSE(projected student [CLS], teacher [CLS])]
-    The teacher reads the training texts once; its logits are cached beside the output.
+    The teacher reads the training texts once; its logits are cached (~/.cache/ftexport/distill).
+    --save-teacher-outputs FILE writes them to one portable file (about 1 MB for SST-2):
+    committed, or carried from the GPU box that trained the teacher, it stands in for the
+    teacher model (distill.teacher_outputs: FILE), so students train the same on any machine.
     distill.unlabeled adds a transfer set: texts without labels that the teacher labels
     for the student (KL term only). With distill.baseline the same student is also trained
     without the teacher (labelled rows only), and distill.md compares teacher, student and
@@ -193,8 +203,14 @@ def distill(recipe: str, output: str | None, as_json: bool) -> None:
     """
     from .pipeline import stage_dirs
     from .train.distill import distill as distill_stage
+    from .train.distill import save_outputs
 
     r = _recipe(recipe)
+    if save_to:
+        meta = save_outputs(r, save_to)
+        pieces = ", ".join(f"{p} {n}" for p, n in meta["pieces"].items() if n)
+        click.echo(f"{save_to}: the teacher's logits on {meta['texts']} texts ({pieces}); its test accuracy {meta['test_accuracy']:.4f}")
+        return
     out = Path(output) if output else stage_dirs(r)["distill"]
     report = distill_stage(r, out, quiet=progress.quiet())
     if as_json:

@@ -139,9 +139,17 @@ def check_distill_files(recipe: Recipe) -> None:
     model.path must name the teacher too (one place says where the trained weights start)."""
     d = recipe.distill
     assert d is not None
-    teacher = resolve_model_path(d.teacher, "recipe.distill.teacher")
-    if not teacher.exists():
-        raise RecipeError(f"recipe.distill.teacher: {teacher} does not exist; train the teacher first ({_teacher_hint(teacher)})")
+    if d.teacher_outputs is not None:
+        if not Path(d.teacher_outputs).is_file():
+            raise RecipeError(
+                f"recipe.distill.teacher_outputs: {d.teacher_outputs} does not exist; write it from the teacher model with "
+                "`ftexport distill RECIPE --save-teacher-outputs FILE` (a RECIPE whose distill.teacher names the model)"
+            )
+        teacher = None
+    else:
+        teacher = resolve_model_path(d.teacher, "recipe.distill.teacher")
+        if not teacher.exists():
+            raise RecipeError(f"recipe.distill.teacher: {teacher} does not exist; train the teacher first ({_teacher_hint(teacher)})")
     if d.unlabeled is not None:
         path = recipe.unlabeled_path()
         if not path.is_file():
@@ -149,7 +157,7 @@ def check_distill_files(recipe: Recipe) -> None:
                 f"recipe.distill.unlabeled.path: {path} "
                 + ("is a folder; give one file of texts (csv, tsv, jsonl, parquet)" if path.is_dir() else "does not exist")
             )
-    if d.student.from_teacher is not None and resolve_model_path(recipe.model.path).resolve() != teacher.resolve():
+    if teacher is not None and d.student.from_teacher is not None and resolve_model_path(recipe.model.path).resolve() != teacher.resolve():
         raise RecipeError(
             f"recipe.model.path: the student is cut from the teacher (distill.student.from_teacher), so model.path must be the teacher "
             f"({d.teacher}), not {recipe.model.path}"

@@ -343,7 +343,13 @@ class StudentSection(Section):
 
 # Optional fields added after recipes were already being run: left unset, they leave a stage's
 # settings hash as it was, so upgrading ftexport does not retrain finished stages.
-ADDED_UNSET = (("distill", "unlabeled"), ("distill", "seeds"), ("distill", "student.layers"), ("distill", "augment"))
+ADDED_UNSET = (
+    ("distill", "unlabeled"),
+    ("distill", "seeds"),
+    ("distill", "student.layers"),
+    ("distill", "augment"),
+    ("distill", "teacher_outputs"),
+)
 
 
 class UnlabeledSection(Section):
@@ -376,7 +382,14 @@ class AugmentSection(Section):
 class DistillSection(Section):
     """Knowledge distillation: train the recipe's model (the student) to match a teacher."""
 
-    teacher: str = Field(description="the teacher's model directory (save_pretrained, e.g. a merged fine-tune), or package:NAME/dir")
+    teacher: str | None = Field(
+        None, description="the teacher's model directory (save_pretrained, e.g. a merged fine-tune), or package:NAME/dir"
+    )
+    teacher_outputs: str | None = Field(
+        None,
+        description="instead of teacher: a file of the teacher's logits on the recipe's texts "
+        "(`ftexport distill RECIPE --save-teacher-outputs FILE`); the teacher model is then not needed",
+    )
     student: StudentSection = StudentSection()
     alpha: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy on the labels; 1 - alpha goes to the teacher's soft targets")
     temperature: float = Field(2.0, gt=0, description="softens both distributions before their KL divergence (scaled by T^2)")
@@ -408,6 +421,15 @@ class DistillSection(Section):
 
     @model_validator(mode="after")
     def _transfer_needs_the_teacher(self) -> DistillSection:
+        if (self.teacher is None) == (self.teacher_outputs is None):
+            raise ValueError(
+                "give the teacher as distill.teacher (a model folder) or distill.teacher_outputs (a file of its logits), "
+                + ("not both" if self.teacher else "one of them")
+            )
+        if self.teacher is None:
+            needs = "student.from_teacher" if self.student.from_teacher is not None else "hidden_mse" if self.hidden_mse else None
+            if needs:
+                raise ValueError(f"{needs} needs the teacher model, and teacher_outputs holds only its logits: set distill.teacher instead")
         for name in ("unlabeled", "augment"):
             if getattr(self, name) is not None and self.alpha == 1 and self.hidden_mse == 0:
                 raise ValueError(
@@ -607,5 +629,6 @@ PATH_FIELDS = (
     ("data", "test"),
     ("model", "path"),
     ("distill", "teacher"),
+    ("distill", "teacher_outputs"),
     ("distill", "unlabeled.path"),
 )

@@ -39,6 +39,7 @@ from ..core.timing import cycle, summarize, time_calls
 from ..data import fingerprint, load_data, read_table
 from ..tasks import get_task
 from ..tasks.encoder import torch_probs
+from .teacher_outputs import TeacherOutputs, save_teacher_outputs
 from .trainer import train
 
 LATENCY_BATCHES = (1, 8)
@@ -213,12 +214,20 @@ def cut_student(source_dir: Path, layers: Any, output: Path, trust_remote_code: 
     return keep
 
 
-def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
-    """Refuse, before any work, a teacher whose labels or (at token level) tokens differ."""
+def check_compatible(recipe: Any, teacher_dir: Path | None, student_dir: Path, outputs: TeacherOutputs | None = None) -> None:
+    """Refuse, before any work, a teacher whose labels or (at token level) tokens differ. A
+    teacher given by its outputs file is checked against that file's label names and length."""
     from transformers import AutoConfig
 
     d = recipe.distill
     assert d is not None
+    if d.student.layers is not None:
+        student_config = AutoConfig.from_pretrained(str(student_dir), trust_remote_code=recipe.model.trust_remote_code)
+        kept_layers(d.student.layers, student_config.num_hidden_layers, "model.path")
+    if teacher_dir is None:
+        assert outputs is not None
+        outputs.check(recipe.data.label_names, recipe.model.max_length)
+        return
     check_model_dir(teacher_dir, "recipe.distill.teacher")
     config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
     labels = recipe.data.label_names
@@ -236,9 +245,6 @@ def check_compatible(recipe: Any, teacher_dir: Path, student_dir: Path) -> None:
         )
     if d.student.from_teacher is not None:
         kept_layers(d.student.from_teacher.layers, config.num_hidden_layers)
-    if d.student.layers is not None:
-        student_config = AutoConfig.from_pretrained(str(student_dir), trust_remote_code=recipe.model.trust_remote_code)
-        kept_layers(d.student.layers, student_config.num_hidden_layers, "model.path")
     if d.level == "token":
         t_vocab = load_tokenizer(teacher_dir, "recipe.distill.teacher").get_vocab()
         s_vocab = load_tokenizer(student_dir).get_vocab()
@@ -411,6 +417,23 @@ def augment_texts(train_texts: list[str], a: Any, exclude: Iterable[str] = ()) -
     return out
 
 
+def student_texts(recipe: Any, data: Any) -> dict[str, list[str]]:
+    """The texts the student learns from, by piece: the training split, the transfer file's
+    (never a dev or test text) and distill.augment's synthetic ones."""
+    d = recipe.distill
+    train_texts = data["train"].texts
+    dev = data.get("validation")
+    held_out = (dev.texts if dev is not None else []) + data["test"].texts
+    extra = load_unlabeled(recipe, train_texts, held_out) if d.unlabeled is not None else []
+    if extra:
+        progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")
+    pieces = {"training": train_texts, "transfer": extra}
+    if d.augment is not None:
+        pieces["augmented"] = augment_texts(train_texts, d.augment, [*train_texts, *extra, *held_out])
+        progress.info(f"transfer set: {len(pieces['augmented'])} synthetic texts made from the training texts (distill.augment)")
+    return pieces
+
+
 def _transfer_key(recipe: Any) -> tuple[str, ...]:
     """The transfer set's part of a cache key (a hash of its settings and its file's bytes):
     nothing without one, so keys made before distill.unlabeled existed still match."""
@@ -427,11 +450,13 @@ def _transfer_key(recipe: Any) -> tuple[str, ...]:
 # ---- the stage ----------------------------------------------------------------------------
 
 
-def _paths(recipe: Any) -> tuple[Path, Path | None]:
+def _paths(recipe: Any) -> tuple[Path | None, Path | None]:
+    """(teacher model folder, student's starting folder); the teacher's is None when the recipe
+    gives its outputs file instead, the student's when the student is cut from the teacher."""
     d = recipe.distill
     if d is None:
         raise RecipeError("recipe.distill: this recipe has no distill section; add one (see recipes/distill.yaml) or use `ftexport train`")
-    teacher = model_folder(d.teacher, "recipe.distill.teacher").resolve()
+    teacher = model_folder(d.teacher, "recipe.distill.teacher").resolve() if d.teacher is not None else None
     return teacher, (None if d.student.from_teacher is not None else model_folder(recipe.model.path).resolve())
 
 
@@ -447,11 +472,48 @@ def distill_key(recipe: Any, hashes: tuple[str, str, tuple[str, ...], tuple[str,
 
 def _input_hashes(recipe: Any) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
     teacher, student = _paths(recipe)
-    return fingerprint(recipe.data), model_hash(teacher), _transfer_key(recipe), ((model_hash(student),) if student else ())
+    t_hash = model_hash(teacher if teacher is not None else Path(recipe.distill.teacher_outputs))  # the model, or its outputs file
+    return fingerprint(recipe.data), t_hash, _transfer_key(recipe), ((model_hash(student),) if student else ())
 
 
 def work_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.work"
+
+
+def save_outputs(recipe: Any, path: str | Path) -> dict[str, Any]:
+    """`ftexport distill --save-teacher-outputs`: the teacher's logits on every text the recipe
+    uses (the student's pieces, then the dev and test splits), read through the same cache as
+    a distillation, written to `path`. Returns the file's meta."""
+    from transformers import AutoModelForSequenceClassification
+
+    teacher_dir, student_dir = _paths(recipe)
+    if teacher_dir is None:
+        raise RecipeError(
+            "recipe.distill.teacher: --save-teacher-outputs reads the teacher model; this recipe gives distill.teacher_outputs instead: "
+            "name the model folder in distill.teacher"
+        )
+    check_compatible(recipe, teacher_dir, student_dir or teacher_dir)
+    t_hash, max_len = model_hash(teacher_dir), recipe.model.max_length
+    data = load_data(recipe.data, ("train", "validation", "test"))
+    pieces = student_texts(recipe, data)
+    dev = data.get("validation")
+    pieces.update({"dev": dev.texts if dev is not None else [], "test": data["test"].texts})
+    logits, _, _, _ = teacher_pieces(teacher_dir, pieces, (t_hash, max_len, False), Path(path).parent, legacy="none")
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
+    test_logits = logits[-len(data["test"]) :]
+    meta = {
+        "label_names": list(data.label_names),
+        "max_length": max_len,
+        "teacher": str(teacher_dir),
+        "teacher_hash": t_hash,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "layers": getattr(model.config, "num_hidden_layers", None),
+        "pieces": {p: len(texts) for p, texts in pieces.items()},
+        "test_accuracy": float((test_logits.argmax(-1) == np.asarray(data["test"].labels)).mean()),
+        "recipe": recipe.name,
+        "machine": machine_info(),
+    }
+    return save_teacher_outputs(Path(path), [t for texts in pieces.values() for t in texts], logits, meta)
 
 
 def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, Any]:
@@ -464,7 +526,8 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
         raise RecipeError("recipe.method.name: distillation trains the whole student; set method: {name: full}")
     output = Path(output)
     work = work_dir(output)
-    check_compatible(recipe, teacher_dir, student_dir or teacher_dir)
+    outputs = TeacherOutputs(d.teacher_outputs) if d.teacher_outputs is not None else None
+    check_compatible(recipe, teacher_dir, student_dir or teacher_dir, outputs)  # type: ignore[arg-type]
     data_fp, t_hash, transfer, _ = hashes = _input_hashes(recipe)
     key = distill_key(recipe, hashes)
     max_len = recipe.model.max_length
@@ -475,6 +538,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     spec = d.student.from_teacher.layers if d.student.from_teacher is not None else d.student.layers
     if spec is not None:
         source_dir, source_hash = (teacher_dir, t_hash) if student_dir is None else (student_dir, hashes[3][0])
+        assert source_dir is not None  # from_teacher needs the teacher model (the recipe schema says so)
         student_dir = work / f"student-{make_key(source_hash, spec)}"
         if (student_dir / "ftexport.json").is_file():
             layers = json.loads((student_dir / "ftexport.json").read_text())["layers"]
@@ -487,27 +551,23 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     # 2. The teacher's outputs on the training split, once.
     data = load_data(recipe.data, ("train", "validation", "test"))
     train_texts = data["train"].texts
-    dev = data.get("validation")
-    held_out = (dev.texts if dev is not None else []) + data["test"].texts
-    extra = load_unlabeled(recipe, train_texts, held_out) if d.unlabeled is not None else []
-    if extra:
-        progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")  # type: ignore[union-attr]
-    if d.augment is not None:
-        made = augment_texts(train_texts, d.augment, [*train_texts, *extra, *held_out])
-        progress.info(f"transfer set: {len(made)} synthetic texts made from the training texts (distill.augment)")
-        pieces = {"training": train_texts, "transfer": extra, "augmented": made}
-        extra = extra + made
+    pieces = student_texts(recipe, data)
+    extra = pieces["transfer"] + pieces.get("augmented", [])
+    if outputs is not None:
+        logits = np.concatenate([outputs.logits(texts, p) for p, texts in pieces.items() if texts])
+        hidden, caches, cached = None, {p: outputs.path for p, texts in pieces.items() if texts}, True
+        progress.step(f"distill: teacher outputs on {len(logits)} texts from {outputs.path}")
     else:
-        pieces = {"training": train_texts, "transfer": extra}
-    with_hidden = d.hidden_mse > 0
-    logits, hidden, caches, cached = teacher_pieces(
-        teacher_dir,
-        pieces,
-        (t_hash, max_len, with_hidden),
-        work,
-        legacy=make_key(t_hash, data_fp, max_len, with_hidden, *transfer),  # the one-file cache's key before pieces
-        trust_remote_code=recipe.model.trust_remote_code,
-    )
+        assert teacher_dir is not None
+        with_hidden = d.hidden_mse > 0
+        logits, hidden, caches, cached = teacher_pieces(
+            teacher_dir,
+            pieces,
+            (t_hash, max_len, with_hidden),
+            work,
+            legacy=make_key(t_hash, data_fp, max_len, with_hidden, *transfer),  # the one-file cache's key before pieces
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
     teacher_train_acc = float((logits[: len(train_texts)].argmax(-1) == np.asarray(data["train"].labels)).mean())
     progress.info(f"teacher accuracy on the training rows: {teacher_train_acc:.4f}")
 
@@ -525,8 +585,10 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
 
     # 4. Teacher vs student vs baseline on the held-out split, and each one's latency.
     progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
-    rows = {"teacher": teacher_dir, **runs[seeds[0]]}
-    report = compare_models(rows, data["test"].texts, data["test"].labels, len(data.label_names), max_len, recipe.task)
+    test = data["test"]
+    rows = {**({"teacher": teacher_dir} if teacher_dir is not None else {}), **runs[seeds[0]]}
+    given = {"teacher": (outputs.logits(test.texts, "test"), outputs.meta)} if outputs is not None else {}
+    report = compare_models(rows, test.texts, test.labels, len(data.label_names), max_len, recipe.task, given=given)
     report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"))
     report.update(
         {
@@ -560,7 +622,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
             "distill",
             key,
             inputs={
-                "teacher": str(teacher_dir),
+                "teacher": str(teacher_dir if teacher_dir is not None else d.teacher_outputs),
                 "teacher_hash": t_hash,
                 "student": str(student_dir),
                 "data": data_fp,
@@ -666,10 +728,12 @@ def compare_models(
     task_name: str,
     iterations: int = 30,
     rounds: int = 3,
+    given: dict[str, tuple[np.ndarray, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Accuracy and macro-F1 of each model on `texts`, and PyTorch p50 latency at batch 1 and
     8 measured in the same run (models interleaved round by round, so a busy machine slows
-    them alike); speed-up is the teacher's p50 over each model's."""
+    them alike); speed-up is the teacher's p50 over each model's. `given`: rows known only by
+    their logits on `texts` and a meta (a teacher-outputs file): scored, never timed."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -677,6 +741,14 @@ def compare_models(
     loaded = {}
     correct: dict[str, np.ndarray] = {}
     out: dict[str, Any] = {"models": {}}
+    for name, (logits, meta) in (given or {}).items():
+        correct[name] = logits.argmax(-1) == np.asarray(labels)
+        out["models"][name] = {
+            "path": f"{meta.get('teacher')} (its outputs file)",
+            **task.metrics(logits, labels, num_labels),
+            "parameters": meta.get("parameters"),
+            "layers": meta.get("layers"),
+        }
     for name, path in models.items():
         model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
         tok = load_tokenizer(path, name)
@@ -698,11 +770,13 @@ def compare_models(
                 times[(name, b)] += time_calls(cycle(fn, batches), warmup=2, iterations=max(3, iterations // rounds))
     for name in models:
         out["models"][name]["latency_ms"] = {str(b): summarize(times[(name, b)], b)["p50_ms"] for b in LATENCY_BATCHES}
-    t = out["models"]["teacher"]["latency_ms"]
+    teacher = out["models"]["teacher"]
     for name in models:
         m = out["models"][name]
-        m["speedup_vs_teacher"] = {b: t[b] / m["latency_ms"][b] for b in m["latency_ms"]}
-        m["size_vs_teacher"] = m["parameters"] / out["models"]["teacher"]["parameters"]
+        if "latency_ms" in teacher:  # a teacher given by its outputs was not timed: no speed-up to state
+            m["speedup_vs_teacher"] = {b: teacher["latency_ms"][b] / m["latency_ms"][b] for b in m["latency_ms"]}
+        if teacher["parameters"]:
+            m["size_vs_teacher"] = m["parameters"] / teacher["parameters"]
     if "baseline" in correct:
         out["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
     out["latency"] = {
@@ -736,12 +810,11 @@ def distill_markdown(report: dict[str, Any]) -> str:
             [
                 TITLES.get(name, name),
                 m["layers"],
-                f"{m['parameters'] / 1e6:.1f}M",
+                f"{m['parameters'] / 1e6:.1f}M" if m["parameters"] else "?",
                 f"{100 * m['accuracy']:.2f}%",
                 f"{100 * m['macro_f1']:.2f}",
-                f"{m['latency_ms']['1']:.2f}",
-                f"{m['latency_ms']['8']:.2f}",
-                f"{m['speedup_vs_teacher']['1']:.2f}x / {m['speedup_vs_teacher']['8']:.2f}x",
+                *((f"{m['latency_ms'][b]:.2f}" for b in ("1", "8")) if "latency_ms" in m else ("not timed", "not timed")),
+                f"{m['speedup_vs_teacher']['1']:.2f}x / {m['speedup_vs_teacher']['8']:.2f}x" if "speedup_vs_teacher" in m else "-",
             ]
         )
     s = report["settings"]
