@@ -813,7 +813,8 @@ def test_a_teacher_outputs_file_stands_in_for_the_teacher_model(tmp_path, teache
     assert from_file["models"]["student"]["accuracy"] == from_model["models"]["student"]["accuracy"]
     assert from_file["models"]["teacher"]["parameters"] == from_model["models"]["teacher"]["parameters"]
     assert "latency_ms" not in from_file["models"]["teacher"] and "speedup_vs_teacher" not in from_file["models"]["student"]
-    assert "| not timed | not timed |" in (tmp_path / "b" / "distill.md").read_text()
+    md = (tmp_path / "b" / "distill.md").read_text()
+    assert "| not timed | not timed |" in md and f"teacher {saved} (the outputs of {teacher.resolve()})" in md
 
 
 def test_teacher_outputs_file_errors_name_the_field(tmp_path, teacher):

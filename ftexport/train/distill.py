@@ -587,7 +587,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
     test = data["test"]
     rows = {**({"teacher": teacher_dir} if teacher_dir is not None else {}), **runs[seeds[0]]}
-    given = {"teacher": (outputs.logits(test.texts, "test"), outputs.meta)} if outputs is not None else {}
+    given = {"teacher": (outputs.logits(test.texts, "test"), {**outputs.meta, "file": str(outputs.path)})} if outputs is not None else {}
     report = compare_models(rows, test.texts, test.labels, len(data.label_names), max_len, recipe.task, given=given)
     report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"))
     report.update(
@@ -744,7 +744,7 @@ def compare_models(
     for name, (logits, meta) in (given or {}).items():
         correct[name] = logits.argmax(-1) == np.asarray(labels)
         out["models"][name] = {
-            "path": f"{meta.get('teacher')} (its outputs file)",
+            "path": f"{meta.get('file')} (the outputs of {meta.get('teacher')})",
             **task.metrics(logits, labels, num_labels),
             "parameters": meta.get("parameters"),
             "layers": meta.get("layers"),
