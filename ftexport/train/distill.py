@@ -498,8 +498,9 @@ def save_outputs(recipe: Any, path: str | Path) -> dict[str, Any]:
     pieces = student_texts(recipe, data)
     dev = data.get("validation")
     pieces.update({"dev": dev.texts if dev is not None else [], "test": data["test"].texts})
-    logits, _, _, _ = teacher_pieces(teacher_dir, pieces, (t_hash, max_len, False), Path(path).parent, legacy="none")
-    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
+    trust = recipe.model.trust_remote_code
+    logits, _, _, _ = teacher_pieces(teacher_dir, pieces, (t_hash, max_len, False), Path(path).parent, "none", trust)
+    model = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), trust_remote_code=trust)
     test_logits = logits[-len(data["test"]) :]
     meta = {
         "label_names": list(data.label_names),
