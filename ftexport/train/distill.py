@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from ..core.timing import cycle, summarize, time_calls
 from ..data import fingerprint, load_data, read_table
 from ..tasks import get_task
 from ..tasks.encoder import torch_probs
-from .teacher_outputs import TeacherOutputs, save_teacher_outputs
+from .teacher_outputs import TeacherOutputs, save_npz, save_teacher_outputs
 from .trainer import train
 
 LATENCY_BATCHES = (1, 8)
@@ -345,10 +344,7 @@ def teacher_pieces(
 
 
 def _save_npz(path: Path, logits: np.ndarray, hidden: np.ndarray | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
-    tmp.replace(path)
+    save_npz(path, logits=logits, **({"hidden": hidden} if hidden is not None else {}))
 
 
 # ---- the transfer set ---------------------------------------------------------------------

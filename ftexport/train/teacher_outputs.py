@@ -42,6 +42,18 @@ def _digest(ids: np.ndarray, logits: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def save_npz(path: Path, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """Write `arrays` to `path` atomically: a temporary file beside it, renamed when whole (a
+    crash leaves no half-written file that a later run would read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_teacher_outputs(path: Path, texts: list[str], logits: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
     """Write `texts`' logits (repeats kept once) to `path`, atomically. Returns the meta written."""
     ids = text_ids(texts)
@@ -49,14 +61,7 @@ def save_teacher_outputs(path: Path, texts: list[str], logits: np.ndarray, meta:
     keep = np.sort(first)
     ids, logits = ids[keep], np.asarray(logits, dtype=np.float32)[keep]
     meta = {"format": FORMAT, **meta, "texts": len(ids), "sha256": _digest(ids, logits)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    try:
-        np.savez_compressed(tmp, ids=ids, logits=logits, meta=np.array(json.dumps(meta, sort_keys=True)))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_npz(Path(path), compressed=True, ids=ids, logits=logits, meta=np.array(json.dumps(meta, sort_keys=True)))
     return meta
 
 
