@@ -718,10 +718,16 @@ def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher, monk
     assert seeds["student"]["mean"] == pytest.approx(np.mean(accs))
     assert seeds["mean_student_minus_baseline"] == pytest.approx(seeds["student"]["mean"] - seeds["baseline"]["mean"])
     assert all("mcnemar_p" in row["student_vs_baseline"] for row in seeds["per_seed"].values())
+    # each model's dev score is its own training record's (the checkpoint kept), per seed and on the mean
+    dev6 = json.loads((work / "baseline-seed6" / "ftexport.json").read_text())["metrics"]["accuracy"]
+    assert seeds["per_seed"]["6"]["baseline_dev_accuracy"] == dev6
+    devs = [row["student_dev_accuracy"] for row in seeds["per_seed"].values()]
+    assert seeds["student"]["dev_accuracy_mean"] == pytest.approx(np.mean(devs))
     assert "correct" not in report["models"]["student"]
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]  # figures name the machine they were measured on
     md = (tmp_path / "out" / "distill.md").read_text()
     assert "Every seed" in md and "mean ± sd" in md and f"Machine: {report['machine']['cpu']}" in md
+    assert f"(dev {100 * dev6:.2f}%)" in md
     # a re-run trains nothing: every seed's pair is reused; so does a longer seed list, which
     # trains the new seed only
     trained = []

@@ -586,7 +586,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     rows = {**({"teacher": teacher_dir} if teacher_dir is not None else {}), **runs[seeds[0]]}
     given = {"teacher": (outputs.logits(test.texts, "test"), {**outputs.meta, "file": str(outputs.path)})} if outputs is not None else {}
     report = compare_models(rows, test.texts, test.labels, len(data.label_names), max_len, recipe.task, given=given)
-    report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"))
+    report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"), recipe.training.metric)
     report.update(
         {
             "settings": d.model_dump(mode="json"),
@@ -686,11 +686,17 @@ def _train_pair(
 
 
 def seed_table(
-    runs: dict[int, dict[str, Path]], texts: list[str], labels: list[int], max_length: int, first: dict[str, np.ndarray]
+    runs: dict[int, dict[str, Path]],
+    texts: list[str],
+    labels: list[int],
+    max_length: int,
+    first: dict[str, np.ndarray],
+    metric: str = "accuracy",
 ) -> dict[str, Any]:
     """Test accuracy of student and baseline for every seed (`first`: the first seed's
-    right/wrong per text, as compare_models scored them), their means and spread, and the
-    paired McNemar test per seed."""
+    right/wrong per text, as compare_models scored them), their means and spread, the
+    paired McNemar test per seed, and each model's dev `metric` (its training record's, the
+    kept checkpoint's: what recipe choices are made on, never the test split)."""
     from transformers import AutoModelForSequenceClassification
 
     gold = np.asarray(labels)
@@ -704,12 +710,19 @@ def seed_table(
             model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
             correct[name] = predict_logits(model, load_tokenizer(path, name), texts, max_length).argmax(-1) == gold
         per[str(seed)] = {f"{name}_accuracy": float(c.mean()) for name, c in correct.items()}
+        for name, path in dirs.items():  # the dev score of the checkpoint kept, on which choices are made
+            record = read_record(path)
+            if record is not None and metric in record.metrics:
+                per[str(seed)][f"{name}_dev_{metric}"] = float(record.metrics[metric])
         if "baseline" in correct:
             per[str(seed)]["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
     out: dict[str, Any] = {"per_seed": per}
     for name in next(iter(runs.values())):
         accs = np.array([row[f"{name}_accuracy"] for row in per.values()])
         out[name] = {"mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0}
+        dev = [row[f"{name}_dev_{metric}"] for row in per.values() if f"{name}_dev_{metric}" in row]
+        if len(dev) == len(per):
+            out[name][f"dev_{metric}_mean"] = float(np.mean(dev))
     if "baseline" in out:
         out["mean_student_minus_baseline"] = out["student"]["mean"] - out["baseline"]["mean"]
         out["seeds_student_ahead"] = sum(row["student_accuracy"] > row["baseline_accuracy"] for row in per.values())
@@ -853,11 +866,22 @@ def distill_markdown(report: dict[str, Any]) -> str:
     seeds = report.get("seeds", {})
     if len(seeds.get("per_seed", {})) > 1:
         has_base = "baseline" in seeds
+        dev_key = next((k.removeprefix("student_") for k in next(iter(seeds["per_seed"].values())) if "_dev_" in k), None)
+
+        def cell(r: dict[str, Any], name: str) -> str:
+            dev = r.get(f"{name}_{dev_key}")
+            return f"{100 * r[f'{name}_accuracy']:.2f}%" + (f" (dev {100 * dev:.2f}%)" if dev is not None else "")
+
+        def mean_cell(name: str) -> str:
+            m = seeds[name]
+            dev = m.get(f"{dev_key}_mean")
+            return f"{100 * m['mean']:.2f}% ± {100 * m['std']:.2f}" + (f" (dev {100 * dev:.2f}%)" if dev is not None else "")
+
         rows = [
-            [seed, f"{100 * r['student_accuracy']:.2f}%"]
+            [seed, cell(r, "student")]
             + (
                 [
-                    f"{100 * r['baseline_accuracy']:.2f}%",
+                    cell(r, "baseline"),
                     f"{100 * (r['student_accuracy'] - r['baseline_accuracy']):+.2f}",
                     f"{r['student_vs_baseline']['mcnemar_p']:.3f}",
                 ]
@@ -866,10 +890,10 @@ def distill_markdown(report: dict[str, Any]) -> str:
             )
             for seed, r in seeds["per_seed"].items()
         ]
-        mean = [f"{100 * seeds['student']['mean']:.2f}% ± {100 * seeds['student']['std']:.2f}"]
+        mean = [mean_cell("student")]
         if has_base:
             mean += [
-                f"{100 * seeds['baseline']['mean']:.2f}% ± {100 * seeds['baseline']['std']:.2f}",
+                mean_cell("baseline"),
                 f"{100 * seeds['mean_student_minus_baseline']:+.2f}",
                 "",
             ]
@@ -877,7 +901,12 @@ def distill_markdown(report: dict[str, Any]) -> str:
         head = ["seed", "student"] + (["without KD", "difference (points)", "McNemar p"] if has_base else [])
         lines += [
             "",
-            "Every seed (the first one's student is the output; the tables above are that seed's):",
+            "Every seed, test accuracy (the first one's student is the output; the tables above are that seed's)"
+            + (
+                f"; in brackets the dev {dev_key.removeprefix('dev_')} of the checkpoint kept (recipes are chosen on it):"
+                if dev_key
+                else ":"
+            ),
             "",
             markdown_table(head, rows),
         ]
