@@ -703,17 +703,17 @@ def seed_table(
     per: dict[str, Any] = {}
     for n, (seed, dirs) in enumerate(runs.items()):
         correct = {}
+        dev = {}
         for name, path in dirs.items():
+            record = read_record(path)  # the dev score of the checkpoint kept, on which choices are made
+            if record is not None and metric in record.metrics:
+                dev[f"{name}_dev_{metric}"] = float(record.metrics[metric])
             if n == 0:
                 correct[name] = first[name]
                 continue
             model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
             correct[name] = predict_logits(model, load_tokenizer(path, name), texts, max_length).argmax(-1) == gold
-        per[str(seed)] = {f"{name}_accuracy": float(c.mean()) for name, c in correct.items()}
-        for name, path in dirs.items():  # the dev score of the checkpoint kept, on which choices are made
-            record = read_record(path)
-            if record is not None and metric in record.metrics:
-                per[str(seed)][f"{name}_dev_{metric}"] = float(record.metrics[metric])
+        per[str(seed)] = {**{f"{name}_accuracy": float(c.mean()) for name, c in correct.items()}, **dev}
         if "baseline" in correct:
             per[str(seed)]["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
     out: dict[str, Any] = {"per_seed": per}
