@@ -415,6 +415,61 @@ def test_augment_makes_seeded_new_texts_from_the_training_texts():
         augment_texts(["a b c d e", "a b"], AugmentSection(texts=3, min_words=5))
 
 
+def test_word_neighbours_are_the_nearest_whole_words_and_ignore_the_last_bits():
+    from ftexport.train.distill import word_neighbours
+
+    vocab = ["[CLS]", "good", "great", "bad", "awful", "film", "movie", "##s", "a", "nice"]
+    v = np.zeros((len(vocab), 3), np.float32)
+    v[[1, 2, 9]] = [[1, 0.1, 0], [1, 0.2, 0], [1, 0.5, 0]]  # good ~ great, then nice
+    v[[3, 4]] = [[-1, 0, 0.1], [-1, 0, 0.2]]
+    v[[5, 6]] = [[0, 0, 1], [0, 0.1, 1]]
+    v[0] = v[7] = v[1]  # a special token and a word piece as close as can be: never neighbours
+    near = word_neighbours(vocab, v, ["good", "bad", "film", "unknown", "a", "##s"], 2)
+    assert near == {"good": ["great", "nice"], "bad": ["awful", "film"], "film": ["movie", "awful"]}
+    nudged = v + np.float32(1e-7) * np.random.default_rng(0).standard_normal(v.shape).astype(np.float32)
+    assert word_neighbours(vocab, nudged, ["good", "bad", "film"], 2) == near  # rounding: another CPU's floats pick the same
+
+
+def test_augment_replace_swaps_words_for_their_neighbours():
+    from ftexport.recipe.schema import AugmentSection
+    from ftexport.train.distill import augment_texts
+
+    train = ["a good film , really", "a bad movie , sadly", "the plot is good and short"]
+    near = {"good": ["great", "nice"], "bad": ["awful"], "film": ["movie"], "movie": ["film"]}
+    a = AugmentSection(texts=12, join=0.0, replace=1.0, replace_words=0.5, seed=2)
+    made = augment_texts(train, a, train, near)
+    assert len(made) == len(set(made)) > 0 and made == augment_texts(train, a, train, near)
+    srcs = [t.split() for t in train]
+    for t in made:  # each is one training text with one or more words swapped for a neighbour of theirs
+        words = t.split()
+        src = next(s for s in srcs if len(s) == len(words) and all(x == y or y in near.get(x, []) for x, y in zip(s, words)))
+        assert sum(x != y for x, y in zip(src, words)) >= 1
+    assert augment_texts(train, AugmentSection(texts=5, join=0.5, seed=2), train) == augment_texts(
+        train, AugmentSection(texts=5, join=0.5, replace=0.0, seed=2), train, near
+    )  # replace 0 (the default) leaves the texts of recipes made before it as they were
+    with pytest.raises(RecipeError, match=r"^recipe.distill.augment.replace: no training word is a whole word"):
+        augment_texts(train, a, train, {})
+    with pytest.raises(ValueError, match=r"augment.join \+ augment.replace is 1.2"):
+        AugmentSection(texts=5, join=0.5, replace=0.7)
+
+
+def test_replaced_texts_swap_words_for_neighbours_in_the_students_embeddings(tmp_path, teacher):
+    import ftexport.train.distill as d
+
+    r = parse_recipe(distill_recipe(tmp_path, teacher, augment={"texts": 20, "join": 0.0, "replace": 1.0, "neighbours": 3}))
+    data = d.load_data(r.data, ("train", "validation", "test"))
+    made = d.student_texts(r, data)["augmented"]
+    train = data["train"].texts
+    near = d.embedding_neighbours(teacher, {w for t in train for w in t.split()}, 3)  # from_teacher: the teacher's vocabulary
+    assert near and all(len(v) == 3 for v in near.values())
+    held_out = [*data["validation"].texts, *data["test"].texts]
+    assert len(made) == 20 and made == d.augment_texts(train, r.distill.augment, [*train, *held_out], near)
+    srcs = [t.split() for t in dict.fromkeys(train)]
+    for t in made:
+        words = t.split()
+        assert any(len(s) == len(words) and all(x == y or y in near.get(x, []) for x, y in zip(s, words)) for s in srcs)
+
+
 def test_augmented_texts_reach_the_student_and_reuse_the_cached_training_logits(tmp_path, teacher, monkeypatch):
     import ftexport.train.distill as d
 

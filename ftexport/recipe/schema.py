@@ -369,14 +369,28 @@ class UnlabeledSection(Section):
 class AugmentSection(Section):
     """Synthetic transfer texts made from the labelled training texts (TinyBERT-style data
     augmentation, without a masked LM): two training texts joined by a connective (", but",
-    ", although"...: the mixed sentences where a teacher's soft targets say most), or one longer
-    training text with some words dropped. Only the teacher labels them; the baseline never sees them."""
+    ", although"...: the mixed sentences where a teacher's soft targets say most), one training
+    text with some of its words swapped for near neighbours in the student's word embeddings
+    (TinyBERT's word replacement, with embedding neighbours standing in for its masked LM), or
+    one longer training text with some words dropped. Only the teacher labels them; the baseline
+    never sees them."""
 
     texts: int = Field(gt=0, description="how many synthetic texts to make")
-    join: float = Field(0.5, ge=0, le=1, description="share made by joining two training texts; the rest drop words of one")
+    join: float = Field(0.5, ge=0, le=1, description="share made by joining two training texts")
+    replace: float = Field(
+        0.0, ge=0, le=1, description="share made by swapping words for embedding neighbours; the rest (1 - join - replace) drop words"
+    )
+    replace_words: float = Field(0.4, gt=0, le=1, description="chance that each replaceable word of such a text is swapped (one at least)")
+    neighbours: int = Field(15, ge=1, description="a swapped word becomes one of its this many nearest whole words (input embeddings)")
     drop: float = Field(0.15, gt=0, lt=1, description="share of words dropped from a text (at least one)")
     min_words: int = Field(4, ge=2, description="only training texts of at least this many words are used")
     seed: int = Field(0, description="seed of the random choices: the same seed, the same texts")
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> AugmentSection:
+        if self.join + self.replace > 1:
+            raise ValueError(f"augment.join + augment.replace is {self.join + self.replace:g}; the two shares must add up to at most 1")
+        return self
 
 
 class DistillSection(Section):

@@ -385,23 +385,74 @@ def load_unlabeled(recipe: Any, train_texts: list[str], held_out: Iterable[str] 
 CONNECTIVES = (", but", ", and", ", although", ", yet", "; however ,", ", even though", ", while", ", because", ", so", "and")
 
 
-def augment_texts(train_texts: list[str], a: Any, exclude: Iterable[str] = ()) -> list[str]:
+def word_neighbours(vocab: list[str], vectors: np.ndarray, words: Iterable[str], k: int) -> dict[str, list[str]]:
+    """Each of `words` that is a whole word of `vocab` (one token, letters only, 2+ characters)
+    -> its k nearest such words by cosine of their rows in `vectors` (a model's input
+    embeddings). Similarities are rounded to 4 decimals and ties go to the lower token id, so
+    another CPU's last bits pick the same neighbours (the teacher-outputs file is keyed by text)."""
+    ids = [i for i, w in enumerate(vocab) if len(w) > 1 and w.isalpha()]
+    whole = {vocab[i]: n for n, i in enumerate(ids)}
+    unit = vectors[ids].astype(np.float64)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    asked = sorted({w for w in words if w in whole}, key=whole.__getitem__)
+    out: dict[str, list[str]] = {}
+    for start in range(0, len(asked), 1024):  # a block of rows at a time: the full table would not fit
+        block = asked[start : start + 1024]
+        rows = [whole[w] for w in block]
+        sims = np.round(unit[rows] @ unit.T, 4)
+        sims[np.arange(len(rows)), rows] = -np.inf  # never a word's own neighbour
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        for w, row in zip(block, order):
+            out[w] = [vocab[ids[j]] for j in row]
+    return out
+
+
+def embedding_neighbours(model_dir: Path, words: Iterable[str], k: int) -> dict[str, list[str]]:
+    """word_neighbours over the input embeddings and vocabulary of the model in `model_dir`."""
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(model_dir)
+    vocab = [""] * len(tokenizer)
+    for token, i in tokenizer.get_vocab().items():
+        if i < len(vocab):
+            vocab[i] = token
+    vectors = AutoModel.from_pretrained(str(model_dir)).get_input_embeddings().weight.detach().numpy()
+    return word_neighbours(vocab[: len(vectors)], vectors, words, k)
+
+
+def augment_texts(train_texts: list[str], a: Any, exclude: Iterable[str] = (), neighbours: dict[str, list[str]] | None = None) -> list[str]:
     """distill.augment: `a.texts` synthetic texts from the training texts of at least
-    `a.min_words` words, seeded. A share `a.join` joins two of them with a connective; the rest
-    drop a share `a.drop` of one text's words (at least one). Texts in `exclude` (the training,
-    transfer and held-out texts) and repeats are never returned."""
+    `a.min_words` words, seeded. A share `a.join` joins two of them with a connective; a share
+    `a.replace` swaps each word that has `neighbours` (word -> its nearest words) for one of
+    them with chance `a.replace_words` (at least one word is swapped); the rest drop a share
+    `a.drop` of one text's words (at least one). Texts in `exclude` (the training, transfer and
+    held-out texts) and repeats are never returned."""
     pool = [t.split() for t in dict.fromkeys(train_texts) if len(t.split()) >= a.min_words]
     if len(pool) < 2:
         raise RecipeError(f"recipe.distill.augment: only {len(pool)} training texts have {a.min_words}+ words; lower augment.min_words")
+    if a.replace and not neighbours:
+        raise RecipeError("recipe.distill.augment.replace: no training word is a whole word of the student's vocabulary; set replace: 0")
     rng = np.random.default_rng(a.seed)
     seen = set(exclude)
     out: list[str] = []
     for _ in range(a.texts * 20):  # tiny pools run out of new texts: stop rather than loop for ever
         if len(out) == a.texts:
             break
-        if rng.random() < a.join:
+        draw = rng.random()
+        if draw < a.join:
             i, j = rng.choice(len(pool), 2, replace=False)
             text = " ".join([*pool[i], CONNECTIVES[rng.integers(len(CONNECTIVES))], *pool[j]])
+        elif draw < a.join + a.replace:
+            assert neighbours is not None
+            words = list(pool[rng.integers(len(pool))])
+            can = [n for n, w in enumerate(words) if w in neighbours]
+            if not can:
+                continue
+            swap = [n for n in can if rng.random() < a.replace_words] or [can[rng.integers(len(can))]]
+            for n in swap:
+                near = neighbours[words[n]]
+                words[n] = near[rng.integers(len(near))]
+            text = " ".join(words)
         else:
             words = pool[rng.integers(len(pool))]
             gone = min(len(words) - 1, max(1, round(a.drop * len(words))))  # at least one word goes, one stays
@@ -425,7 +476,11 @@ def student_texts(recipe: Any, data: Any) -> dict[str, list[str]]:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")
     pieces = {"training": train_texts, "transfer": extra}
     if d.augment is not None:
-        pieces["augmented"] = augment_texts(train_texts, d.augment, [*train_texts, *extra, *held_out])
+        near = None
+        if d.augment.replace:
+            source = model_folder(d.teacher if d.student.from_teacher is not None else recipe.model.path, "recipe.model.path")
+            near = embedding_neighbours(source, {w for t in train_texts for w in t.split()}, d.augment.neighbours)
+        pieces["augmented"] = augment_texts(train_texts, d.augment, [*train_texts, *extra, *held_out], near)
         progress.info(f"transfer set: {len(pieces['augmented'])} synthetic texts made from the training texts (distill.augment)")
     return pieces
 
