@@ -180,7 +180,13 @@ def train(recipe: str, output: str | None, method_name: str | None) -> None:
     help="Only write the teacher's logits on every text the recipe uses (training, transfer, dev, test) to this .npz file, "
     "then stop; a recipe whose distill.teacher_outputs names it distils without the teacher model.",
 )
-def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None) -> None:
+@click.option(
+    "--append",
+    is_flag=True,
+    help="With --save-teacher-outputs: keep the texts already in FILE and add the recipe's texts it lacks "
+    "(FILE must hold the same teacher's outputs, for the same labels and max_length).",
+)
+def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None, append: bool) -> None:
     """Distil the recipe's teacher (distill.teacher) into a smaller student.
 
     \b
@@ -191,7 +197,8 @@ def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None)
     The teacher reads the training texts once; its logits are cached (~/.cache/ftexport/distill).
     --save-teacher-outputs FILE writes them to one portable file (about 1 MB for SST-2):
     committed, or carried from the GPU box that trained the teacher, it stands in for the
-    teacher model (distill.teacher_outputs: FILE), so students train the same on any machine.
+    teacher model (distill.teacher_outputs: FILE), so students train the same on any machine;
+    with --append, FILE keeps its texts and gains this recipe's, so one file serves several recipes.
     distill.unlabeled adds a transfer set: texts without labels that the teacher labels
     for the student (KL term only). With distill.baseline the same student is also trained
     without the teacher (labelled rows only), and distill.md compares teacher, student and
@@ -206,8 +213,10 @@ def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None)
     from .train.distill import save_outputs
 
     r = _recipe(recipe)
+    if append and not save_to:
+        raise click.UsageError("--append adds to the file --save-teacher-outputs names; give that option too")
     if save_to:
-        meta = save_outputs(r, save_to)
+        meta = save_outputs(r, save_to, append)
         pieces = ", ".join(f"{p} {n}" for p, n in meta["pieces"].items() if n)
         click.echo(f"{save_to}: the teacher's logits on {meta['texts']} texts ({pieces}); its test accuracy {meta['test_accuracy']:.4f}")
         return

@@ -928,6 +928,44 @@ def test_teacher_outputs_file_errors_name_the_field(tmp_path, teacher):
     assert t.label_names == ["negative", "positive"]
 
 
+def test_append_adds_a_recipes_new_texts_to_a_teacher_outputs_file(tmp_path, teacher):
+    """--append: one file serves several recipes of the same teacher. The texts already there
+    keep their rows; another teacher's file is refused before the teacher runs."""
+    from ftexport.cli import main
+    from ftexport.train.teacher_outputs import TeacherOutputs
+
+    rec = distill_recipe(tmp_path, teacher, student=teacher)
+    first_path = write_recipe(tmp_path / "first.yaml", rec)
+    saved = tmp_path / "t.npz"
+    assert CliRunner().invoke(main, ["-q", "distill", str(first_path), "--save-teacher-outputs", str(saved)]).exit_code == 0
+    before = TeacherOutputs(saved)
+    extra = [f"a text only the second recipe reads {i}" for i in range(5)]
+    more = {**rec, "distill": {**rec["distill"], "unlabeled": {"path": _unlabeled_file(tmp_path, rec, extra), "text_column": "text"}}}
+    second = write_recipe(tmp_path / "second.yaml", {**more, "name": "second"})
+
+    result = CliRunner().invoke(main, ["-q", "distill", str(second), "--save-teacher-outputs", str(saved), "--append"])
+    assert result.exit_code == 0, result.output
+    after = TeacherOutputs(saved)
+    assert len(after.ids) == len(before.ids) + 9  # the 5 new texts and 4 training rows outside the 64 sampled
+    assert np.array_equal(after.ids[: len(before.ids)], before.ids) and np.array_equal(after.rows[: len(before.rows)], before.rows)
+    assert after.logits(extra, "transfer").shape == (5, 2)
+    assert [r["recipe"] for r in after.meta["recipes"]] == [rec["name"], "second"]
+
+    # without --append the file is written anew, from this recipe's texts alone
+    assert CliRunner().invoke(main, ["-q", "distill", str(first_path), "--save-teacher-outputs", str(saved)]).exit_code == 0
+    assert len(TeacherOutputs(saved).ids) == len(before.ids)
+    # another teacher's file: refused, one line, the file untouched
+    with np.load(saved) as z:
+        meta = json.loads(str(z["meta"]))
+        np.savez(saved, ids=z["ids"], logits=z["logits"], meta=np.array(json.dumps({**meta, "teacher_hash": "0" * 16})))
+    untouched = saved.read_bytes()
+    result = CliRunner().invoke(main, ["-q", "distill", str(second), "--save-teacher-outputs", str(saved), "--append"])
+    assert result.exit_code != 0 and "holds the outputs of teacher 0000000000000000" in result.output
+    assert "write a new file instead" in result.output and saved.read_bytes() == untouched
+    result = CliRunner().invoke(main, ["-q", "distill", str(second), "--append"])
+    assert result.exit_code != 0 and "--append adds to the file --save-teacher-outputs names" in result.output
+
+
 @pytest.mark.skipif(SST2 is None, reason="SST-2 not found: set FTEXPORT_DATA to the folder holding sst2/")
 def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_teacher_target(monkeypatch):
     """recipes/teachers/mpnet-sst2.npz is the teacher of the shipped distillation recipes: it

@@ -531,10 +531,11 @@ def work_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.work"
 
 
-def save_outputs(recipe: Any, path: str | Path) -> dict[str, Any]:
+def save_outputs(recipe: Any, path: str | Path, append: bool = False) -> dict[str, Any]:
     """`ftexport distill --save-teacher-outputs`: the teacher's logits on every text the recipe
     uses (the student's pieces, then the dev and test splits), read through the same cache as
-    a distillation, written to `path`. Returns the file's meta."""
+    a distillation, written to `path`. With `append` an existing file of the same teacher keeps
+    its texts and gains those it lacks (one file serving several recipes). Returns the file's meta."""
     from transformers import AutoModelForSequenceClassification
 
     teacher_dir, student_dir = _paths(recipe)
@@ -546,6 +547,14 @@ def save_outputs(recipe: Any, path: str | Path) -> dict[str, Any]:
     check_compatible(recipe, teacher_dir, student_dir or teacher_dir)
     t_hash, max_len = model_hash(teacher_dir), recipe.model.max_length
     data = load_data(recipe.data, ("train", "validation", "test"))
+    before = TeacherOutputs(path) if append and Path(path).is_file() else None
+    if before is not None:  # refused before the teacher runs: the rows of two teachers must not mix
+        before.check(list(data.label_names), max_len)
+        if before.meta.get("teacher_hash") != t_hash:
+            raise RecipeError(
+                f"--append: {path} holds the outputs of teacher {before.meta.get('teacher_hash')} ({before.meta.get('teacher')}), "
+                f"this recipe's teacher is {t_hash} ({teacher_dir}); write a new file instead"
+            )
     pieces = student_texts(recipe, data)
     dev = data.get("validation")
     pieces.update({"dev": dev.texts if dev is not None else [], "test": data["test"].texts})
@@ -565,7 +574,10 @@ def save_outputs(recipe: Any, path: str | Path) -> dict[str, Any]:
         "recipe": recipe.name,
         "machine": machine_info(),
     }
-    return save_teacher_outputs(Path(path), [t for texts in pieces.values() for t in texts], logits, meta)
+    if before is not None:  # what each recipe added, in order; the first entry is the file appended to
+        history = before.meta.get("recipes") or [{k: before.meta.get(k) for k in ("recipe", "pieces", "texts")}]
+        meta["recipes"] = [*history, {"recipe": recipe.name, "pieces": meta["pieces"]}]
+    return save_teacher_outputs(Path(path), [t for texts in pieces.values() for t in texts], logits, meta, before)
 
 
 def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, Any]:

@@ -54,12 +54,19 @@ def save_npz(path: Path, compressed: bool = False, **arrays: np.ndarray) -> None
         tmp.unlink(missing_ok=True)
 
 
-def save_teacher_outputs(path: Path, texts: list[str], logits: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write `texts`' logits (repeats kept once) to `path`, atomically. Returns the meta written."""
+def save_teacher_outputs(
+    path: Path, texts: list[str], logits: np.ndarray, meta: dict[str, Any], before: TeacherOutputs | None = None
+) -> dict[str, Any]:
+    """Write `texts`' logits (repeats kept once) to `path`, atomically, after the rows of
+    `before` (a file of the same teacher being added to: its rows come first and win where a
+    text is in both). Returns the meta written."""
     ids = text_ids(texts)
+    logits = np.asarray(logits, dtype=np.float32)
+    if before is not None:
+        ids, logits = np.concatenate([before.ids, ids]), np.concatenate([before.rows, logits])
     _, first = np.unique(ids, return_index=True)
     keep = np.sort(first)
-    ids, logits = ids[keep], np.asarray(logits, dtype=np.float32)[keep]
+    ids, logits = ids[keep], logits[keep]
     meta = {"format": FORMAT, **meta, "texts": len(ids), "sha256": _digest(ids, logits)}
     save_npz(Path(path), compressed=True, ids=ids, logits=logits, meta=np.array(json.dumps(meta, sort_keys=True)))
     return meta
@@ -92,6 +99,11 @@ class TeacherOutputs:
                 "write it again from the teacher model"
             )
         self._row = {int(i): n for n, i in enumerate(self.ids)}
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every logit row, in the order of `ids`."""
+        return self._logits
 
     @property
     def label_names(self) -> list[str]:
