@@ -478,7 +478,8 @@ def student_texts(recipe: Any, data: Any) -> dict[str, list[str]]:
     if d.augment is not None:
         near = None
         if d.augment.replace:
-            source = model_folder(d.teacher if d.student.from_teacher is not None else recipe.model.path, "recipe.model.path")
+            cut = d.student.from_teacher is not None  # the student's embeddings are then the teacher's
+            source = model_folder(d.teacher if cut else recipe.model.path, "recipe.distill.teacher" if cut else "recipe.model.path")
             near = embedding_neighbours(source, {w for t in train_texts for w in t.split()}, d.augment.neighbours)
         pieces["augmented"] = augment_texts(train_texts, d.augment, [*train_texts, *extra, *held_out], near)
         progress.info(f"transfer set: {len(pieces['augmented'])} synthetic texts made from the training texts (distill.augment)")
