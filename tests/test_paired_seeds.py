@@ -1,0 +1,84 @@
+"""tools/paired_seeds.py: two sets of students paired seed by seed on the test split, with the
+same accuracy and McNemar counts `ftexport distill` gives its student and baseline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import make_tiny_model, tiny_recipe, write_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def classifier(src: Path, out: Path, seed: int) -> Path:
+    """The tiny encoder with a random 2-label head (seeded): models that disagree on some texts."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_pretrained(str(src), num_labels=2).save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out))
+    return out
+
+
+def right(model_dir: Path, texts: list[str], labels: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    enc = AutoTokenizer.from_pretrained(str(model_dir))(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits.argmax(-1).numpy() == np.asarray(labels)
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "paired_seeds.py"), *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("paired")
+    base = make_tiny_model(tmp / "base")
+    recipe = write_recipe(tmp / "recipe.yaml", tiny_recipe(tmp, base))
+    dirs = {seed: (classifier(base, tmp / f"a{seed}", seed), classifier(base, tmp / f"b{seed}", 100 + seed)) for seed in (1, 2)}
+    return tmp, recipe, dirs
+
+
+def test_each_seed_is_scored_and_paired_like_distill(pairs):
+    import pandas as pd
+
+    tmp, recipe, dirs = pairs
+    out = tmp / "report"
+    args = [arg for s, (a, b) in dirs.items() for arg in ("--pair", f"{s}={a}:{b}")]
+    done = run_tool(str(recipe), *args, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.with_suffix(".json").read_text())
+    test = pd.read_csv(tmp / "data" / "test.csv")
+    labels = [["negative", "positive"].index(x) for x in test["label"]]
+    for seed, (a, b) in dirs.items():
+        ra, rb = right(a, list(test["sentence"]), labels), right(b, list(test["sentence"]), labels)
+        row = report["per_seed"][str(seed)]
+        assert row["student_accuracy"] == pytest.approx(ra.mean()) and row["baseline_accuracy"] == pytest.approx(rb.mean())
+        paired = row["student_vs_baseline"]
+        assert (paired["student_only_right"], paired["baseline_only_right"]) == (int((ra & ~rb).sum()), int((~ra & rb).sum()))
+    accs = [report["per_seed"][str(s)]["student_accuracy"] for s in dirs]
+    assert report["student"]["mean"] == pytest.approx(np.mean(accs))
+    assert report["mean_student_minus_baseline"] == pytest.approx(report["student"]["mean"] - report["baseline"]["mean"])
+    mean_row = next(line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| mean"))
+    assert f"{100 * report['mean_student_minus_baseline']:+.2f}" in mean_row
+
+
+def test_a_malformed_pair_or_a_folder_without_a_model_is_one_line_naming_the_fix(pairs):
+    tmp, recipe, dirs = pairs
+    a, _ = dirs[1]
+    bad = run_tool(str(recipe), "--pair", f"1={a}", "--out", str(tmp / "x"))
+    assert bad.returncode != 0 and "SEED=STUDENT_DIR:BASELINE_DIR" in bad.stderr
+    missing = run_tool(str(recipe), "--pair", f"1={a}:{tmp / 'nowhere'}", "--out", str(tmp / "x"))
+    assert missing.returncode != 0 and "is not a model folder" in missing.stderr
+    assert not (tmp / "x.json").exists()
