@@ -758,11 +758,11 @@ def seed_table(
     texts: list[str],
     labels: list[int],
     max_length: int,
-    first: dict[str, np.ndarray],
+    first: dict[str, np.ndarray] | None = None,
     metric: str = "accuracy",
 ) -> dict[str, Any]:
     """Test accuracy of student and baseline for every seed (`first`: the first seed's
-    right/wrong per text, as compare_models scored them), their means and spread, the
+    right/wrong per text, as compare_models scored them; scored here when not given), their means and spread, the
     paired McNemar test per seed, and each model's dev `metric` (its training record's, the
     kept checkpoint's: what recipe choices are made on, never the test split)."""
     from transformers import AutoModelForSequenceClassification
@@ -776,7 +776,7 @@ def seed_table(
             record = read_record(path)  # the dev score of the checkpoint kept, on which choices are made
             if record is not None and metric in record.metrics:
                 dev[f"{name}_dev_{metric}"] = float(record.metrics[metric])
-            if n == 0:
+            if n == 0 and first is not None:
                 correct[name] = first[name]
                 continue
             model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
@@ -933,53 +933,10 @@ def distill_markdown(report: dict[str, Any]) -> str:
             )
     seeds = report.get("seeds", {})
     if len(seeds.get("per_seed", {})) > 1:
-        has_base = "baseline" in seeds
-        dev_key = next((k.removeprefix("student_") for k in next(iter(seeds["per_seed"].values())) if "_dev_" in k), None)
-
-        def cell(r: dict[str, Any], name: str) -> str:
-            dev = r.get(f"{name}_{dev_key}")
-            return f"{100 * r[f'{name}_accuracy']:.2f}%" + (f" (dev {100 * dev:.2f}%)" if dev is not None else "")
-
-        def mean_cell(name: str) -> str:
-            m = seeds[name]
-            dev = m.get(f"{dev_key}_mean")
-            return f"{100 * m['mean']:.2f}% ± {100 * m['std']:.2f}" + (f" (dev {100 * dev:.2f}%)" if dev is not None else "")
-
-        rows = [
-            [seed, cell(r, "student")]
-            + (
-                [
-                    cell(r, "baseline"),
-                    f"{100 * (r['student_accuracy'] - r['baseline_accuracy']):+.2f}",
-                    f"{r['student_vs_baseline']['mcnemar_p']:.3f}",
-                ]
-                if has_base
-                else []
-            )
-            for seed, r in seeds["per_seed"].items()
-        ]
-        mean = [mean_cell("student")]
-        if has_base:
-            mean += [
-                mean_cell("baseline"),
-                f"{100 * seeds['mean_student_minus_baseline']:+.2f}",
-                "",
-            ]
-        rows.append(["mean ± sd"] + mean)
-        head = ["seed", "student"] + (["without KD", "difference (points)", "McNemar p"] if has_base else [])
         lines += [
             "",
-            "Every seed, test accuracy (the first one's student is the output; the tables above are that seed's)"
-            + (
-                f"; in brackets the dev {dev_key.removeprefix('dev_')} of the checkpoint kept (recipes are chosen on it):"
-                if dev_key
-                else ":"
-            ),
-            "",
-            markdown_table(head, rows),
+            *seeds_markdown(seeds, "Every seed, test accuracy (the first one's student is the output; the tables above are that seed's)"),
         ]
-        if has_base:
-            lines.append(f"the student is ahead of the baseline for {seeds['seeds_student_ahead']} of {len(rows) - 1} seeds")
     lines.append(
         f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls "
         f"per cell, models interleaved in one run."
@@ -988,3 +945,52 @@ def distill_markdown(report: dict[str, Any]) -> str:
         m = report["machine"]
         lines.append(f"Machine: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no int8 flags'}), {m['cores']} cores.")
     return "\n".join(lines)
+
+
+def seeds_markdown(seeds: dict[str, Any], lead: str, titles: tuple[str, str] = ("student", "without KD")) -> list[str]:
+    """seed_table's result as markdown lines after `lead`: every seed's test accuracy (dev in
+    brackets), and with a baseline the difference, McNemar p and how many seeds the student
+    led; `titles` name the two sides."""
+    has_base = "baseline" in seeds
+    dev_key = next((k.removeprefix("student_") for k in next(iter(seeds["per_seed"].values())) if "_dev_" in k), None)
+
+    def cell(r: dict[str, Any], name: str) -> str:
+        dev = r.get(f"{name}_{dev_key}")
+        return f"{100 * r[f'{name}_accuracy']:.2f}%" + (f" (dev {100 * dev:.2f}%)" if dev is not None else "")
+
+    def mean_cell(name: str) -> str:
+        m = seeds[name]
+        dev = m.get(f"{dev_key}_mean")
+        return f"{100 * m['mean']:.2f}% ± {100 * m['std']:.2f}" + (f" (dev {100 * dev:.2f}%)" if dev is not None else "")
+
+    rows = [
+        [seed, cell(r, "student")]
+        + (
+            [
+                cell(r, "baseline"),
+                f"{100 * (r['student_accuracy'] - r['baseline_accuracy']):+.2f}",
+                f"{r['student_vs_baseline']['mcnemar_p']:.3f}",
+            ]
+            if has_base
+            else []
+        )
+        for seed, r in seeds["per_seed"].items()
+    ]
+    mean = [mean_cell("student")]
+    if has_base:
+        mean += [
+            mean_cell("baseline"),
+            f"{100 * seeds['mean_student_minus_baseline']:+.2f}",
+            "",
+        ]
+    rows.append(["mean ± sd"] + mean)
+    head = ["seed", titles[0]] + ([titles[1], "difference (points)", "McNemar p"] if has_base else [])
+    lines = [
+        lead
+        + (f"; in brackets the dev {dev_key.removeprefix('dev_')} of the checkpoint kept (recipes are chosen on it):" if dev_key else ":"),
+        "",
+        markdown_table(head, rows),
+    ]
+    if has_base:
+        lines.append(f"the student is ahead of the baseline for {seeds['seeds_student_ahead']} of {len(rows) - 1} seeds")
+    return lines
