@@ -56,9 +56,11 @@ def test_each_seed_is_scored_and_paired_like_distill(pairs):
     tmp, recipe, dirs = pairs
     out = tmp / "report"
     args = [arg for s, (a, b) in dirs.items() for arg in ("--pair", f"{s}={a}:{b}")]
-    done = run_tool(str(recipe), *args, "--out", str(out))
+    done = run_tool(str(recipe), *args, "--names", "kd run,no KD", "--out", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads(out.with_suffix(".json").read_text())
+    assert report["names"] == {"student": "kd run", "baseline": "no KD"}
+    assert "--names 'kd run,no KD'" in out.with_suffix(".md").read_text()  # the command line as run, to rerun it
     test = pd.read_csv(tmp / "data" / "test.csv")
     labels = [["negative", "positive"].index(x) for x in test["label"]]
     for seed, (a, b) in dirs.items():
@@ -82,3 +84,12 @@ def test_a_malformed_pair_or_a_folder_without_a_model_is_one_line_naming_the_fix
     missing = run_tool(str(recipe), "--pair", f"1={a}:{tmp / 'nowhere'}", "--out", str(tmp / "x"))
     assert missing.returncode != 0 and "is not a model folder" in missing.stderr
     assert not (tmp / "x.json").exists()
+
+
+def test_names_must_be_two_comma_separated_sides(pairs):
+    tmp, recipe, dirs = pairs
+    a, b = dirs[1]
+    for names in ("only-one", "a,b,c", "a,"):
+        bad = run_tool(str(recipe), "--pair", f"1={a}:{b}", "--names", names, "--out", str(tmp / "n"))
+        assert bad.returncode != 0 and "comma-separated" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp / "n.json").exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 
@@ -29,6 +30,9 @@ def main() -> None:
     ap.add_argument("--names", default="student,baseline", help="what the two sides are called in the report")
     ap.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
+    names = args.names.split(",")
+    if len(names) != 2 or not all(n.strip() for n in names):
+        ap.error(f"--names {args.names!r}: give the two sides' names, comma-separated, e.g. 'distilled,no KD'")
 
     from ftexport.core.machine import machine_info
     from ftexport.data import load_data
@@ -50,13 +54,14 @@ def main() -> None:
                 ap.error(f"--pair: {path} is not a model folder (no config.json)")
     test = load_data(recipe.data, ("train", "test"))["test"]
     table = seed_table(runs, test.texts, test.labels, recipe.model.max_length)
-    shown = dict(zip(("student", "baseline"), args.names.split(","), strict=True))
+    shown = dict(zip(("student", "baseline"), (n.strip() for n in names), strict=True))
     report = {"recipe": args.recipe, "test": recipe.data.test, "names": shown, "pairs": args.pair, **table, "machine": machine_info()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
 
-    command = f"python tools/paired_seeds.py {args.recipe} " + " ".join(f"--pair {p}" for p in args.pair) + f" --out {args.out}"
+    named = "" if args.names == ap.get_default("names") else f" --names {shlex.quote(args.names)}"
+    command = f"python tools/paired_seeds.py {args.recipe} " + " ".join(f"--pair {p}" for p in args.pair) + f"{named} --out {args.out}"
     lines = seeds_markdown(table, f"Test accuracy ({recipe.data.test}) per seed", (shown["student"], shown["baseline"]))
     md = f"# Paired seeds\n\n`{command}`\n\n" + "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(md)
