@@ -193,6 +193,7 @@ def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None,
     The student is model.path (a smaller pretrained model sharing the teacher's tokenizer),
     or the teacher with some encoder layers kept (distill.student.from_teacher.layers).
     loss = alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T)
+           (distill.soft_loss: mse compares raw logits instead, MSE(student, teacher))
            [+ hidden_mse * MSE(projected student [CLS], teacher [CLS])]
     The teacher reads the training texts once; its logits are cached (~/.cache/ftexport/distill).
     --save-teacher-outputs FILE writes them to one portable file (about 1 MB for SST-2):

@@ -67,6 +67,25 @@ def test_loss_matches_a_hand_computed_value():
     assert abs(float(same) - 0.5 * ce) < 1e-6
 
 
+def test_logit_mse_soft_loss_compares_raw_logits_and_ignores_temperature():
+    import torch
+
+    from ftexport.train.distill import UNLABELED, distillation_loss
+
+    s = np.array([[1.0, 2.0, 0.5], [0.2, -1.0, 3.0], [0.0, 0.1, -0.3]])
+    t = np.array([[0.3, 2.5, -1.0], [1.0, 0.0, 2.0], [-2.0, 4.0, 0.0]])
+    y = np.array([1, UNLABELED, 0])  # the transfer-set row counts in the soft term only
+    ce = -_log_softmax(s)[[0, 2], [1, 0]].mean()
+    want = 0.3 * ce + 0.7 * ((s - t) ** 2).mean()
+    for temp in (1.0, 4.0):
+        got = distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), 0.3, temp, soft_loss="mse")
+        assert abs(float(got) - want) < 1e-6
+    # Logits shifted by a constant: the same softmax, so the KL sees no difference; the logit MSE does.
+    shifted = torch.tensor(t) + 5.0
+    assert float(distillation_loss(torch.tensor(t), shifted, torch.tensor(y), 0.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(torch.tensor(t), shifted, torch.tensor(y), 0.0, 1.0, soft_loss="mse")) == pytest.approx(25.0)
+
+
 def test_unlabeled_rows_count_in_the_soft_term_only():
     import torch
 
@@ -297,6 +316,10 @@ def test_recipe_errors_name_the_field(tmp_path, teacher):
         load_recipe(other_base)
     with pytest.raises(RecipeError, match=r"layers"):
         parse_recipe({**base, "distill": {**base["distill"], "student": {"from_teacher": {"layers": [0, 0]}}}})
+    with pytest.raises(RecipeError, match=r"distill.temperature is not used with soft_loss: mse.*remove it"):
+        parse_recipe({**base, "distill": {**base["distill"], "soft_loss": "mse", "temperature": 3.0}})
+    with pytest.raises(RecipeError, match=r"soft_loss"):
+        parse_recipe({**base, "distill": {**base["distill"], "soft_loss": "l1"}})
 
 
 # ---- the teacher runs once -----------------------------------------------------------------
@@ -737,6 +760,7 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
         dump["distill"]["seeds"],
         dump["distill"]["augment"],
         dump["distill"]["teacher_outputs"],
+        dump["distill"]["soft_loss"],
     )  # what the distill section looked like before the fields
     del dump["distill"]["student"]["layers"]
     del dump["distill"]["teacher"]  # a path: keys hash the teacher's files instead (its content), not how its path is spelled
@@ -749,6 +773,8 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
     assert cut.section_hash("distill") != before
     augmented = parse_recipe({**base, "distill": {**base["distill"], "augment": {"texts": 10}}})
     assert augmented.section_hash("distill") != before
+    assert parse_recipe({**base, "distill": {**base["distill"], "soft_loss": "kl"}}).section_hash("distill") == before
+    assert parse_recipe({**base, "distill": {**base["distill"], "soft_loss": "mse"}}).section_hash("distill") != before
 
 
 # ---- several seeds, held-out texts, incomplete teachers ------------------------------------------

@@ -349,6 +349,7 @@ ADDED_UNSET = (
     ("distill", "student.layers"),
     ("distill", "augment"),
     ("distill", "teacher_outputs"),
+    ("distill", "soft_loss", "kl"),
 )
 
 
@@ -407,6 +408,11 @@ class DistillSection(Section):
     student: StudentSection = StudentSection()
     alpha: float = Field(0.5, ge=0, le=1, description="weight of cross-entropy on the labels; 1 - alpha goes to the teacher's soft targets")
     temperature: float = Field(2.0, gt=0, description="softens both distributions before their KL divergence (scaled by T^2)")
+    soft_loss: Literal["kl", "mse"] = Field(
+        "kl",
+        description="how the student copies the teacher: kl, the KL divergence of the softened distributions (Hinton et al.); "
+        "mse, the squared error between the raw logits (Tang et al. 2019; temperature is not used)",
+    )
     hidden_mse: float = Field(
         0.0,
         ge=0,
@@ -444,6 +450,8 @@ class DistillSection(Section):
             needs = "student.from_teacher" if self.student.from_teacher is not None else "hidden_mse" if self.hidden_mse else None
             if needs:
                 raise ValueError(f"{needs} needs the teacher model, and teacher_outputs holds only its logits: set distill.teacher instead")
+        if self.soft_loss == "mse" and "temperature" in self.model_fields_set:
+            raise ValueError("distill.temperature is not used with soft_loss: mse (raw logits are compared); remove it")
         for name in ("unlabeled", "augment"):
             if getattr(self, name) is not None and self.alpha == 1 and self.hidden_mse == 0:
                 raise ValueError(
@@ -596,9 +604,9 @@ class _Recipe(Section):
         transfer set's paths) are left out: stage keys hash those files' contents instead, so
         the same data reached through another spelling of its path keeps the key."""
         dump = self.model_dump(mode="json", by_alias=True)
-        for section, key in ADDED_UNSET:  # a field added later hashes like its absence until it is set
+        for section, key, *default in ADDED_UNSET:  # a field added later hashes like its absence while at its default
             where = _parent(dump, section, key)
-            if where is not None and where.get(key.split(".")[-1]) is None:
+            if where is not None and where.get(key.split(".")[-1]) == (default[0] if default else None):
                 where.pop(key.split(".")[-1], None)
         for section, key in PATH_FIELDS:
             where = _parent(dump, section, key)

@@ -1,6 +1,7 @@
 """`ftexport distill`: train a small student to copy a fine-tuned teacher.
 
     loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))
+           (soft_loss: mse puts the mean squared error of the raw logits, MSE(s, t), in the KL's place)
            [+ hidden_mse * MSE(proj(student [CLS]), teacher [CLS])]
 
 The teacher runs once, over the training split, before training starts; its logits (and
@@ -49,18 +50,25 @@ LATENCY_BATCHES = (1, 8)
 UNLABELED = -100  # the label of a transfer-set text: the Trainer's and torch's "ignore" index
 
 
-def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, alpha: float, temperature: float) -> Any:
+def distillation_loss(
+    student_logits: Any, teacher_logits: Any, labels: Any, alpha: float, temperature: float, soft_loss: str = "kl"
+) -> Any:
     """alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T), averaged over the batch.
     T^2 keeps the soft term's gradients on the same scale whatever T is (Hinton et al. 2015).
-    Rows labelled UNLABELED (transfer-set texts) count in the KL term only; the CE term is the
+    soft_loss "mse" replaces the KL term by the mean squared error between the raw logits
+    (over rows and classes; Tang et al. 2019), which also copies how sure the teacher is.
+    Rows labelled UNLABELED (transfer-set texts) count in the soft term only; the CE term is the
     mean over the labelled rows (0 in a batch without any)."""
     import torch.nn.functional as F
 
     # the mean over labelled rows, without a device sync: 0 (not NaN) for a batch without any
     labelled = (labels != UNLABELED).sum()
     ce = F.cross_entropy(student_logits, labels, ignore_index=UNLABELED, reduction="sum") / labelled.clamp(min=1)
+    teacher_logits = teacher_logits.to(student_logits.dtype)
+    if soft_loss == "mse":
+        return alpha * ce + (1 - alpha) * F.mse_loss(student_logits, teacher_logits)
     log_s = F.log_softmax(student_logits / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_logits.to(student_logits.dtype) / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_logits / temperature, dim=-1)
     kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
     return alpha * ce + (1 - alpha) * temperature**2 * kl
 
@@ -146,7 +154,7 @@ def distill_trainer_class(
 
                 loss = F.cross_entropy(out.logits, labels)  # evaluation: the dev split is labelled
             else:
-                loss = distillation_loss(out.logits, teacher, labels, settings.alpha, settings.temperature)
+                loss = distillation_loss(out.logits, teacher, labels, settings.alpha, settings.temperature, settings.soft_loss)
             if teacher_hidden is not None:
                 import torch.nn.functional as F
 
@@ -733,7 +741,8 @@ def _train_pair(
         progress.step(f"distill: student (with the teacher){tag} up to date, reused")
     else:
         progress.step(
-            f"distill: training the student with the teacher{tag} (alpha {d.alpha}, T {d.temperature}"
+            f"distill: training the student with the teacher{tag} (alpha {d.alpha}, "
+            + ("logit MSE" if d.soft_loss == "mse" else f"T {d.temperature}")
             + (f", hidden MSE {d.hidden_mse}" if hidden is not None else "")
             + (f"; {len(logits) - len(extra)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "")
             + ")"
@@ -900,7 +909,9 @@ def distill_markdown(report: dict[str, Any]) -> str:
         "# Distillation",
         "",
         f"{report['test_rows']} held-out texts; teacher {report['models']['teacher']['path']}; "
-        f"alpha {s['alpha']}, T {s['temperature']}, hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled "
+        f"alpha {s['alpha']}, "
+        + ("soft loss: logit MSE" if s.get("soft_loss") == "mse" else f"T {s['temperature']}")
+        + f", hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled "
         f"training rows"
         + (
             f" and {report['unlabeled_rows']} unlabeled texts the teacher labelled for the student"
