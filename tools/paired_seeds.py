@@ -30,8 +30,8 @@ def main() -> None:
     ap.add_argument("--names", default="student,baseline", help="what the two sides are called in the report")
     ap.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
-    names = args.names.split(",")
-    if len(names) != 2 or not all(n.strip() for n in names):
+    names = [n.strip() for n in args.names.split(",")]
+    if len(names) != 2 or not all(names):
         ap.error(f"--names {args.names!r}: give the two sides' names, comma-separated, e.g. 'distilled,no KD'")
 
     from ftexport.core.machine import machine_info
@@ -54,7 +54,7 @@ def main() -> None:
                 ap.error(f"--pair: {path} is not a model folder (no config.json)")
     test = load_data(recipe.data, ("train", "test"))["test"]
     table = seed_table(runs, test.texts, test.labels, recipe.model.max_length)
-    shown = dict(zip(("student", "baseline"), (n.strip() for n in names), strict=True))
+    shown = dict(zip(("student", "baseline"), names, strict=True))
     report = {"recipe": args.recipe, "test": recipe.data.test, "names": shown, "pairs": args.pair, **table, "machine": machine_info()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,11 @@ def distillation_loss(
     return alpha * ce + (1 - alpha) * temperature**2 * kl
 
 
+def soft_term(soft_loss: str, temperature: float) -> str:
+    """How the settings name the soft term, for the progress line and distill.md."""
+    return "logit MSE" if soft_loss == "mse" else f"T {temperature}"
+
+
 class WithTeacher:
     """The tokenized training split (then the transfer set, if any) plus, per row, the
     teacher's cached outputs."""
@@ -741,8 +746,7 @@ def _train_pair(
         progress.step(f"distill: student (with the teacher){tag} up to date, reused")
     else:
         progress.step(
-            f"distill: training the student with the teacher{tag} (alpha {d.alpha}, "
-            + ("logit MSE" if d.soft_loss == "mse" else f"T {d.temperature}")
+            f"distill: training the student with the teacher{tag} (alpha {d.alpha}, {soft_term(d.soft_loss, d.temperature)}"
             + (f", hidden MSE {d.hidden_mse}" if hidden is not None else "")
             + (f"; {len(logits) - len(extra)} labelled + {len(extra)} unlabeled rows per epoch" if extra else "")
             + ")"
@@ -909,8 +913,7 @@ def distill_markdown(report: dict[str, Any]) -> str:
         "# Distillation",
         "",
         f"{report['test_rows']} held-out texts; teacher {report['models']['teacher']['path']}; "
-        f"alpha {s['alpha']}, "
-        + ("soft loss: logit MSE" if s.get("soft_loss") == "mse" else f"T {s['temperature']}")
+        f"alpha {s['alpha']}, {soft_term(s.get('soft_loss', 'kl'), s['temperature'])}"
         + f", hidden MSE {s['hidden_mse']}, level {s['level']}; {report['train_rows']} labelled "
         f"training rows"
         + (
