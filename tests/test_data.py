@@ -142,3 +142,78 @@ def test_bad_data_through_the_cli_writes_nothing(tmp_path, recipe_file):
         f"error: recipe.data.train: {root / 'train.csv'} has no column 'label' (it has: sentence, stars); set data.label_column"
     ]
     assert not any(Path(recipe["output"]).glob("*")) if Path(recipe["output"]).exists() else True
+
+
+# ---- data.dev_holdout: sentences (a dev split that does not leak through its phrases) --------
+
+
+def _treebank(tmp_path) -> DataSection:
+    """SST-2 in small: every phrase of a sentence is a row, cut at random into train and dev."""
+    rows = lambda texts, label: [{"sentence": t + " ", "label": label} for t in texts]  # noqa: E731  (the TSVs' trailing spaces)
+    train = rows(["a fine film", "fine film", "a warm , funny tale"], 1) + rows(["the plot sags", "a dull , silly mess", "dull"], 0)
+    dev = rows(["the plot sags in the middle", "a fine film with a fine cast", "a fine film with", "utterly new words here"], 1)
+    write_split(tmp_path / "train.tsv", train)
+    write_split(tmp_path / "dev.tsv", dev)
+    write_split(tmp_path / "test.tsv", rows(["a test sentence"], 1) + rows(["another one"], 0))
+    return section(tmp_path, "train.tsv", "test.tsv", validation="dev.tsv", dev_holdout="sentences")
+
+
+def test_whole_sentence_dev_drops_the_training_rows_inside_it(tmp_path):
+    s = _treebank(tmp_path)
+    data = load_data(s)
+    # "a fine film with" is a phrase of another dev row: not a whole sentence
+    assert [t.strip() for t in data["validation"].texts] == [
+        "the plot sags in the middle",
+        "a fine film with a fine cast",
+        "utterly new words here",
+    ]
+    # "the plot sags", "a fine film" and "fine film" are phrases of dev sentences: they leave training
+    assert [t.strip() for t in data["train"].texts] == ["a warm , funny tale", "a dull , silly mess", "dull"]
+    assert data["train"].labels == [1, 0, 0]
+    # a stage that reads dev alone (calibration) sees the same dev
+    assert load_data(s, ("validation",))["validation"].texts == data["validation"].texts
+    # and rows (the default) is the split as it is
+    plain = load_data(s.model_copy(update={"dev_holdout": "rows"}))
+    assert len(plain["train"]) == 6 and len(plain["validation"]) == 4
+
+
+def test_whole_sentence_dev_samples_sentences_and_keeps_their_phrases_out(tmp_path):
+    s = _treebank(tmp_path).model_copy(update={"max_eval_samples": 1})
+    data = load_data(s)
+    (kept,) = [t.strip() for t in data["validation"].texts]
+    assert kept in {"the plot sags in the middle", "a fine film with a fine cast", "utterly new words here"}
+    assert all(t.strip() not in kept for t in data["train"].texts)  # only the phrases of the dev rows used leave
+    assert len(data["train"]) == 6 - {"the plot sags in the middle": 1, "a fine film with a fine cast": 2}.get(kept, 0)
+
+
+def test_whole_sentence_dev_changes_the_data_key_and_rows_keeps_the_old_one(tmp_path):
+    import json
+
+    from ftexport.core.artifacts import hash_files
+    from ftexport.data import fingerprint
+
+    s = _treebank(tmp_path)
+    rows = s.model_copy(update={"dev_holdout": "rows"})
+    assert fingerprint(s) != fingerprint(rows)
+    # at the default the key is what it was before the field existed (stage keys, and runs, stay)
+    old = {k: v for k, v in rows.model_dump(mode="json").items() if k not in ("root", "train", "validation", "test", "dev_holdout")}
+    files = [(f"{n}/", tmp_path / f) for n, f in (("train", "train.tsv"), ("validation", "dev.tsv"), ("test", "test.tsv"))]
+    assert fingerprint(rows) == hash_files(files, json.dumps(old, sort_keys=True))
+
+
+def test_whole_sentence_dev_errors_name_the_fix(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="dev_holdout: sentences cuts dev out of data.validation and data.train"):
+        section(tmp_path, "train.tsv", "test.tsv", dev_holdout="sentences")
+    s = _treebank(tmp_path)
+    write_split(tmp_path / "dev.tsv", [{"sentence": "fine film", "label": 1}, {"sentence": "silly", "label": 0}])
+    with pytest.raises(DataError, match=r"^recipe.data.dev_holdout: every row of .*dev.tsv is a phrase .* set dev_holdout: rows$"):
+        load_data(s)
+    conll = tmp_path / "conll"
+    for name in ("train.txt", "dev.txt", "test.txt"):
+        (conll / name).parent.mkdir(exist_ok=True)
+        (conll / name).write_text("EU B-ORG\nrejects O\n\nPeter B-PER\n")
+    tagged = DataSection(root=str(conll), train="train.txt", validation="dev.txt", test="test.txt", dev_holdout="sentences")
+    with pytest.raises(DataError, match="dev_holdout: sentences is for one-label-per-text splits, not tagged words"):
+        load_data(tagged)

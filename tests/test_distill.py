@@ -846,6 +846,26 @@ def test_a_transfer_set_never_holds_dev_or_test_texts(tmp_path, teacher):
     assert d.load_unlabeled(r, data["train"].texts, data["validation"].texts + data["test"].texts) == extra
 
 
+def test_with_a_whole_sentence_dev_the_transfer_set_leaves_out_its_phrases_too(tmp_path, teacher):
+    import pandas as pd
+
+    import ftexport.train.distill as d
+
+    base = distill_recipe(tmp_path, teacher, rows=None)
+    base["data"]["dev_holdout"] = "sentences"
+    root = Path(base["data"]["root"])
+    dev = pd.read_csv(root / base["data"]["validation"])["sentence"].tolist()
+    sentence = dev[0].split()
+    phrase, extra = " ".join(sentence[1:4]), "a text nobody scores"
+    (tmp_path / "u.tsv").write_text(f"sentence\n{phrase}\n{extra}\n")
+    r = parse_recipe({**base, "distill": {**base["distill"], "unlabeled": {"path": str(tmp_path / "u.tsv")}}})
+    data = d.load_data(r.data, ("train", "validation", "test"))
+    assert " ".join(sentence) in [" ".join(t.split()) for t in data["validation"].texts]  # a whole sentence: held out
+    assert d.student_texts(r, data)["transfer"] == [extra]  # its phrase would leak dev through the teacher
+    rows = parse_recipe({**base, "data": {**base["data"], "dev_holdout": "rows"}, "distill": r.distill.model_dump()})
+    assert d.student_texts(rows, d.load_data(rows.data, ("train", "validation", "test")))["transfer"] == [phrase, extra]
+
+
 def test_an_incomplete_teacher_folder_is_refused(tmp_path, teacher):
     import ftexport.train.distill as d
 

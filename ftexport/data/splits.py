@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core import progress
 from ..core.artifacts import hash_files
 from ..core.errors import DataError
 from .base import SPLITS, Data, Split
@@ -69,8 +70,10 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
     labelled=False (language modelling): only the text column is read and required; the
     splits carry no labels and the label set is empty."""
     frames: dict[str, tuple[pd.DataFrame, str]] = {}
+    holdout = section.dev_holdout == "sentences" and bool({"train", "validation"} & set(splits))  # each split then needs the other
     for split in SPLITS:
-        if split not in splits and not (labelled and split == "train" and not section.label_names):
+        wanted = split in splits or (labelled and split == "train" and not section.label_names) or (holdout and split != "test")
+        if not wanted:
             continue  # the train split is read anyway when it alone defines the label set
         if section.hub is not None:
             df = read_hub(section, split)
@@ -92,6 +95,8 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
                 raise DataError(f"recipe.data.{split}: {where} has no column {col!r} (it has: {cols}); set data.{field}")
 
     if any(is_token_frame(df, section.label_column) for df, _ in frames.values()):
+        if section.dev_holdout != "rows":
+            raise DataError("recipe.data.dev_holdout: sentences is for one-label-per-text splits, not tagged words; set dev_holdout: rows")
         return load_token_splits(section, frames, splits)
 
     train = frames.get("train")
@@ -100,11 +105,13 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
         raise DataError(f"recipe.data.train: found only the label {names} ; a classifier needs at least two labels")
 
     limits = {"train": section.max_train_samples, "validation": section.max_eval_samples, "test": section.max_test_samples}
+    if holdout:
+        _hold_out_sentences(section, frames, limits["validation"])
     out: dict[str, Split] = {}
     for split, (df, where) in frames.items():
         if split not in splits:
             continue
-        limit = limits[split]
+        limit = None if holdout and split == "validation" else limits[split]  # the held-out sentences are sampled already
         if limit is not None and limit < len(df):
             df = df.sample(n=limit, random_state=section.sample_seed)
         texts = df[section.text_column].tolist()
@@ -121,6 +128,33 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
     return Data(names, out)
 
 
+def _hold_out_sentences(section: Any, frames: dict[str, tuple[pd.DataFrame, str]], limit: int | None) -> None:
+    """data.dev_holdout: sentences. Dev becomes the validation split's whole sentences (a sample
+    of `limit` of them), and the training rows that are phrases of those leave the training split."""
+    from .phrases import outside, whole_sentences
+
+    missing = [s for s in ("train", "validation") if s not in frames]
+    if missing:
+        need = " and ".join(missing)
+        raise DataError(f"recipe.data.dev_holdout: sentences needs the {need} split; configure data.{missing[0]} or set dev_holdout: rows")
+    col = section.text_column
+    (train, t_where), (dev, d_where) = frames["train"], frames["validation"]
+    dev = dev.iloc[whole_sentences(dev[col].tolist(), train[col].tolist())]
+    if dev.empty:
+        raise DataError(
+            f"recipe.data.dev_holdout: every row of {d_where} is a phrase of a training row or of another dev row, "
+            "so there is no whole sentence to hold out; set dev_holdout: rows"
+        )
+    if limit is not None and limit < len(dev):
+        dev = dev.sample(n=limit, random_state=section.sample_seed)
+    kept = train.iloc[outside(train[col].tolist(), dev[col].tolist())]
+    progress.info(
+        f"data: dev_holdout sentences: {len(dev)} whole sentences of {d_where} for dev; "
+        f"{len(train) - len(kept)} training rows that are phrases of them left out ({len(kept)} remain)"
+    )
+    frames["train"], frames["validation"] = (kept, t_where), (dev, d_where)
+
+
 def split_path(section: Any, split: str) -> Path | None:
     value = getattr(section, split)
     if value is None:
@@ -133,6 +167,8 @@ def fingerprint(section: Any) -> str:
     are not part of it, only the bytes of the files they name: the same files reached through
     a relative or an absolute `data.root` give the same key."""
     settings = {k: v for k, v in section.model_dump(mode="json").items() if k not in _WHERE}
+    if settings.get("dev_holdout") == "rows":  # added later: at its default it hashes like its absence, so keys stay
+        del settings["dev_holdout"]
     files: list[tuple[str, Path]] = []
     if section.hub is None:
         for split in SPLITS:

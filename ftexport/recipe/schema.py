@@ -89,6 +89,12 @@ class DataSection(Section):
     max_eval_samples: int | None = Field(None, gt=0, description="rows of the validation split used during training")
     max_test_samples: int | None = Field(None, gt=0)
     sample_seed: int = 0
+    dev_holdout: Literal["rows", "sentences"] = Field(
+        "rows",
+        description="rows: the validation split as it is; sentences: for sets that list every phrase of a sentence as a row "
+        "(GLUE SST-2), dev keeps only the validation split's whole sentences and every training row that is a phrase of "
+        "one of them leaves the training split, so dev scores sentences the model has not read in pieces (ftexport.data.phrases)",
+    )
     bio: Literal["strict", "repair"] = Field(
         "strict",
         description="token-classification: an I-X that does not continue an X entity is an error (strict), "
@@ -100,6 +106,8 @@ class DataSection(Section):
     def _has_source(self) -> DataSection:
         if self.hub is None and self.test is None:
             raise ValueError("give local files (data.test, and data.train to train on) or a hub source (data.hub)")
+        if self.dev_holdout == "sentences" and self.hub is None and (self.train is None or self.validation is None):
+            raise ValueError("dev_holdout: sentences cuts dev out of data.validation and data.train; give both, or set dev_holdout: rows")
         return self
 
     def split_path(self, split: str) -> Path | None:

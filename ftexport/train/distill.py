@@ -37,6 +37,7 @@ from ..core.machine import machine_info
 from ..core.tables import markdown_table
 from ..core.timing import cycle, summarize, time_calls
 from ..data import fingerprint, load_data, read_table
+from ..data.phrases import outside
 from ..tasks import get_task
 from ..tasks.encoder import torch_probs
 from .teacher_outputs import TeacherOutputs, save_npz, save_teacher_outputs
@@ -485,6 +486,8 @@ def student_texts(recipe: Any, data: Any) -> dict[str, list[str]]:
     dev = data.get("validation")
     held_out = (dev.texts if dev is not None else []) + data["test"].texts
     extra = load_unlabeled(recipe, train_texts, held_out) if d.unlabeled is not None else []
+    if extra and dev is not None and recipe.data.dev_holdout == "sentences":  # the phrases of dev's sentences are held out too
+        extra = [extra[i] for i in outside(extra, dev.texts)]
     if extra:
         progress.info(f"transfer set: {len(extra)} unlabeled texts from {d.unlabeled.path} for the teacher to label")
     pieces = {"training": train_texts, "transfer": extra}
