@@ -217,3 +217,24 @@ def test_whole_sentence_dev_errors_name_the_fix(tmp_path):
     tagged = DataSection(root=str(conll), train="train.txt", validation="dev.txt", test="test.txt", dev_holdout="sentences")
     with pytest.raises(DataError, match="dev_holdout: sentences is for one-label-per-text splits, not tagged words"):
         load_data(tagged)
+
+
+def test_rows_leaves_the_recipe_stage_keys_as_before(tmp_path, recipe_file):
+    """Recipes trained before data.dev_holdout existed keep their stage keys: no retraining on upgrade."""
+    import hashlib
+    import json
+
+    import yaml
+
+    from ftexport.recipe import load_recipe
+
+    path = recipe_file()
+    r = load_recipe(path)
+    dump = r.model_dump(mode="json", by_alias=True)["data"]
+    for gone in ("dev_holdout", "root", "train", "validation", "test"):  # the field, and the paths keys never hash
+        dump.pop(gone)
+    assert r.section_hash("data") == hashlib.sha256(json.dumps({"data": dump}, sort_keys=True).encode()).hexdigest()[:16]
+    d = yaml.safe_load(path.read_text())
+    d["data"].update(validation=d["data"].get("validation") or d["data"]["test"], dev_holdout="sentences")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    assert load_recipe(tmp_path / "s.yaml").section_hash("data") != r.section_hash("data")

@@ -358,6 +358,7 @@ ADDED_UNSET = (
     ("distill", "augment"),
     ("distill", "teacher_outputs"),
     ("distill", "soft_loss", "kl"),
+    ("data", "dev_holdout", "rows"),
 )
 
 
