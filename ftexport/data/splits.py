@@ -23,6 +23,7 @@ from ..core.errors import DataError
 from .base import SPLITS, Data, Split
 from .conll import is_token_frame, load_token_splits
 from .files import read_hub, read_table
+from .phrases import outside, whole_sentences
 
 # Fields that say where the data lies, not what it is: the fingerprint hashes the files' bytes instead.
 _WHERE = ("root", "train", "validation", "test")
@@ -131,8 +132,6 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
 def _hold_out_sentences(section: Any, frames: dict[str, tuple[pd.DataFrame, str]], limit: int | None) -> None:
     """data.dev_holdout: sentences. Dev becomes the validation split's whole sentences (a sample
     of `limit` of them), and the training rows that are phrases of those leave the training split."""
-    from .phrases import outside, whole_sentences
-
     missing = [s for s in ("train", "validation") if s not in frames]
     if missing:
         need = " and ".join(missing)
