@@ -182,3 +182,19 @@ def test_indivisible_global_batch_is_one_line_error(recipe_file, monkeypatch, ra
         )
     else:
         assert out.output == ""  # rank 0 says it once
+
+
+def test_process_group_is_torn_down_at_exit(tmp_path: Path):
+    """Left to interpreter exit, gloo's threads once aborted rank 1 of a finished run
+    (exit -6); ftexport destroys the group itself, at exit, and only when one exists."""
+    code = (
+        "import torch.distributed as dist\n"
+        "from ftexport.train.trainer import _close_process_group\n"
+        "_close_process_group()  # no group: nothing to do\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "_close_process_group()\n"
+        "print(dist.is_initialized())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"

@@ -12,6 +12,7 @@ Only rank 0 writes files and prints; the other ranks wait for it at barriers.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import shutil
@@ -303,6 +304,9 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
             "launch with torchrun or accelerate launch"
         )
     state = getattr(args, "distributed_state", None)  # the process group the Trainer will use, now initialized
+    if world_size > 1:
+        atexit.unregister(_close_process_group)  # once per process, however many train() calls
+        atexit.register(_close_process_group)
     if args.process_index == 0:
         if ckpt_dir.exists() and (ckpt_dir / "KEY").is_file() and (ckpt_dir / "KEY").read_text() != key:
             shutil.rmtree(ckpt_dir)
@@ -415,6 +419,17 @@ def keep_pretrained(recipe: Any, output: Path, task: Any, key: str) -> StageReco
             trust_remote_code=recipe.model.trust_remote_code,
         ).write(tmp)
     return read_record(output)
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter does: left to exit, gloo's threads
+    can outlive it and abort the process ("terminate called without an active exception",
+    exit -6) after a run that succeeded. Runs at exit, not after train(), because a second train()
+    in the same process (distill's seeds) still needs the group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _barrier(state: Any) -> None:
