@@ -12,11 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ftexport.core.artifacts import make_key
-from ftexport.core.hf import model_folder, model_hash
+from ftexport.core.hf import model_folder
 from ftexport.data import fingerprint
 from ftexport.recipe import load_recipe
-from ftexport.train.distill import work_dir
+from ftexport.train.distill import make_baseline_key, work_dir
 from ftexport.train.trainer import train
 
 
@@ -34,13 +33,7 @@ def main() -> None:
             "model": recipe.model.model_copy(update={"path": str(student)}),
         }
     )
-    key = make_key(
-        "distill-baseline",
-        seeded.section_hash("task", "data", "method", "training"),
-        fingerprint(seeded.data),
-        model_hash(student),
-        seeded.model.max_length,
-    )
+    key = make_baseline_key(seeded, fingerprint(seeded.data), student, seeded.model.max_length)
     out = work_dir(Path(sys.argv[2])) / "baseline"
     print(f"baseline of seed {seed}, key {key} -> {out}", flush=True)
     train(seeded, out, key=key)

@@ -21,7 +21,7 @@ from collections import defaultdict
 from ftexport.core.hf import model_folder
 from ftexport.data import load_data
 from ftexport.recipe import load_recipe
-from ftexport.train.distill import augment_texts, embedding_neighbours, load_unlabeled
+from ftexport.train.distill import embedding_neighbours, student_texts
 
 
 def main(recipe_path: str, out: str) -> None:
@@ -33,11 +33,8 @@ def main(recipe_path: str, out: str) -> None:
     kept = set(load_data(held.data, ("train", "validation", "test"))["train"].texts)
     train_texts = full["train"].texts
     gone = [t.split() for t in dict.fromkeys(train_texts) if t not in kept]
-    # exactly what `ftexport distill recipes/distill.yaml` augments (and the teacher file labels)
-    held_out = full["validation"].texts + full["test"].texts
-    extra = load_unlabeled(recipe, train_texts, held_out)
+    augmented = student_texts(recipe, full)["augmented"]  # what `ftexport distill recipes/distill.yaml` augments (the file labels)
     near = embedding_neighbours(model_folder(recipe.model.path), {w for t in train_texts for w in t.split()}, a.neighbours)
-    augmented = augment_texts(train_texts, a, [*train_texts, *extra, *held_out], near)
     by_len: dict[int, list[list[str]]] = defaultdict(list)
     for words in gone:
         by_len[len(words)].append(words)

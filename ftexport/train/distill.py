@@ -544,6 +544,14 @@ def _input_hashes(recipe: Any) -> tuple[str, str, tuple[str, ...], tuple[str, ..
     return fingerprint(recipe.data), t_hash, _transfer_key(recipe), ((model_hash(student),) if student else ())
 
 
+def make_baseline_key(recipe: Any, data_fp: str, student_dir: Path, max_len: int) -> str:
+    """The cache key of the student trained without the teacher: `recipe` is the seeded student
+    recipe (model.path = student_dir), so the key follows the seed, data, method and training,
+    not the teacher or the distill section."""
+    sections = recipe.section_hash("task", "data", "method", "training")
+    return make_key("distill-baseline", sections, data_fp, model_hash(student_dir), max_len)
+
+
 def work_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.work"
 
@@ -758,9 +766,7 @@ def _train_pair(
         train(recipe, out["student"], quiet=quiet, trainer_class=distill_trainer_class(d, logits, hidden, transfer), key=kd_key)
     if d.baseline:
         out["baseline"] = work / f"baseline{suffix}"
-        baseline_key = make_key(
-            "distill-baseline", recipe.section_hash("task", "data", "method", "training"), data_fp, model_hash(student_dir), max_len
-        )
+        baseline_key = make_baseline_key(recipe, data_fp, student_dir, max_len)
         if is_fresh(out["baseline"], baseline_key):
             progress.step(f"distill: baseline student (no teacher){tag} up to date, reused")
         else:
