@@ -230,7 +230,12 @@ def probe_provider(provider: str) -> tuple[bool, str]:
             return False, f"{provider} failed to start: {first_line(e)}"
         active = sess.get_providers()
     if active[0] != provider:
-        return False, f"{provider} is listed but ONNX Runtime fell back to {active[0]} (CUDA or cuDNN libraries missing or mismatched)"
+        why = (
+            "TensorRT's libraries missing or mismatched (pip install 'ftexport[trt]'), or onnxruntime's TensorRT provider library"
+            if provider == "TensorrtExecutionProvider"
+            else "CUDA or cuDNN libraries missing or mismatched"
+        )
+        return False, f"{provider} is listed but ONNX Runtime fell back to {active[0]} ({why})"
     return True, "ok"
 
 

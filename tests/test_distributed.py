@@ -52,7 +52,8 @@ def no_dropout_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = json.loads((model / "config.json").read_text())
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (model / "config.json").write_text(json.dumps(config))
-    recipe = tiny_recipe(tmp, model, training__epochs=6, training__eval_steps=72, training__batch_size=16)
+    # On the CPU even where a GPU is (these are the gloo runs; two ranks on one GPU would collide in NCCL).
+    recipe = tiny_recipe(tmp, model, training__epochs=6, training__eval_steps=72, training__batch_size=16, training__device="cpu")
     return write_recipe(tmp / "recipe.yaml", recipe)
 
 

@@ -609,3 +609,30 @@ def test_recipe_tensorrt_section(recipe_file, tmp_path):
         out = runner.invoke(main, ["-q", "run", str(path)])
         assert out.exit_code == 2 and "tensorrt package is not installed" in out.output
         assert not (tmp_path / "runs").exists() and not list(tmp_path.glob("**/train"))  # refused before training
+
+
+def test_doctor_names_tensorrt_when_its_provider_falls_back(monkeypatch):
+    """Seen on an H200 with onnxruntime-gpu and no TensorRT: the TensorRT provider is listed, the
+    session falls back to the CPU, and the reason given must be TensorRT's libraries, not CUDA's."""
+    import onnxruntime as ort
+
+    from ftexport.doctor import probe_provider
+
+    class FellBack:
+        def __init__(self, path, providers):
+            pass
+
+        def run(self, *a):
+            return None
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    monkeypatch.setattr(ort, "InferenceSession", FellBack)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: None, raising=False)
+    ok, why = probe_provider("TensorrtExecutionProvider")
+    assert not ok and "TensorRT's libraries" in why and "cuDNN" not in why
+    ok, why = probe_provider("CUDAExecutionProvider")
+    assert not ok and "CUDA or cuDNN" in why

@@ -7,6 +7,8 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +222,36 @@ def predict_logits(model: Any, tokenizer: Any, texts: list[str], max_length: int
             enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             out.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
     return np.concatenate(out, axis=0)
+
+
+@contextmanager
+def cuda_matmul_precision(mode: str) -> Iterator[None]:
+    """CUDA fp32 matmuls and cuDNN convolutions in `mode` ("tf32" or "ieee") inside the block, and
+    as they were after it. Training turns TF32 on for itself alone; the parity reference runs in
+    ieee whatever the process set before. (transformers' `tf32=True` sets it process-wide and
+    leaves it on: on an H200 the fp32 reference computed after training, in the same process,
+    then missed the 1e-3 fp32 gate, max |dlogit| 2.1e-3 against 1.4e-7 in a fresh process.)"""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; the allow_tf32 flags are the legacy API
+
+        def put(m: Any, c: Any) -> None:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = m, c
+
+        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        put(mode, mode)
+    else:
+
+        def put(m: Any, c: Any) -> None:
+            matmul.allow_tf32, cudnn.allow_tf32 = m, c
+
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+        put(mode == "tf32", mode == "tf32")
+    try:
+        yield
+    finally:
+        put(*saved)
 
 
 def reference_device(model: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,20 @@ class ParityReport(JsonView):
                     shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
                     limit_shown = f"{limit:.4g}" if isinstance(limit, (int, float)) else str(limit)
                     out.append(f"{name}: {c['name']} {shown} (limit {limit_shown})")
-        return out
+        shortfall = reference_shortfall(self)
+        return out + ([shortfall] if shortfall else [])
+
+
+def reference_shortfall(report: Mapping[str, Any]) -> str | None:
+    """Where a score floor (min_accuracy) failed and the PyTorch model itself is under it too:
+    the phrase that says so, since no export or quantization could have passed it."""
+    below = report.get("reference_below_gate")
+    if not below:
+        return None
+    return (
+        f"the PyTorch model itself scores {below['value']:.4g} {below['metric']}, under the min_accuracy limit {below['limit']:.4g}: "
+        "the training fell short (see the train stage's dev metrics), not the export or quantization"
+    )
 
 
 @dataclass

@@ -168,7 +168,9 @@ class TrainingSection(Section):
         "loss = the dev loss (lower is better; steadier than accuracy on a small dev split); "
         "perplexity (text-generation, lower is better)",
     )
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field("auto", description="auto: bf16 (or fp16) on CUDA, none on CPU")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="auto and no: fp32 (TF32 matmuls on Ampere+ GPUs); bf16 or fp16: autocast, CUDA only"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     group_by_length: bool | None = Field(
         None, description="batch texts of similar length together, so dynamic padding pads less (default: on with CUDA, off on the CPU)"

@@ -17,13 +17,14 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from ..core import progress
 from ..core.artifacts import StageRecord, link_tree, make_key, read_record, stage_dir
 from ..core.errors import RecipeError
-from ..core.hf import check_model_dir, load_tokenizer, model_folder, model_hash, reference_labels, resolve_model_path
+from ..core.hf import check_model_dir, cuda_matmul_precision, load_tokenizer, model_folder, model_hash, reference_labels, resolve_model_path
 from ..data import fingerprint
 from ..tasks import get_task
 from .methods import adalora_callback, apply_method, check_positions, dropout_override
@@ -40,16 +41,20 @@ def resolve_device(choice: str) -> str:
 
 
 def precision_flags(mixed: str, device: str) -> dict[str, bool]:
-    """bf16 where the GPU has it, else fp16; nothing on the CPU (slower there, and lossy)."""
+    """Autocast only when the recipe asks for it (bf16 or fp16, CUDA only). `auto` is fp32, with
+    TF32 matmuls on an Ampere or newer GPU (tf32_wanted): on an H200, bf16 autocast made the
+    quickstart's LoRA (lr 2e-3, 625 steps) collapse to the majority class (dev loss 0.667) where
+    fp32 + TF32 trained it (0.267), no slower (docs/results/gpu-h200-precision-ab.json)."""
+    if mixed in ("fp16", "bf16") and device != "cuda":
+        raise RecipeError(f"recipe.training.mixed_precision: {mixed} needs a CUDA device; use 'auto' or 'no' on the CPU")
+    return {"bf16": mixed == "bf16", "fp16": mixed == "fp16"}
+
+
+def tf32_wanted(device: str) -> bool:
+    """TF32 tensor-core matmuls for fp32 training: CUDA on compute capability 8.0 (Ampere) or newer."""
     import torch
 
-    if device != "cuda" or mixed == "no":
-        if mixed in ("fp16", "bf16") and device != "cuda":
-            raise RecipeError(f"recipe.training.mixed_precision: {mixed} needs a CUDA device; use 'auto' or 'no' on the CPU")
-        return {"bf16": False, "fp16": False}
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"bf16": mixed == "bf16", "fp16": mixed == "fp16"}
+    return device == "cuda" and torch.cuda.get_device_capability()[0] >= 8
 
 
 def _progress_callback() -> Any:
@@ -292,7 +297,7 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
         use_cpu=not cuda,
         dataloader_num_workers=t.dataloader_workers,
         optim="adamw_torch_fused" if cuda else "adamw_torch",
-        tf32=bool(cuda and torch.cuda.get_device_capability()[0] >= 8),
+        tf32=None,  # not process-wide: TF32 is on inside trainer.train() alone (below)
         # NCCL has no CPU tensors; None lets accelerate pick (NCCL on GPUs, or what its config says).
         ddp_backend="gloo" if world_size > 1 and not cuda else None,
         **flags,
@@ -336,7 +341,9 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
     trainer.remove_callback(ProgressCallback)
     if not quiet:
         trainer.add_callback(_progress_callback())
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    tf32 = tf32_wanted(device)
+    with cuda_matmul_precision("tf32") if tf32 else nullcontext():
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
     metrics: dict[str, Any] = {
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
@@ -346,7 +353,7 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
         "resumed": resume,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "precision": "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32",
-        "tf32": bool(args.tf32),
+        "tf32": tf32,
         "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
         "padding": t.padding,
         "group_by_length": bool(cuda if t.group_by_length is None else t.group_by_length),
