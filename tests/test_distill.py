@@ -1042,3 +1042,31 @@ def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_te
         test = data["test"]
         accuracy = float((outputs.logits(test.texts, "test").argmax(-1) == np.asarray(test.labels)).mean())
         assert accuracy == outputs.meta["test_accuracy"] and accuracy >= 0.925
+
+
+@pytest.mark.skipif(SST2 is None, reason="SST-2 not found: set FTEXPORT_DATA to the folder holding sst2/")
+def test_the_clean_dev_teacher_file_covers_its_students_recipe_and_meets_the_teacher_target(monkeypatch):
+    """recipes/teachers/mpnet-sst2-holdout.npz, from the teacher trained without the dev sentences'
+    phrases: every text docs/results/distill-holdout-replace.yaml reads (the 20,000 word-replaced
+    texts made again here from the reduced pool), none of dev's phrases among its training or
+    transfer texts, and >= 92.5% on the test sentences scored from the file."""
+    import ftexport.train.distill as d
+    from ftexport.data.phrases import outside
+    from ftexport.train.teacher_outputs import TeacherOutputs
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
+    r = load_recipe(root / "docs" / "results" / "distill-holdout-replace.yaml")
+    outputs = TeacherOutputs(r.distill.teacher_outputs)
+    outputs.check(r.data.label_names, r.model.max_length)
+    data = d.load_data(r.data, ("train", "validation", "test"))
+    pieces = d.student_texts(r, data)
+    assert (len(pieces["training"]), len(pieces["transfer"]), len(pieces["augmented"])) == (54_129, 5_317, 20_000)
+    for piece, texts in pieces.items():
+        assert outputs.logits(texts, piece).shape == (len(texts), 2)
+    dev = data["validation"].texts
+    assert len(dev) == 678 and len(outside(pieces["transfer"], dev)) == len(pieces["transfer"])
+    test = data["test"]
+    accuracy = float((outputs.logits(test.texts, "test").argmax(-1) == np.asarray(test.labels)).mean())
+    assert accuracy == outputs.meta["test_accuracy"] and accuracy >= 0.925
