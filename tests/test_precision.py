@@ -32,10 +32,9 @@ IEEE = ("ieee", "ieee") if hasattr(torch.backends.cuda.matmul, "fp32_precision")
 
 @pytest.fixture
 def restore_tf32():
+    """Whatever a test leaves, the next one starts from this process's setting."""
     before = tf32_state()
     yield before
-    with cuda_matmul_precision("ieee"):
-        pass
     m, c = torch.backends.cuda.matmul, torch.backends.cudnn
     if hasattr(m, "fp32_precision"):
         m.fp32_precision, c.conv.fp32_precision = before
