@@ -32,14 +32,10 @@ IEEE = ("ieee", "ieee") if hasattr(torch.backends.cuda.matmul, "fp32_precision")
 
 @pytest.fixture
 def restore_tf32():
-    """Whatever a test leaves, the next one starts from this process's setting."""
-    before = tf32_state()
-    yield before
-    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(m, "fp32_precision"):
-        m.fp32_precision, c.conv.fp32_precision = before
-    else:
-        m.allow_tf32, c.allow_tf32 = before
+    """Whatever a test leaves, the next one starts from this process's setting (the helper's own
+    restore, which test_cuda_matmul_precision_sets_and_restores_even_on_error checks)."""
+    with cuda_matmul_precision("ieee"):
+        yield
 
 
 def test_cuda_matmul_precision_sets_and_restores_even_on_error(restore_tf32):
