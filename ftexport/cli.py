@@ -49,10 +49,27 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _recipe(path: str) -> Any:
+def _recipe(path: str | None, overrides: tuple[str, ...] = ()) -> Any:
+    """The recipe at PATH with the command's --set overrides applied; None without a PATH."""
     from .recipe import load_recipe
 
-    return load_recipe(path)
+    if path is None:
+        if overrides:
+            raise click.UsageError("--set changes a recipe's fields; give the recipe too (--recipe FILE)")
+        return None
+    return load_recipe(path, overrides=overrides)
+
+
+def _set_option(f: Any) -> Any:
+    """--set SECTION.FIELD=VALUE (repeatable) on every command that reads a recipe."""
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="SECTION.FIELD=VALUE",
+        help="Change one recipe field for this command without editing the file (repeatable; VALUE is YAML), "
+        "e.g. --set distill.seeds=[43] --set training.lr=5e-5.",
+    )(f)
 
 
 def _echo_json(data: Any) -> None:
@@ -97,7 +114,8 @@ def main(quiet: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Pipeline folder [default: the recipe's output, or runs/NAME].")
-def run(recipe: str, force: bool, stop_after: str | None, as_json: bool, output: str | None) -> None:
+@_set_option
+def run(recipe: str, force: bool, stop_after: str | None, as_json: bool, output: str | None, overrides: tuple[str, ...]) -> None:
     """Run the whole pipeline of RECIPE: train, merge, export, quantize, validate, bench, pack.
 
     Each stage writes its own folder under the recipe's output (default runs/NAME). A stage
@@ -108,7 +126,7 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool, output:
     from .pipeline import run as run_pipeline
     from .tasks import get_task
 
-    r = _recipe(recipe)
+    r = _recipe(recipe, overrides)
     if output:
         r = r.model_copy(update={"output": output})
     task = get_task(r.task)
@@ -145,7 +163,8 @@ def run(recipe: str, force: bool, stop_after: str | None, as_json: bool, output:
     metavar="NAME",
     help="Override recipe method.name: full, bitfit, lora, adalora, ia3, prefix or prompt (README, 'Fine-tuning methods').",
 )
-def train(recipe: str, output: str | None, method_name: str | None) -> None:
+@_set_option
+def train(recipe: str, output: str | None, method_name: str | None, overrides: tuple[str, ...]) -> None:
     """Fine-tune the recipe's model on its data with the Hugging Face Trainer: fully, BitFit,
     or a peft adapter (LoRA, AdaLoRA, IA3, prefix or prompt tuning).
 
@@ -155,14 +174,9 @@ def train(recipe: str, output: str | None, method_name: str | None) -> None:
     processes (docs/distributed.md).
     """
     from .pipeline import stage_dirs
-    from .recipe import parse_recipe
     from .train.trainer import train as train_stage
 
-    r = _recipe(recipe)
-    if method_name:
-        data = r.model_dump(by_alias=True)
-        data["method"]["name"] = method_name
-        r = parse_recipe(data, recipe)
+    r = _recipe(recipe, (*overrides, f"method.name={method_name}") if method_name else overrides)
     out = Path(output) if output else stage_dirs(r)["train"]
     record = train_stage(r, out, quiet=progress.quiet())
     if record:  # empty on ranks other than 0 of a distributed run: rank 0 reports for all
@@ -186,7 +200,8 @@ def train(recipe: str, output: str | None, method_name: str | None) -> None:
     help="With --save-teacher-outputs: keep the texts already in FILE and add the recipe's texts it lacks "
     "(FILE must hold the same teacher's outputs, for the same labels and max_length).",
 )
-def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None, append: bool) -> None:
+@_set_option
+def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None, append: bool, overrides: tuple[str, ...]) -> None:
     """Distil the recipe's teacher (distill.teacher) into a smaller student.
 
     \b
@@ -213,7 +228,7 @@ def distill(recipe: str, output: str | None, as_json: bool, save_to: str | None,
     from .train.distill import distill as distill_stage
     from .train.distill import save_outputs
 
-    r = _recipe(recipe)
+    r = _recipe(recipe, overrides)
     if append and not save_to:
         raise click.UsageError("--append adds to the file --save-teacher-outputs names; give that option too")
     if save_to:
@@ -295,6 +310,7 @@ def merge(train_dir: str, output: str) -> None:
     help="With --trt: a text over the profile's max tokens is refused, or cut [default: error].",
 )
 @click.option("--workspace-gib", type=click.FloatRange(0, min_open=True), help="With --trt: builder workspace [default: 4].")
+@_set_option
 def export(
     model_dir: str | None,
     output: str | None,
@@ -310,6 +326,7 @@ def export(
     seq: str | None,
     on_longer: str | None,
     workspace_gib: float | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Export a dense model folder to an ONNX bundle through Hugging Face Optimum or torch.onnx.
 
@@ -344,7 +361,7 @@ def export(
         from .export.tensorrt import build_engines, training_texts
         from .recipe import TensorRTSection, format_error
 
-        recipe = _recipe(recipe_path) if recipe_path else None
+        recipe = _recipe(recipe_path, overrides)
         fields = (recipe.tensorrt if recipe else TensorRTSection()).model_dump()
         fields.update({k: v for k, v in trt_flags.items() if v is not None})
         try:
@@ -414,6 +431,7 @@ def export(
     default=None,
     help="If int8 misses the recipe's int8 gate on validation texts, keep the most sensitive layers in fp32 and retry (needs --recipe).",
 )
+@_set_option
 def quantize(
     bundle: str,
     output: str,
@@ -427,6 +445,7 @@ def quantize(
     reduce_range: bool | None,
     symmetric: bool | None,
     accuracy_aware: bool | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Add optimized and compressed variants to BUNDLE.
 
@@ -438,7 +457,7 @@ def quantize(
     from .export.quantize import quantize as quantize_stage
     from .recipe import QuantizeSection
 
-    recipe = _recipe(recipe_path) if recipe_path else None
+    recipe = _recipe(recipe_path, overrides)
     base = recipe.quantize if recipe else QuantizeSection()
     fields = base.model_dump()
     flags = {
@@ -503,6 +522,7 @@ def _gates(recipe: Any, thresholds: tuple[str, ...]) -> dict[str, Any]:
     help="Override a gate, e.g. int8.min_agreement=0.98 (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print parity.json to stdout.")
+@_set_option
 def validate(
     bundle: str,
     reference: str,
@@ -512,6 +532,7 @@ def validate(
     backends: tuple[str, ...],
     thresholds: tuple[str, ...],
     as_json: bool,
+    overrides: tuple[str, ...],
 ) -> None:
     """The parity gate: PyTorch vs every variant of BUNDLE on the held-out split.
 
@@ -528,7 +549,7 @@ def validate(
     from .judge.parity import validate as validate_stage
     from .tasks import get_task
 
-    r = _recipe(recipe_path)
+    r = _recipe(recipe_path, overrides)
     gates = _gates(r, thresholds)
     out = output or f"{bundle.rstrip('/')}.parity"
     report = validate_stage(
@@ -628,6 +649,7 @@ def validate(
     "accuracy column of the trade-off table.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print bench.json to stdout.")
+@_set_option
 def bench(
     bundle: str,
     reference: str | None,
@@ -654,6 +676,7 @@ def bench(
     label: str,
     score: bool,
     as_json: bool,
+    overrides: tuple[str, ...],
 ) -> None:
     """Latency (p50/p90/p95/p99), throughput, noise, cold start and peak memory of PyTorch
     fp32 (eager and torch.compile), the plain Optimum path and the bundle's ONNX variants.
@@ -673,7 +696,7 @@ def bench(
     from .recipe import BenchSection, format_error
     from .tasks import get_task
 
-    rec = _recipe(recipe_path) if recipe_path else None
+    rec = _recipe(recipe_path, overrides)
     base = rec.bench if rec else BenchSection()
     updates: dict[str, Any] = {
         "batch_sizes": _int_list(batch_sizes, "batch-sizes"),

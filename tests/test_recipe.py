@@ -94,6 +94,52 @@ def test_cli_reports_one_line_and_exit_2(recipe_file):
     assert result.output.strip() == "error: recipe.training.lr: expected a number, got 'fast'"
 
 
+def test_set_overrides_change_the_recipe_not_the_file(recipe_file):
+    """--set SECTION.FIELD=VALUE: VALUE read as YAML, a section the file lacks made on the way,
+    every field not named keeps the file's value, and the file is left as it was."""
+    path = recipe_file()
+    before = path.read_text()
+    sets = ["training.lr=5e-5", "bench.batch_sizes=[1, 8]", "data.max_eval_samples=7", "tensorrt.batch=[1, 2, 4]", "method.name=full"]
+    r = load_recipe(path, overrides=sets)
+    changed = (r.training.lr, r.bench.batch_sizes, r.data.max_eval_samples, r.tensorrt.batch, r.method.name)
+    assert changed == (5e-5, [1, 8], 7, (1, 2, 4), "full")
+    assert (r.training.epochs, r.name, r.data.label_names) == (8, "tiny", ["negative", "positive"])
+    assert load_recipe(path, overrides=["data.max_eval_samples=null"]).data.max_eval_samples is None
+    assert path.read_text() == before
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("training.lrr=0.1", "recipe.training.lrr: unknown key; did you mean 'lr'?"),
+        ("training.lr=fast", "recipe.training.lr: expected a number, got 'fast'"),
+        ("training.lr", "--set training.lr: expected SECTION.FIELD=VALUE, e.g. --set training.lr=5e-5 or --set distill.seeds=[43]"),
+        ("training..lr=1", "--set training..lr=1: expected SECTION.FIELD=VALUE, e.g. --set training.lr=5e-5 or --set distill.seeds=[43]"),
+        ("name.x=1", "--set name.x=1: recipe.name is not a section, so it has no field 'x'"),
+        (
+            "bench.batch_sizes=[1,",
+            "--set bench.batch_sizes=[1,: the value is not valid YAML (expected the node content, but found '<stream end>'); quote it",
+        ),
+    ],
+)
+def test_a_bad_set_is_one_line_naming_it(recipe_file, item, message):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(recipe_file(), overrides=[item])
+    assert str(e.value) == message
+
+
+def test_cli_set_reaches_the_stage_and_a_bad_one_exits_2(recipe_file, tmp_path):
+    path = recipe_file()
+    result = CliRunner().invoke(main, ["-q", "train", str(path), "--set", f"output={tmp_path / 'other'}", "--set", "training.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert "(12 steps)" in result.output  # 192 rows, batch 16, one epoch instead of the file's 8
+    assert (tmp_path / "other" / "train").is_dir() and not (tmp_path / "runs").exists()
+    result = CliRunner().invoke(main, ["run", str(path), "--set", "training.lrr=0.1"])
+    assert result.exit_code == 2 and result.output.strip() == "error: recipe.training.lrr: unknown key; did you mean 'lr'?"
+    result = CliRunner().invoke(main, ["bench", str(tmp_path), "--set", "bench.iterations=3"])  # no recipe to change
+    assert result.exit_code == 2 and "--set changes a recipe's fields; give the recipe too" in result.output
+
+
 @pytest.mark.parametrize(
     "shipped", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name
 )

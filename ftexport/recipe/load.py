@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,38 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(_format_validation(e)) from None
 
 
-def load_recipe(path: str | os.PathLike[str], check: bool = True) -> Recipe:
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """`SECTION.FIELD=VALUE` pairs set into a recipe's mapping before it is checked, as
+    torchtune's `key=value` overrides: VALUE is read as YAML (`[43]`, `null`, `5e-5`, `true`),
+    a missing or empty section on the way is made, and the schema then checks the result like
+    any recipe (an unknown key names its valid neighbours)."""
+    if not overrides:
+        return data
+    if not isinstance(data, dict):
+        return data  # parse_recipe says what is wrong with the top level
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or not all(parts):
+            raise RecipeError(f"--set {item}: expected SECTION.FIELD=VALUE, e.g. --set training.lr=5e-5 or --set distill.seeds=[43]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise RecipeError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', e)}); quote it") from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise RecipeError(f"--set {item}: recipe.{'.'.join(parts[: i + 1])} is not a section, so it has no field {parts[i + 1]!r}")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def load_recipe(path: str | os.PathLike[str], check: bool = True, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, expand and check a recipe file; `overrides` (`--set SECTION.FIELD=VALUE`) change
+    it first, so a one-seed or one-lever run needs no copy of the file."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
@@ -183,7 +215,7 @@ def load_recipe(path: str | os.PathLike[str], check: bool = True) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{p}: not valid YAML{where} ({getattr(e, 'problem', e)})") from None
-    recipe = parse_recipe(data, str(p))
+    recipe = parse_recipe(apply_overrides(data, overrides), str(p))
     if check:
         check_files(recipe)
     return recipe
