@@ -228,6 +228,15 @@ def test_a_student_cut_from_model_path_reuses_the_teachers_cached_logits(tmp_pat
     kept = AutoModelForSequenceClassification.from_pretrained(str(cut_dir)).bert.encoder.layer[0].state_dict()
     source = AutoModel.from_pretrained(str(student)).encoder.layer[1].state_dict()
     assert all(torch.equal(kept[k], source[k]) for k in source)
+    # model.path has no classification head: the cut saves none, so each seed's training draws
+    # its own, as for an uncut student; and the cut is the same bytes on every run
+    from safetensors.torch import load_file
+
+    from ftexport.core.hf import model_hash
+
+    assert not [k for k in load_file(str(cut_dir / "model.safetensors")) if k.startswith("classifier")]
+    again = d.cut_student(student, [1], tmp_path / "again", source="model.path")
+    assert again == [1] and model_hash(tmp_path / "again") == model_hash(cut_dir)
 
     bad = {**rec, "distill": {**rec["distill"], "student": {"layers": [0, 2]}}}
     with pytest.raises(

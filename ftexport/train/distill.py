@@ -206,11 +206,21 @@ def kept_layers(spec: Any, n: int, source: str = "teacher") -> list[int]:
 
 def cut_student(source_dir: Path, layers: Any, output: Path, trust_remote_code: bool = False, source: str = "teacher") -> list[int]:
     """Save the source model (the teacher, or model.path) with only the kept encoder layers
-    (weights copied, in order) to `output`."""
+    (weights copied, in order) to `output`. A head the source lacks (a pretrained encoder such
+    as all-MiniLM-L6-v2) is not saved: training draws it with each seed, as it does for an
+    uncut model.path, rather than every seed sharing one draw made here. The cut is the same
+    bytes on every run (the draws it does make are seeded)."""
+    import torch
     from torch import nn
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(source_dir), trust_remote_code=trust_remote_code)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(source_dir), trust_remote_code=trust_remote_code, output_loading_info=True
+        )
+    prefix = f"{model.base_model_prefix}."
+    headless = any(not k.startswith(prefix) for k in info["missing_keys"])
     stack = _layer_list(model)
     if stack is None:
         raise ModelError(
@@ -221,7 +231,7 @@ def cut_student(source_dir: Path, layers: Any, output: Path, trust_remote_code: 
     model.base_model.encoder.layer = nn.ModuleList([stack[i] for i in keep])
     model.config.num_hidden_layers = len(keep)
     with stage_dir(output) as tmp:
-        model.save_pretrained(str(tmp))
+        (model.base_model if headless else model).save_pretrained(str(tmp))
         load_tokenizer(source_dir, "recipe.distill.teacher" if source == "teacher" else "model.path").save_pretrained(str(tmp))
         (tmp / "ftexport.json").write_text(json.dumps({"stage": "distill-student", "key": output.name, "layers": keep}) + "\n")
     return keep
@@ -628,7 +638,7 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     if spec is not None:
         source_dir, source_hash = (teacher_dir, t_hash) if student_dir is None else (student_dir, hashes[3][0])
         assert source_dir is not None  # from_teacher needs the teacher model (the recipe schema says so)
-        student_dir = work / f"student-{make_key(source_hash, spec)}"
+        student_dir = work / f"student-{make_key(source_hash, spec, 'per-seed head')}"  # cuts before that drew one head for all seeds
         if (student_dir / "ftexport.json").is_file():
             layers = json.loads((student_dir / "ftexport.json").read_text())["layers"]
         else:
@@ -666,6 +676,8 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     # each run's key leaves the seed list and the baseline switch out: adding a seed, or the
     # baseline, later reuses the students already trained
     pair_key = distill_key(recipe.model_copy(update={"distill": d.model_copy(update={"seeds": None, "baseline": True})}), hashes)
+    if layers is not None:  # a cut student's runs follow the weights they start from (an older cut carried a random head)
+        pair_key = make_key(pair_key, model_hash(student_dir))
     runs: dict[int, dict[str, Path]] = {}
     for seed in seeds:
         seeded = student_recipe.model_copy(update={"training": recipe.training.model_copy(update={"seed": seed})})
