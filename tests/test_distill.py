@@ -1028,13 +1028,24 @@ def test_append_adds_a_recipes_new_texts_to_a_teacher_outputs_file(tmp_path, tea
     assert result.exit_code != 0 and "--append adds to the file --save-teacher-outputs names" in result.output
 
 
-def _assert_covers_and_meets_the_teacher_target(outputs, pieces, test) -> None:
-    """A teacher file holds a logit pair for every text of every piece, and its test accuracy,
-    scored here from its own logits, is what it records and at least issue 18's 92.5%."""
+def _assert_covers_and_meets_the_teacher_target(r) -> tuple[dict, dict[str, list[str]]]:
+    """Recipe r's teacher file (distill.teacher_outputs) was made for its labels and length,
+    holds a logit pair for every text of every piece r's student reads (made again here, on
+    whatever CPU runs this), and its test accuracy, scored here from its own logits, is what it
+    records and at least issue 18's 92.5%. Returns r's data and pieces for further checks."""
+    import ftexport.train.distill as d
+    from ftexport.train.teacher_outputs import TeacherOutputs
+
+    outputs = TeacherOutputs(r.distill.teacher_outputs)
+    outputs.check(r.data.label_names, r.model.max_length)
+    data = d.load_data(r.data, ("train", "validation", "test"))
+    pieces = d.student_texts(r, data)
+    test = data["test"]
     for piece, texts in pieces.items():
         assert outputs.logits(texts, piece).shape == (len(texts), 2)
     accuracy = float((outputs.logits(test.texts, "test").argmax(-1) == np.asarray(test.labels)).mean())
     assert accuracy == outputs.meta["test_accuracy"] and accuracy >= 0.925
+    return data, pieces
 
 
 @pytest.mark.skipif(SST2 is None, reason="SST-2 not found: set FTEXPORT_DATA to the folder holding sst2/")
@@ -1045,9 +1056,7 @@ def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_te
     CPU runs this, from the reduced pool), made for their labels and length, with none of dev's
     phrases among their training or transfer texts, and be the teacher issue 18 asks for (>= 92.5%
     on the 872 test sentences, scored here from the file)."""
-    import ftexport.train.distill as d
     from ftexport.data.phrases import outside
-    from ftexport.train.teacher_outputs import TeacherOutputs
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
@@ -1055,14 +1064,10 @@ def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_te
     for name, augmented in (("distill.yaml", 20_000), ("distill-l3.yaml", 0)):
         r = load_recipe(root / "recipes" / name)
         assert r.distill.teacher_outputs == "recipes/teachers/mpnet-sst2-holdout.npz" and r.data.dev_holdout == "sentences"
-        outputs = TeacherOutputs(r.distill.teacher_outputs)
-        outputs.check(r.data.label_names, r.model.max_length)
-        data = d.load_data(r.data, ("train", "validation", "test"))
-        pieces = d.student_texts(r, data)
+        data, pieces = _assert_covers_and_meets_the_teacher_target(r)
         assert (len(pieces["training"]), len(pieces["transfer"]), len(pieces.get("augmented", ()))) == (54_129, 5_317, augmented)
         dev = data["validation"].texts
         assert len(dev) == 678 and len(outside(pieces["transfer"], dev)) == len(pieces["transfer"])
-        _assert_covers_and_meets_the_teacher_target(outputs, pieces, data["test"])
 
 
 @pytest.mark.skipif(SST2 is None, reason="SST-2 not found: set FTEXPORT_DATA to the folder holding sst2/")
@@ -1070,23 +1075,15 @@ def test_the_earlier_teacher_file_covers_the_recipes_it_was_written_for(monkeypa
     """recipes/teachers/mpnet-sst2.npz, the teacher of the shipped recipes before the clean dev (and
     of the earlier reports in docs/distillation.md), still covers them: the shipped recipes on the
     whole training split (dev_holdout: rows), with and without their 20,000 word-replaced texts."""
-    import ftexport.train.distill as d
     from ftexport.recipe.schema import AugmentSection
-    from ftexport.train.teacher_outputs import TeacherOutputs
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
-    earlier = "recipes/teachers/mpnet-sst2.npz"
     for name in ("distill.yaml", "distill-l3.yaml"):
         r = load_recipe(root / "recipes" / name)
         data_rows = r.data.model_copy(update={"dev_holdout": "rows"})
         for augment in (None, AugmentSection(texts=20_000, join=0.0, replace=1.0)):
-            distill = r.distill.model_copy(update={"teacher_outputs": earlier, "augment": augment})
-            rr = r.model_copy(update={"data": data_rows, "distill": distill})
-            outputs = TeacherOutputs(earlier)
-            outputs.check(rr.data.label_names, rr.model.max_length)
-            data = d.load_data(rr.data, ("train", "validation", "test"))
-            pieces = d.student_texts(rr, data)
+            distill = r.distill.model_copy(update={"teacher_outputs": "recipes/teachers/mpnet-sst2.npz", "augment": augment})
+            _, pieces = _assert_covers_and_meets_the_teacher_target(r.model_copy(update={"data": data_rows, "distill": distill}))
             assert len(pieces["training"]) == 60_614 and len(pieces["transfer"]) > 4_000
-            _assert_covers_and_meets_the_teacher_target(outputs, pieces, data["test"])
