@@ -1052,17 +1052,22 @@ def _assert_covers_and_meets_the_teacher_target(r) -> tuple[dict, dict[str, list
 def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_teacher_target(monkeypatch):
     """recipes/teachers/mpnet-sst2-holdout.npz, from the teacher trained without the dev sentences'
     phrases, is the teacher of the shipped distillation recipes: it must hold a logit pair for
-    every text they read (the L6 recipe's 20,000 word-replaced texts made again here, on whatever
-    CPU runs this, from the reduced pool), made for their labels and length, with none of dev's
-    phrases among their training or transfer texts, and be the teacher issue 18 asks for (>= 92.5%
-    on the 872 test sentences, scored here from the file)."""
+    every text they read (their 20,000 word-replaced texts made again here, on whatever CPU runs
+    this, from the reduced pool, and the 40,000 of `--set distill.augment.texts=40000`), made for
+    their labels and length, with none of dev's phrases among their training or transfer texts,
+    and be the teacher issue 18 asks for (>= 92.5% on the 872 test sentences, scored here from
+    the file)."""
     from ftexport.data.phrases import outside
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
-    for name, augmented in (("distill.yaml", 20_000), ("distill-l3.yaml", 0)):
-        r = load_recipe(root / "recipes" / name)
+    for name, augmented, overrides in (
+        ("distill.yaml", 20_000, ()),
+        ("distill-l3.yaml", 20_000, ()),
+        ("distill.yaml", 40_000, ("distill.augment.texts=40000",)),  # twice the replaced texts: a lever the file is ready for
+    ):
+        r = load_recipe(root / "recipes" / name, overrides=overrides)
         assert r.distill.teacher_outputs == "recipes/teachers/mpnet-sst2-holdout.npz" and r.data.dev_holdout == "sentences"
         data, pieces = _assert_covers_and_meets_the_teacher_target(r)
         assert (len(pieces["training"]), len(pieces["transfer"]), len(pieces.get("augmented", ()))) == (54_129, 5_317, augmented)
