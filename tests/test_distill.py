@@ -1048,6 +1048,14 @@ def _assert_covers_and_meets_the_teacher_target(r) -> tuple[dict, dict[str, list
     return data, pieces
 
 
+def _what_the_student_reads(r) -> tuple:
+    """Every recipe setting `student_texts` reads (the data, the transfer file, the replaced
+    texts and the model whose embeddings pick their words): two recipes equal here read the same
+    texts, so one coverage check answers for both."""
+    d = r.distill
+    return (r.data, r.model.path, d.unlabeled, d.augment, d.student.from_teacher, d.teacher)
+
+
 @pytest.mark.skipif(SST2 is None, reason="SST-2 not found: set FTEXPORT_DATA to the folder holding sst2/")
 def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_teacher_target(monkeypatch):
     """recipes/teachers/mpnet-sst2-holdout.npz, from the teacher trained without the dev sentences'
@@ -1062,13 +1070,16 @@ def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_te
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
-    for name, augmented, overrides in (
-        ("distill.yaml", 20_000, ()),
-        ("distill-l3.yaml", 20_000, ()),
-        ("distill.yaml", 40_000, ("distill.augment.texts=40000",)),  # twice the replaced texts: a lever the file is ready for
-    ):
-        r = load_recipe(root / "recipes" / name, overrides=overrides)
+    l6, l3 = (load_recipe(root / "recipes" / name) for name in ("distill.yaml", "distill-l3.yaml"))
+    for r in (l6, l3):
         assert r.distill.teacher_outputs == "recipes/teachers/mpnet-sst2-holdout.npz" and r.data.dev_holdout == "sentences"
+    # the L3 recipe reads the L6 recipe's texts (it cuts layers, which no text depends on), so the L6 checks cover it
+    assert _what_the_student_reads(l3) == _what_the_student_reads(l6)
+    for overrides, augmented in (
+        ((), 20_000),
+        (("distill.augment.texts=40000",), 40_000),  # twice the replaced texts: a lever the file is ready for
+    ):
+        r = load_recipe(root / "recipes" / "distill.yaml", overrides=overrides)
         data, pieces = _assert_covers_and_meets_the_teacher_target(r)
         assert (len(pieces["training"]), len(pieces["transfer"]), len(pieces.get("augmented", ()))) == (54_129, 5_317, augmented)
         dev = data["validation"].texts
@@ -1085,10 +1096,10 @@ def test_the_earlier_teacher_file_covers_the_recipes_it_was_written_for(monkeypa
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
-    for name in ("distill.yaml", "distill-l3.yaml"):
-        r = load_recipe(root / "recipes" / name)
-        data_rows = r.data.model_copy(update={"dev_holdout": "rows"})
-        for augment in (None, AugmentSection(texts=20_000, join=0.0, replace=1.0)):
-            distill = r.distill.model_copy(update={"teacher_outputs": "recipes/teachers/mpnet-sst2.npz", "augment": augment})
-            _, pieces = _assert_covers_and_meets_the_teacher_target(r.model_copy(update={"data": data_rows, "distill": distill}))
-            assert len(pieces["training"]) == 60_614 and len(pieces["transfer"]) > 4_000
+    l6, l3 = (load_recipe(root / "recipes" / name) for name in ("distill.yaml", "distill-l3.yaml"))
+    assert _what_the_student_reads(l3) == _what_the_student_reads(l6)  # so the checks of the L6 recipe below cover both
+    data_rows = l6.data.model_copy(update={"dev_holdout": "rows"})
+    for augment in (None, AugmentSection(texts=20_000, join=0.0, replace=1.0)):
+        distill = l6.distill.model_copy(update={"teacher_outputs": "recipes/teachers/mpnet-sst2.npz", "augment": augment})
+        _, pieces = _assert_covers_and_meets_the_teacher_target(l6.model_copy(update={"data": data_rows, "distill": distill}))
+        assert len(pieces["training"]) == 60_614 and len(pieces["transfer"]) > 4_000
