@@ -1056,6 +1056,17 @@ def _what_the_student_reads(r) -> tuple:
     return (r.data, r.model.path, d.unlabeled, d.augment, d.student.from_teacher, d.teacher)
 
 
+def _shipped_distill_recipes(root: Path) -> tuple:
+    """The L6 and L3 recipes, and the L6 recipe with the L3 recipe's 20,000 replaced texts, which
+    must read exactly the L3 recipe's texts (the L3 recipe cuts layers, which no text depends on):
+    so checks of the two L6 recipes cover all three."""
+    l6, l3 = (load_recipe(root / "recipes" / name) for name in ("distill.yaml", "distill-l3.yaml"))
+    assert l6.distill.augment.texts == 40_000 and l3.distill.augment.texts == 20_000
+    fewer = load_recipe(root / "recipes" / "distill.yaml", overrides=("distill.augment.texts=20000",))
+    assert _what_the_student_reads(l3) == _what_the_student_reads(fewer)
+    return l6, l3, fewer
+
+
 @pytest.mark.skipif(SST2 is None, reason="SST-2 not found: set FTEXPORT_DATA to the folder holding sst2/")
 def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_teacher_target(monkeypatch):
     """recipes/teachers/mpnet-sst2-holdout.npz, from the teacher trained without the dev sentences'
@@ -1070,16 +1081,10 @@ def test_the_committed_teacher_outputs_cover_the_shipped_recipes_and_meet_the_te
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
-    l6, l3 = (load_recipe(root / "recipes" / name) for name in ("distill.yaml", "distill-l3.yaml"))
+    l6, l3, fewer = _shipped_distill_recipes(root)
     for r in (l6, l3):
         assert r.distill.teacher_outputs == "recipes/teachers/mpnet-sst2-holdout.npz" and r.data.dev_holdout == "sentences"
-    # the L3 recipe reads the L6 recipe's texts but for fewer replaced ones (it cuts layers, which no text
-    # depends on), so the checks of the L6 recipe and of it with 20,000 replaced texts cover both
-    fewer = ("distill.augment.texts=20000",)
-    assert l6.distill.augment.texts == 40_000 and l3.distill.augment.texts == 20_000
-    assert _what_the_student_reads(l3) == _what_the_student_reads(load_recipe(root / "recipes" / "distill.yaml", overrides=fewer))
-    for overrides, augmented in (((), 40_000), (fewer, 20_000)):
-        r = load_recipe(root / "recipes" / "distill.yaml", overrides=overrides)
+    for r, augmented in ((l6, 40_000), (fewer, 20_000)):  # covers the L3 recipe too
         data, pieces = _assert_covers_and_meets_the_teacher_target(r)
         assert (len(pieces["training"]), len(pieces["transfer"]), len(pieces.get("augmented", ()))) == (54_129, 5_317, augmented)
         dev = data["validation"].texts
@@ -1096,10 +1101,7 @@ def test_the_earlier_teacher_file_covers_the_recipes_it_was_written_for(monkeypa
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     monkeypatch.setenv("FTEXPORT_DATA", str(SST2))
-    l6, l3 = (load_recipe(root / "recipes" / name) for name in ("distill.yaml", "distill-l3.yaml"))
-    # the two read the same texts but for how many replaced ones, which the checks below set themselves
-    fewer = load_recipe(root / "recipes" / "distill.yaml", overrides=("distill.augment.texts=20000",))
-    assert _what_the_student_reads(l3) == _what_the_student_reads(fewer)  # so the checks of the L6 recipe below cover both
+    l6, _, _ = _shipped_distill_recipes(root)  # the L3 recipe reads the L6 recipe's texts but for how many replaced ones, set below
     data_rows = l6.data.model_copy(update={"dev_holdout": "rows"})
     for augment in (None, AugmentSection(texts=20_000, join=0.0, replace=1.0)):
         distill = l6.distill.model_copy(update={"teacher_outputs": "recipes/teachers/mpnet-sst2.npz", "augment": augment})
