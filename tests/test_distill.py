@@ -774,6 +774,7 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
         dump["distill"]["augment"],
         dump["distill"]["teacher_outputs"],
         dump["distill"]["soft_loss"],
+        dump["distill"]["ship"],
     )  # what the distill section looked like before the fields
     del dump["distill"]["student"]["layers"]
     del dump["distill"]["teacher"]  # a path: keys hash the teacher's files instead (its content), not how its path is spelled
@@ -788,6 +789,8 @@ def test_an_unset_transfer_set_leaves_the_stage_keys_as_before(tmp_path, teacher
     assert augmented.section_hash("distill") != before
     assert parse_recipe({**base, "distill": {**base["distill"], "soft_loss": "kl"}}).section_hash("distill") == before
     assert parse_recipe({**base, "distill": {**base["distill"], "soft_loss": "mse"}}).section_hash("distill") != before
+    assert parse_recipe({**base, "distill": {**base["distill"], "ship": "first"}}).section_hash("distill") == before
+    assert parse_recipe({**base, "distill": {**base["distill"], "ship": "best_dev"}}).section_hash("distill") != before
 
 
 # ---- several seeds, held-out texts, incomplete teachers ------------------------------------------
@@ -835,12 +838,40 @@ def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher, monk
     more = parse_recipe(distill_recipe(tmp_path, teacher, rows=48, baseline=True, seeds=[5, 6, 7]))
     d.distill(more, tmp_path / "out", quiet=True)
     assert trained == ["kd-seed7", "baseline-seed7"]
+    # shipping the best dev seed instead of the first retrains nothing and outputs that seed's student
+    trained.clear()
+    ship_best = parse_recipe(distill_recipe(tmp_path, teacher, rows=48, baseline=True, seeds=[5, 6, 7], ship="best_dev"))
+    best = d.distill(ship_best, tmp_path / "out", quiet=True)
+    assert trained == []
+    devs = {int(seed): row["student_dev_accuracy"] for seed, row in best["seeds"]["per_seed"].items()}
+    want = max(devs, key=lambda seed: (devs[seed], -seed))
+    assert best["shipped_seed"] == {"seed": want, "rule": "best_dev"}
+    assert best["models"]["student"]["accuracy"] == best["seeds"]["per_seed"][str(want)]["student_accuracy"]
+    kd_of = {5: "kd", 6: "kd-seed6", 7: "kd-seed7"}
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (work / kd_of[want] / "model.safetensors").read_bytes()
+    assert f"seed {want}'s student is the output: the best dev score" in (tmp_path / "out" / "distill.md").read_text()
     # a one-seed try without the baseline, then the same recipe with it: the student is reused
     trained.clear()
     pilot = distill_recipe(tmp_path, teacher, rows=48, baseline=False, seeds=[8])
     d.distill(parse_recipe(pilot), tmp_path / "out", quiet=True)
     d.distill(parse_recipe({**pilot, "distill": {**pilot["distill"], "baseline": True}}), tmp_path / "out", quiet=True)
     assert trained == ["kd", "baseline"]
+
+
+def test_the_shipped_seed_is_the_first_or_the_best_on_dev_never_on_test(monkeypatch):
+    import ftexport.train.distill as d
+
+    runs = {seed: {"student": Path(f"kd{seed}"), "baseline": Path(f"base{seed}")} for seed in (5, 6, 7)}
+    dev = {"kd5": 0.80, "kd6": 0.85, "kd7": 0.85, "base5": 0.99}  # a baseline's dev never picks the student
+    monkeypatch.setattr(d, "dev_score", lambda path, metric: dev.get(path.name))
+    assert d.shipped_seed(runs, "first") == 5
+    assert d.shipped_seed(runs, "best_dev") == 6  # the best dev score; a tie goes to the earlier seed
+    dev["kd7"] = 0.86
+    assert d.shipped_seed(runs, "best_dev") == 7
+    assert d.shipped_seed({9: runs[5]}, "best_dev") == 9
+    del dev["kd6"]
+    with pytest.raises(ModelError, match=r"distill.ship best_dev: no dev accuracy .* seed\(s\) \[6\].*distill.ship: first"):
+        d.shipped_seed(runs, "best_dev")
 
 
 def test_a_transfer_set_never_holds_dev_or_test_texts(tmp_path, teacher):

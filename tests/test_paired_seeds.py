@@ -74,6 +74,27 @@ def test_each_seed_is_scored_and_paired_like_distill(pairs):
     assert report["mean_student_minus_baseline"] == pytest.approx(report["student"]["mean"] - report["baseline"]["mean"])
     mean_row = next(line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| mean"))
     assert f"{100 * report['mean_student_minus_baseline']:+.2f}" in mean_row
+    assert report["shipped_seed"] == {"seed": 1, "rule": "first"}  # a recipe without distill.ship outputs the first seed's
+
+
+def test_the_report_names_the_seed_a_best_dev_recipe_would_ship(pairs):
+    from ftexport.core.artifacts import StageRecord
+
+    tmp, _, dirs = pairs
+    base = tmp / "base"
+    recipe = write_recipe(
+        tmp / "ship.yaml",
+        {**tiny_recipe(tmp, base, method__name="full"), "distill": {"teacher": str(base), "level": "text", "ship": "best_dev"}},
+    )
+    for seed, dev in ((1, 0.6), (2, 0.7)):
+        StageRecord("train", f"k{seed}", metrics={"accuracy": dev}).write(dirs[seed][0])
+        StageRecord("train", f"b{seed}", metrics={"accuracy": 1.0 - dev}).write(dirs[seed][1])  # baselines never pick
+    out = tmp / "ship"
+    args = [arg for s, (a, b) in dirs.items() for arg in ("--pair", f"{s}={a}:{b}")]
+    done = run_tool(str(recipe), *args, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["shipped_seed"] == {"seed": 2, "rule": "best_dev"}
+    assert "would be the student side of seed 2." in out.with_suffix(".md").read_text()
 
 
 def test_a_malformed_pair_or_a_folder_without_a_model_is_one_line_naming_the_fix(pairs):

@@ -37,7 +37,7 @@ def main() -> None:
     from ftexport.core.machine import machine_info
     from ftexport.data import load_data
     from ftexport.recipe import load_recipe
-    from ftexport.train.distill import seed_table, seeds_markdown
+    from ftexport.train.distill import SHIP_RULES, seed_table, seeds_markdown, shipped_seed
 
     recipe = load_recipe(args.recipe)
     runs: dict[int, dict[str, Path]] = {}
@@ -55,7 +55,10 @@ def main() -> None:
     test = load_data(recipe.data, ("train", "test"))["test"]
     table = seed_table(runs, test.texts, test.labels, recipe.model.max_length)
     shown = dict(zip(("student", "baseline"), names, strict=True))
-    report = {"recipe": args.recipe, "test": recipe.data.test, "names": shown, "pairs": args.pair, **table, "machine": machine_info()}
+    rule = recipe.distill.ship if recipe.distill else "first"
+    ship = {"seed": shipped_seed(runs, rule, recipe.training.metric), "rule": rule}  # the student the recipe's rule would output
+    report = {"recipe": args.recipe, "test": recipe.data.test, "names": shown, "pairs": args.pair, **table, "shipped_seed": ship}
+    report["machine"] = machine_info()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -63,6 +66,8 @@ def main() -> None:
     named = "" if args.names == ap.get_default("names") else f" --names {shlex.quote(args.names)}"
     command = f"python tools/paired_seeds.py {args.recipe} " + " ".join(f"--pair {p}" for p in args.pair) + f"{named} --out {args.out}"
     lines = seeds_markdown(table, f"Test accuracy ({recipe.data.test}) per seed", (shown["student"], shown["baseline"]))
+    side = f"the {shown['student']} side of seed {ship['seed']}"
+    lines.append(f"\nThe recipe's output (distill.ship: {rule}, {SHIP_RULES[rule]}) would be {side}.")
     md = f"# Paired seeds\n\n`{command}`\n\n" + "\n".join(lines) + "\n"
     out.with_suffix(".md").write_text(md)
     print(md)

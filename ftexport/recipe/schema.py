@@ -360,6 +360,7 @@ ADDED_UNSET = (
     ("distill", "augment"),
     ("distill", "teacher_outputs"),
     ("distill", "soft_loss", "kl"),
+    ("distill", "ship", "first"),
     ("data", "dev_holdout", "rows"),
 )
 
@@ -440,6 +441,11 @@ class DistillSection(Section):
         min_length=1,
         description="train student (and baseline) once per seed and report each and the mean; the first seed's student is the "
         "output (default: [training.seed])",
+    )
+    ship: Literal["first", "best_dev"] = Field(
+        "first",
+        description="which seed's student is the output: first (the first of seeds) or best_dev (the best dev score of its kept "
+        "checkpoint, training.metric; a tie goes to the earlier seed); chosen on dev, never on the test split",
     )
     unlabeled: UnlabeledSection | None = Field(
         None,

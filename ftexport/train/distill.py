@@ -675,22 +675,29 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     seeds = d.seeds or [recipe.training.seed]
     # each run's key leaves the seed list and the baseline switch out: adding a seed, or the
     # baseline, later reuses the students already trained
-    pair_key = distill_key(recipe.model_copy(update={"distill": d.model_copy(update={"seeds": None, "baseline": True})}), hashes)
+    unkeyed = d.model_copy(update={"seeds": None, "baseline": True, "ship": "first"})  # ship picks among runs, never trains one
+    pair_key = distill_key(recipe.model_copy(update={"distill": unkeyed}), hashes)
     if layers is not None:  # a cut student's runs follow the weights they start from (an older cut carried a random head)
         pair_key = make_key(pair_key, model_hash(student_dir))
     runs: dict[int, dict[str, Path]] = {}
     for seed in seeds:
         seeded = student_recipe.model_copy(update={"training": recipe.training.model_copy(update={"seed": seed})})
         runs[seed] = _train_pair(seeded, pair_key, work, seed, seeds, d, logits, hidden, extra, max_len, data_fp, student_dir, quiet)
-    kd_dir = runs[seeds[0]]["student"]
+    shipped = shipped_seed(runs, d.ship, recipe.training.metric)
+    if len(seeds) > 1:
+        progress.info(f"the output is seed {shipped}'s student ({SHIP_RULES[d.ship]})")
+    kd_dir = runs[shipped]["student"]
 
     # 4. Teacher vs student vs baseline on the held-out split, and each one's latency.
     progress.step(f"distill: scoring teacher, student{' and baseline' if d.baseline else ''} on {len(data['test'])} test texts")
     test = data["test"]
-    rows = {**({"teacher": teacher_dir} if teacher_dir is not None else {}), **runs[seeds[0]]}
+    rows = {**({"teacher": teacher_dir} if teacher_dir is not None else {}), **runs[shipped]}
     given = {"teacher": (outputs.logits(test.texts, "test"), {**outputs.meta, "file": str(outputs.path)})} if outputs is not None else {}
     report = compare_models(rows, test.texts, test.labels, len(data.label_names), max_len, recipe.task, given=given)
-    report["seeds"] = seed_table(runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"), recipe.training.metric)
+    report["seeds"] = seed_table(
+        runs, data["test"].texts, data["test"].labels, max_len, report.pop("correct"), recipe.training.metric, shipped
+    )
+    report["shipped_seed"] = {"seed": shipped, "rule": d.ship}
     report.update(
         {
             "settings": d.model_dump(mode="json"),
@@ -787,6 +794,32 @@ def _train_pair(
     return out
 
 
+SHIP_RULES = {"first": "the first seed", "best_dev": "the best dev score"}
+
+
+def dev_score(path: Path, metric: str) -> float | None:
+    """The dev `metric` of a trained model's kept checkpoint (its training record's), or None."""
+    record = read_record(path)
+    return float(record.metrics[metric]) if record is not None and metric in record.metrics else None
+
+
+def shipped_seed(runs: dict[int, dict[str, Path]], rule: str, metric: str = "accuracy") -> int:
+    """The seed whose distilled student is the output: the first one, or (best_dev) the one
+    whose kept checkpoint scored best on dev, the earlier seed on a tie. Dev only: the test
+    split never picks. A run without a dev score cannot be ranked, so best_dev then refuses."""
+    seeds = list(runs)
+    if rule == "first" or len(seeds) == 1:
+        return seeds[0]
+    scores = {seed: dev_score(runs[seed]["student"], metric) for seed in seeds}
+    missing = [seed for seed, v in scores.items() if v is None]
+    if missing:
+        raise ModelError(
+            f"distill.ship best_dev: no dev {metric} in the training record of seed(s) {missing}; "
+            "train with a validation split (data.validation or data.dev_holdout), or set distill.ship: first"
+        )
+    return max(seeds, key=lambda seed: (scores[seed], -seeds.index(seed)))
+
+
 def seed_table(
     runs: dict[int, dict[str, Path]],
     texts: list[str],
@@ -794,23 +827,25 @@ def seed_table(
     max_length: int,
     first: dict[str, np.ndarray] | None = None,
     metric: str = "accuracy",
+    scored: int | None = None,
 ) -> dict[str, Any]:
-    """Test accuracy of student and baseline for every seed (`first`: the first seed's
-    right/wrong per text, as compare_models scored them; scored here when not given), their means and spread, the
+    """Test accuracy of student and baseline for every seed (`first`: the right/wrong per text
+    of seed `scored` (default: the first seed), as compare_models scored them; scored here when not given), their means and spread, the
     paired McNemar test per seed, and each model's dev `metric` (its training record's, the
     kept checkpoint's: what recipe choices are made on, never the test split)."""
     from transformers import AutoModelForSequenceClassification
 
     gold = np.asarray(labels)
     per: dict[str, Any] = {}
-    for n, (seed, dirs) in enumerate(runs.items()):
+    scored = next(iter(runs)) if scored is None else scored
+    for seed, dirs in runs.items():
         correct = {}
         dev = {}
         for name, path in dirs.items():
-            record = read_record(path)  # the dev score of the checkpoint kept, on which choices are made
-            if record is not None and metric in record.metrics:
-                dev[f"{name}_dev_{metric}"] = float(record.metrics[metric])
-            if n == 0 and first is not None:
+            score = dev_score(path, metric)  # the dev score of the checkpoint kept, on which choices are made
+            if score is not None:
+                dev[f"{name}_dev_{metric}"] = score
+            if seed == scored and first is not None:
                 correct[name] = first[name]
                 continue
             model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
@@ -970,7 +1005,7 @@ def distill_markdown(report: dict[str, Any]) -> str:
     if len(seeds.get("per_seed", {})) > 1:
         lines += [
             "",
-            *seeds_markdown(seeds, "Every seed, test accuracy (the first one's student is the output; the tables above are that seed's)"),
+            *seeds_markdown(seeds, f"Every seed, test accuracy ({shipped_words(report)}; the tables above are that seed's)"),
         ]
     lines.append(
         f"\nLatency: {report['latency']['backend']}, {report['latency']['threads']} threads, p50 of {report['latency']['p50_of']} calls "
@@ -980,6 +1015,15 @@ def distill_markdown(report: dict[str, Any]) -> str:
         m = report["machine"]
         lines.append(f"Machine: {m['cpu']} ({', '.join(m['cpu_flags']) or 'no int8 flags'}), {m['cores']} cores.")
     return "\n".join(lines)
+
+
+def shipped_words(report: dict[str, Any]) -> str:
+    """Which seed's student the report's output is, in words (reports from before the rule
+    was recorded shipped the first seed)."""
+    ship = report.get("shipped_seed")
+    if ship is None:
+        return "the first one's student is the output"
+    return f"seed {ship['seed']}'s student is the output: {SHIP_RULES[ship['rule']]}"
 
 
 def seeds_markdown(seeds: dict[str, Any], lead: str, titles: tuple[str, str] = ("student", "without KD")) -> list[str]:
