@@ -439,8 +439,8 @@ class DistillSection(Section):
     seeds: list[int] | None = Field(
         None,
         min_length=1,
-        description="train student (and baseline) once per seed and report each and the mean; the first seed's student is the "
-        "output (default: [training.seed])",
+        description="train student (and baseline) once per seed and report each and the mean; `ship` says which seed's student "
+        "is the output (default: [training.seed])",
     )
     ship: Literal["first", "best_dev"] = Field(
         "first",

@@ -769,7 +769,7 @@ def _train_pair(
     """Train (or reuse) the distilled student and, with distill.baseline, the same student
     without the teacher, both with `seed`. Returns {"student": dir[, "baseline": dir]}."""
     tag = "" if len(seeds) == 1 else f" (seed {seed}, {seeds.index(seed) + 1} of {len(seeds)})"
-    suffix = "" if seed == seeds[0] else f"-seed{seed}"  # the first seed keeps the plain names the pipeline reads
+    suffix = "" if seed == seeds[0] else f"-seed{seed}"  # the first seed keeps the plain names (the folders of one-seed runs)
     out = {"student": work / f"kd{suffix}"}
     kd_key = make_key("distill-kd", key, seed)
     if is_fresh(out["student"], kd_key):
