@@ -818,6 +818,15 @@ def test_every_seed_trains_a_paired_student_and_baseline(tmp_path, teacher, monk
     assert seeds["student"]["mean"] == pytest.approx(np.mean(accs))
     assert seeds["mean_student_minus_baseline"] == pytest.approx(seeds["student"]["mean"] - seeds["baseline"]["mean"])
     assert all("mcnemar_p" in row["student_vs_baseline"] for row in seeds["per_seed"].values())
+    # each side's right/wrong per test text is kept (a later session pairs with it: tools/paired_seeds.py)
+    for row in seeds["per_seed"].values():
+        for side in ("student", "baseline"):
+            kept = np.array([c == "1" for c in row["right"][side]])
+            assert len(kept) == len(row["right"]["student"]) > 0 and kept.mean() == pytest.approx(row[f"{side}_accuracy"])
+        only = row["student_vs_baseline"]
+        got = np.array([c == "1" for c in row["right"]["student"]]), np.array([c == "1" for c in row["right"]["baseline"]])
+        assert (only["student_only_right"], only["baseline_only_right"]) == (int((got[0] & ~got[1]).sum()), int((~got[0] & got[1]).sum()))
+    assert len(seeds["test_sha256"]) == 64
     # each model's dev score is its own training record's (the checkpoint kept), per seed and on the mean
     dev6 = json.loads((work / "baseline-seed6" / "ftexport.json").read_text())["metrics"]["accuracy"]
     assert seeds["per_seed"]["6"]["baseline_dev_accuracy"] == dev6

@@ -114,3 +114,54 @@ def test_names_must_be_two_comma_separated_sides(pairs):
         bad = run_tool(str(recipe), "--pair", f"1={a}:{b}", "--names", names, "--out", str(tmp / "n"))
         assert bad.returncode != 0 and "comma-separated" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp / "n.json").exists()
+
+
+def test_a_side_from_an_earlier_report_pairs_as_its_model_folder_did(pairs):
+    """runs/ does not always survive a session: a report keeps each side's right/wrong per test
+    text, and REPORT.json#SIDE pairs a new run with it as if the old folder were still there."""
+    import pandas as pd
+
+    tmp, recipe, dirs = pairs
+    first = tmp / "first"
+    args = [arg for s, (a, b) in dirs.items() for arg in ("--pair", f"{s}={a}:{b}")]
+    assert run_tool(str(recipe), *args, "--out", str(first)).returncode == 0
+    old = json.loads(first.with_suffix(".json").read_text())
+    test = pd.read_csv(tmp / "data" / "test.csv")
+    labels = [["negative", "positive"].index(x) for x in test["label"]]
+    for seed, (_, b) in dirs.items():  # what the report keeps is each text's result, in test order
+        kept = old["per_seed"][str(seed)]["right"]["baseline"]
+        assert kept == "".join("1" if r else "0" for r in right(b, list(test["sentence"]), labels))
+
+    again = tmp / "again"
+    args = [arg for s, (a, _) in dirs.items() for arg in ("--pair", f"{s}={a}:{first.with_suffix('.json')}#baseline")]
+    done = run_tool(str(recipe), *args, "--out", str(again))
+    assert done.returncode == 0, done.stderr
+    new = json.loads(again.with_suffix(".json").read_text())
+    for seed in dirs:
+        for key in ("student_accuracy", "baseline_accuracy", "student_vs_baseline", "right"):
+            assert new["per_seed"][str(seed)][key] == old["per_seed"][str(seed)][key]
+    assert new["mean_student_minus_baseline"] == pytest.approx(old["mean_student_minus_baseline"])
+
+
+def test_a_report_side_that_cannot_pair_is_one_line_naming_the_fix(pairs):
+    tmp, recipe, dirs = pairs
+    a, b = dirs[1]
+    first = tmp / "kept"
+    assert run_tool(str(recipe), "--pair", f"1={a}:{b}", "--out", str(first)).returncode == 0
+    report = json.loads(first.with_suffix(".json").read_text())
+    other = tmp / "other-split.json"
+    other.write_text(json.dumps({**report, "test_sha256": "0" * 64}))
+    old = tmp / "old.json"  # a report from before per-text results
+    old.write_text(json.dumps({**report, "per_seed": {"1": {k: v for k, v in report["per_seed"]["1"].items() if k != "right"}}}))
+    cases = {
+        f"1={a}:{other}#baseline": "another test split",
+        f"1={a}:{old}#baseline": "no per-text results for the baseline side of seed 1",
+        f"2={a}:{first.with_suffix('.json')}#baseline": "no per-text results for the baseline side of seed 2",
+        f"1={a}:{first.with_suffix('.json')}#teacher": "student or baseline",
+        f"1={a}:{tmp / 'nowhere.json'}#baseline": "is not a file",
+    }
+    for spec, words in cases.items():
+        bad = run_tool(str(recipe), "--pair", spec, "--out", str(tmp / "r"))
+        assert bad.returncode != 0 and "Traceback" not in bad.stderr, (spec, bad.stderr)
+        assert words in bad.stderr.strip().splitlines()[-1], (spec, bad.stderr)  # the error is the last line (argparse puts usage above)
+    assert not (tmp / "r.json").exists()

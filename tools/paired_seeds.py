@@ -12,7 +12,12 @@ baseline of recipes/distill.yaml.
         --out docs/results/distill-xeon-big-seeds42-44-paired
 
 Writes OUT.json and OUT.md; each side is a model folder (save_pretrained) with its
-ftexport.json training record.
+ftexport.json training record, or REPORT.json#SIDE: that seed's `student` or `baseline` side
+as an earlier report of this tool (or a distill.json's `seeds`) scored it on the same test
+split, from the right/wrong per text it keeps. So a run of one session pairs with a run of
+another whose model folder is gone (`runs/` does not always survive), e.g.
+
+    --pair 44=runs/e4/.s44.work/kd:docs/results/distill-xeon-4ep-nokd.json#student
 """
 
 from __future__ import annotations
@@ -34,29 +39,53 @@ def main() -> None:
     if len(names) != 2 or not all(names):
         ap.error(f"--names {args.names!r}: give the two sides' names, comma-separated, e.g. 'distilled,no KD'")
 
+    from ftexport.core.errors import FtexportError
     from ftexport.core.machine import machine_info
     from ftexport.data import load_data
     from ftexport.recipe import load_recipe
-    from ftexport.train.distill import SHIP_RULES, seed_table, seeds_markdown, shipped_seed
+    from ftexport.train.distill import SHIP_RULES, ScoredSide, seed_table, seeds_markdown, shipped_seed, split_sha256
 
     recipe = load_recipe(args.recipe)
-    runs: dict[int, dict[str, Path]] = {}
+    specs: dict[int, dict[str, str]] = {}
     for spec in args.pair:
         try:
             seed, sides = spec.split("=", 1)
             student, baseline = sides.split(":", 1)
-            runs[int(seed)] = {"student": Path(student), "baseline": Path(baseline)}
+            specs[int(seed)] = {"student": student, "baseline": baseline}
         except ValueError:
             ap.error(f"--pair {spec!r}: write SEED=STUDENT_DIR:BASELINE_DIR, e.g. 42=runs/a/kd:runs/b/baseline")
-    for dirs in runs.values():
-        for path in dirs.values():
-            if not (path / "config.json").is_file():
-                ap.error(f"--pair: {path} is not a model folder (no config.json)")
+    for sides in specs.values():
+        for side in sides.values():
+            report, _, name = side.partition("#")
+            if name and name not in ("student", "baseline"):
+                ap.error(f"--pair: {side}: after '#' name the report's side, student or baseline")
+            if name and not Path(report).is_file():
+                ap.error(f"--pair: {report} is not a file (REPORT.json#SIDE reads an earlier report)")
+            if not name and not (Path(side) / "config.json").is_file():
+                ap.error(f"--pair: {side} is not a model folder (no config.json)")
     test = load_data(recipe.data, ("train", "test"))["test"]
-    table = seed_table(runs, test.texts, test.labels, recipe.model.max_length)
+    split = split_sha256(test.texts, test.labels)
+    metric = recipe.training.metric
+    reports: dict[str, dict] = {}
+    runs: dict[int, dict[str, Path | ScoredSide]] = {}
+    try:
+        for seed, sides in specs.items():
+            runs[seed] = {}
+            for role, side in sides.items():
+                report, _, name = side.partition("#")
+                if not name:
+                    runs[seed][role] = Path(side)
+                    continue
+                if report not in reports:
+                    loaded = json.loads(Path(report).read_text())
+                    reports[report] = loaded.get("seeds", loaded)  # a distill.json keeps the table under "seeds"
+                runs[seed][role] = ScoredSide.from_report(reports[report], seed, name, side, split, metric)
+        table = seed_table(runs, test.texts, test.labels, recipe.model.max_length, metric=metric)
+    except (FtexportError, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {e}") from None
     shown = dict(zip(("student", "baseline"), names, strict=True))
     rule = recipe.distill.ship if recipe.distill else "first"
-    ship = {"seed": shipped_seed(runs, rule, recipe.training.metric), "rule": rule}  # the student the recipe's rule would output
+    ship = {"seed": shipped_seed(runs, rule, metric), "rule": rule}  # the student the recipe's rule would output
     report = {"recipe": args.recipe, "test": recipe.data.test, "names": shown, "pairs": args.pair, **table, "shipped_seed": ship}
     report["machine"] = machine_info()
     out = Path(args.out)

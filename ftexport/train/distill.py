@@ -797,13 +797,42 @@ def _train_pair(
 SHIP_RULES = {"first": "the first seed", "best_dev": "the best dev score"}
 
 
-def dev_score(path: Path, metric: str) -> float | None:
+class ScoredSide:
+    """One side of a seed that an earlier report already scored on the same test split: its
+    right/wrong answer per test text and its dev score, no model folder needed. Reports keep
+    these (seed_table's `right`), so a student trained in one session pairs with a baseline
+    trained in another even when the earlier model folders are gone."""
+
+    def __init__(self, right: np.ndarray, dev: float | None, source: str) -> None:
+        self.right, self.dev, self.source = np.asarray(right, dtype=bool), dev, source
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], seed: int, side: str, source: str, split: str, metric: str) -> ScoredSide:
+        """`side` ("student" or "baseline") of `seed` in a seed_table report; refuses a report
+        of another test split, or one written before reports kept each text's result."""
+        if report.get("test_sha256") != split:
+            raise ModelError(f"{source}: that report scored another test split (or predates per-text results); pair a model folder instead")
+        row = report.get("per_seed", {}).get(str(seed))
+        if row is None or side not in row.get("right", {}):
+            raise ModelError(f"{source}: no per-text results for the {side} side of seed {seed} in that report; pair a model folder")
+        return cls(np.array([c == "1" for c in row["right"][side]]), row.get(f"{side}_dev_{metric}"), source)
+
+
+def split_sha256(texts: list[str], labels: list[int]) -> str:
+    """A fingerprint of a test split (its texts and gold labels, in order): what makes per-text
+    results of two reports comparable."""
+    return hashlib.sha256(json.dumps([list(texts), [int(x) for x in labels]]).encode()).hexdigest()
+
+
+def dev_score(path: Path | ScoredSide, metric: str) -> float | None:
     """The dev `metric` of a trained model's kept checkpoint (its training record's), or None."""
+    if isinstance(path, ScoredSide):
+        return path.dev
     record = read_record(path)
     return float(record.metrics[metric]) if record is not None and metric in record.metrics else None
 
 
-def shipped_seed(runs: dict[int, dict[str, Path]], rule: str, metric: str = "accuracy") -> int:
+def shipped_seed(runs: dict[int, dict[str, Path | ScoredSide]], rule: str, metric: str = "accuracy") -> int:
     """The seed whose distilled student is the output: the first one, or (best_dev) the one
     whose kept checkpoint scored best on dev, the earlier seed on a tie. Dev only: the test
     split never picks. A run without a dev score cannot be ranked, so best_dev then refuses."""
@@ -821,7 +850,7 @@ def shipped_seed(runs: dict[int, dict[str, Path]], rule: str, metric: str = "acc
 
 
 def seed_table(
-    runs: dict[int, dict[str, Path]],
+    runs: dict[int, dict[str, Path | ScoredSide]],
     texts: list[str],
     labels: list[int],
     max_length: int,
@@ -832,7 +861,10 @@ def seed_table(
     """Test accuracy of student and baseline for every seed (`first`: the right/wrong per text
     of seed `scored` (default: the first seed), as compare_models scored them; scored here when not given), their means and spread, the
     paired McNemar test per seed, and each model's dev `metric` (its training record's, the
-    kept checkpoint's: what recipe choices are made on, never the test split)."""
+    kept checkpoint's: what recipe choices are made on, never the test split). A side given as
+    a ScoredSide is not scored again: its per-text results come from the report that kept them.
+    Each seed's `right` keeps every side's right/wrong per text ("1"/"0", in test order) and
+    `test_sha256` the split's fingerprint, so a later report can pair with these runs."""
     from transformers import AutoModelForSequenceClassification
 
     gold = np.asarray(labels)
@@ -845,15 +877,20 @@ def seed_table(
             score = dev_score(path, metric)  # the dev score of the checkpoint kept, on which choices are made
             if score is not None:
                 dev[f"{name}_dev_{metric}"] = score
-            if seed == scored and first is not None:
+            if isinstance(path, ScoredSide):
+                if len(path.right) != len(gold):
+                    raise ModelError(f"{path.source}: {len(path.right)} per-text results for a test split of {len(gold)} texts")
+                correct[name] = path.right
+            elif seed == scored and first is not None:
                 correct[name] = first[name]
-                continue
-            model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
-            correct[name] = predict_logits(model, load_tokenizer(path, name), texts, max_length).argmax(-1) == gold
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+                correct[name] = predict_logits(model, load_tokenizer(path, name), texts, max_length).argmax(-1) == gold
         per[str(seed)] = {**{f"{name}_accuracy": float(c.mean()) for name, c in correct.items()}, **dev}
         if "baseline" in correct:
             per[str(seed)]["student_vs_baseline"] = paired_test(correct["student"], correct["baseline"])
-    out: dict[str, Any] = {"per_seed": per}
+        per[str(seed)]["right"] = {name: "".join("1" if r else "0" for r in c) for name, c in correct.items()}
+    out: dict[str, Any] = {"per_seed": per, "test_sha256": split_sha256(texts, labels)}
     for name in next(iter(runs.values())):
         accs = np.array([row[f"{name}_accuracy"] for row in per.values()])
         out[name] = {"mean": float(accs.mean()), "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0}
