@@ -100,8 +100,11 @@ def test_the_report_names_the_seed_a_best_dev_recipe_would_ship(pairs):
 def test_a_malformed_pair_or_a_folder_without_a_model_is_one_line_naming_the_fix(pairs):
     tmp, recipe, dirs = pairs
     a, _ = dirs[1]
-    bad = run_tool(str(recipe), "--pair", f"1={a}", "--out", str(tmp / "x"))
-    assert bad.returncode != 0 and "SEED=STUDENT_DIR:BASELINE_DIR" in bad.stderr
+    for spec in (f"x={a}:{a}", f"1={a}:", f"1=:{a}", str(a)):
+        bad = run_tool(str(recipe), "--pair", spec, "--out", str(tmp / "x"))
+        assert bad.returncode != 0 and "SEED=STUDENT_DIR:BASELINE_DIR" in bad.stderr, spec
+    mixed = run_tool(str(recipe), "--pair", f"1={a}:{a}", "--pair", f"2={a}", "--out", str(tmp / "x"))
+    assert mixed.returncode != 0 and "every seed two sides, or every seed one" in mixed.stderr
     missing = run_tool(str(recipe), "--pair", f"1={a}:{tmp / 'nowhere'}", "--out", str(tmp / "x"))
     assert missing.returncode != 0 and "is not a model folder" in missing.stderr
     assert not (tmp / "x.json").exists()
@@ -165,3 +168,23 @@ def test_a_report_side_that_cannot_pair_is_one_line_naming_the_fix(pairs):
         assert bad.returncode != 0 and "Traceback" not in bad.stderr, (spec, bad.stderr)
         assert words in bad.stderr.strip().splitlines()[-1], (spec, bad.stderr)  # the error is the last line (argparse puts usage above)
     assert not (tmp / "r.json").exists()
+
+
+def test_one_side_alone_is_kept_and_pairs_later_as_if_both_had_run_together(pairs):
+    """Students without KD trained in one session, the distilled ones in the next: the first
+    report scores one side and keeps it; the second pairs with it exactly as one run would."""
+    tmp, recipe, dirs = pairs
+    alone = tmp / "alone"
+    args = [arg for s, (_, b) in dirs.items() for arg in ("--pair", f"{s}={b}")]
+    done = run_tool(str(recipe), *args, "--names", "no KD", "--out", str(alone))
+    assert done.returncode == 0, done.stderr
+    kept = json.loads(alone.with_suffix(".json").read_text())
+    assert kept["names"] == {"student": "no KD"} and "baseline" not in kept and "student_vs_baseline" not in kept["per_seed"]["1"]
+    both, later = tmp / "both", tmp / "later"
+    assert run_tool(str(recipe), *[x for s, (a, b) in dirs.items() for x in ("--pair", f"{s}={a}:{b}")], "--out", str(both)).returncode == 0
+    args = [x for s, (a, _) in dirs.items() for x in ("--pair", f"{s}={a}:{alone.with_suffix('.json')}#student")]
+    assert run_tool(str(recipe), *args, "--out", str(later)).returncode == 0
+    together, apart = (json.loads(p.with_suffix(".json").read_text()) for p in (both, later))
+    assert apart["per_seed"] == together["per_seed"] and apart["mean_student_minus_baseline"] == together["mean_student_minus_baseline"]
+    two_names = run_tool(str(recipe), *args[:2], "--names", "only-one", "--out", str(tmp / "n1"))
+    assert two_names.returncode != 0 and "comma-separated" in two_names.stderr

@@ -18,6 +18,10 @@ split, from the right/wrong per text it keeps. So a run of one session pairs wit
 another whose model folder is gone (`runs/` does not always survive), e.g.
 
     --pair 44=runs/e4/.s44.work/kd:docs/results/distill-xeon-4ep-nokd.json#student
+
+A pair with one side (SEED=DIR, one name in --names) scores that side alone and keeps its
+per-text results for a later pairing: students without KD trained in one session, say, for
+the distilled students of the next.
 """
 
 from __future__ import annotations
@@ -31,13 +35,29 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", help="the recipe whose test split (data.test) scores both sides")
-    ap.add_argument("--pair", action="append", required=True, metavar="SEED=STUDENT:BASELINE")
+    ap.add_argument(
+        "--pair", action="append", required=True, metavar="SEED=STUDENT[:BASELINE]", help="SEED=DIR: one side, kept to pair later"
+    )
     ap.add_argument("--names", default="student,baseline", help="what the two sides are called in the report")
     ap.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
-    names = [n.strip() for n in args.names.split(",")]
-    if len(names) != 2 or not all(names):
-        ap.error(f"--names {args.names!r}: give the two sides' names, comma-separated, e.g. 'distilled,no KD'")
+    specs: dict[int, dict[str, str]] = {}
+    for spec in args.pair:
+        try:
+            seed, sides = spec.split("=", 1)
+            student, sep, baseline = sides.partition(":")
+            if not student or (sep and not baseline):
+                raise ValueError
+            specs[int(seed)] = {"student": student, **({"baseline": baseline} if sep else {})}
+        except ValueError:
+            ap.error(f"--pair {spec!r}: write SEED=STUDENT_DIR:BASELINE_DIR (or SEED=DIR for one side), e.g. 42=runs/a/kd:runs/b/baseline")
+    if len({len(sides) for sides in specs.values()}) > 1:
+        ap.error("--pair: give every seed two sides, or every seed one")
+    two = len(next(iter(specs.values()))) == 2
+    names = [n.strip() for n in args.names.split(",")] if two or args.names != ap.get_default("names") else ["student"]
+    if len(names) != (2 if two else 1) or not all(names):
+        want = "the two sides' names, comma-separated, e.g. 'distilled,no KD'" if two else "one name for the one side, e.g. 'no KD'"
+        ap.error(f"--names {args.names!r}: give {want}")
 
     from ftexport.core.errors import FtexportError
     from ftexport.core.machine import machine_info
@@ -46,14 +66,6 @@ def main() -> None:
     from ftexport.train.distill import SHIP_RULES, ScoredSide, seed_table, seeds_markdown, shipped_seed, split_sha256
 
     recipe = load_recipe(args.recipe)
-    specs: dict[int, dict[str, str]] = {}
-    for spec in args.pair:
-        try:
-            seed, sides = spec.split("=", 1)
-            student, baseline = sides.split(":", 1)
-            specs[int(seed)] = {"student": student, "baseline": baseline}
-        except ValueError:
-            ap.error(f"--pair {spec!r}: write SEED=STUDENT_DIR:BASELINE_DIR, e.g. 42=runs/a/kd:runs/b/baseline")
     for sides in specs.values():
         for side in sides.values():
             report, _, name = side.partition("#")
@@ -83,7 +95,7 @@ def main() -> None:
         table = seed_table(runs, test.texts, test.labels, recipe.model.max_length, metric=metric)
     except (FtexportError, json.JSONDecodeError) as e:
         raise SystemExit(f"error: {e}") from None
-    shown = dict(zip(("student", "baseline"), names, strict=True))
+    shown = dict(zip(("student", "baseline")[: len(names)], names, strict=True))
     rule = recipe.distill.ship if recipe.distill else "first"
     ship = {"seed": shipped_seed(runs, rule, metric), "rule": rule}  # the student the recipe's rule would output
     report = {"recipe": args.recipe, "test": recipe.data.test, "names": shown, "pairs": args.pair, **table, "shipped_seed": ship}
@@ -94,7 +106,7 @@ def main() -> None:
 
     named = "" if args.names == ap.get_default("names") else f" --names {shlex.quote(args.names)}"
     command = f"python tools/paired_seeds.py {args.recipe} " + " ".join(f"--pair {p}" for p in args.pair) + f"{named} --out {args.out}"
-    lines = seeds_markdown(table, f"Test accuracy ({recipe.data.test}) per seed", (shown["student"], shown["baseline"]))
+    lines = seeds_markdown(table, f"Test accuracy ({recipe.data.test}) per seed", (shown["student"], shown.get("baseline", "")))
     side = f"the {shown['student']} side of seed {ship['seed']}"
     lines.append(f"\nThe recipe's output (distill.ship: {rule}, {SHIP_RULES[rule]}) would be {side}.")
     md = f"# Paired seeds\n\n`{command}`\n\n" + "\n".join(lines) + "\n"
