@@ -41,6 +41,13 @@ def run_tool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "tools" / "paired_seeds.py"), *args], capture_output=True, text=True, cwd=REPO)
 
 
+def report_of(recipe: Path, out: Path, pairs: list[str], *more: str) -> dict:
+    """Run the tool with --pair for each of `pairs` (and `more` options); its JSON report."""
+    done = run_tool(str(recipe), *[arg for spec in pairs for arg in ("--pair", spec)], *more, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("paired")
@@ -55,10 +62,7 @@ def test_each_seed_is_scored_and_paired_like_distill(pairs):
 
     tmp, recipe, dirs = pairs
     out = tmp / "report"
-    args = [arg for s, (a, b) in dirs.items() for arg in ("--pair", f"{s}={a}:{b}")]
-    done = run_tool(str(recipe), *args, "--names", "kd run,no KD", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    report = json.loads(out.with_suffix(".json").read_text())
+    report = report_of(recipe, out, [f"{s}={a}:{b}" for s, (a, b) in dirs.items()], "--names", "kd run,no KD")
     assert report["names"] == {"student": "kd run", "baseline": "no KD"}
     assert "--names 'kd run,no KD'" in out.with_suffix(".md").read_text()  # the command line as run, to rerun it
     test = pd.read_csv(tmp / "data" / "test.csv")
@@ -126,20 +130,14 @@ def test_a_side_from_an_earlier_report_pairs_as_its_model_folder_did(pairs):
 
     tmp, recipe, dirs = pairs
     first = tmp / "first"
-    args = [arg for s, (a, b) in dirs.items() for arg in ("--pair", f"{s}={a}:{b}")]
-    assert run_tool(str(recipe), *args, "--out", str(first)).returncode == 0
-    old = json.loads(first.with_suffix(".json").read_text())
+    old = report_of(recipe, first, [f"{s}={a}:{b}" for s, (a, b) in dirs.items()])
     test = pd.read_csv(tmp / "data" / "test.csv")
     labels = [["negative", "positive"].index(x) for x in test["label"]]
     for seed, (_, b) in dirs.items():  # what the report keeps is each text's result, in test order
         kept = old["per_seed"][str(seed)]["right"]["baseline"]
         assert kept == "".join("1" if r else "0" for r in right(b, list(test["sentence"]), labels))
 
-    again = tmp / "again"
-    args = [arg for s, (a, _) in dirs.items() for arg in ("--pair", f"{s}={a}:{first.with_suffix('.json')}#baseline")]
-    done = run_tool(str(recipe), *args, "--out", str(again))
-    assert done.returncode == 0, done.stderr
-    new = json.loads(again.with_suffix(".json").read_text())
+    new = report_of(recipe, tmp / "again", [f"{s}={a}:{first.with_suffix('.json')}#baseline" for s, (a, _) in dirs.items()])
     for seed in dirs:
         for key in ("student_accuracy", "baseline_accuracy", "student_vs_baseline", "right"):
             assert new["per_seed"][str(seed)][key] == old["per_seed"][str(seed)][key]
@@ -156,7 +154,10 @@ def test_a_report_side_that_cannot_pair_is_one_line_naming_the_fix(pairs):
     other.write_text(json.dumps({**report, "test_sha256": "0" * 64}))
     old = tmp / "old.json"  # a report from before per-text results
     old.write_text(json.dumps({**report, "per_seed": {"1": {k: v for k, v in report["per_seed"]["1"].items() if k != "right"}}}))
+    garbled = tmp / "garbled.json"
+    garbled.write_text("{not json")
     cases = {
+        f"1={a}:{garbled}#baseline": "not a JSON report",
         f"1={a}:{other}#baseline": "another test split",
         f"1={a}:{old}#baseline": "no per-text results for the baseline side of seed 1",
         f"2={a}:{first.with_suffix('.json')}#baseline": "no per-text results for the baseline side of seed 2",
@@ -175,16 +176,11 @@ def test_one_side_alone_is_kept_and_pairs_later_as_if_both_had_run_together(pair
     report scores one side and keeps it; the second pairs with it exactly as one run would."""
     tmp, recipe, dirs = pairs
     alone = tmp / "alone"
-    args = [arg for s, (_, b) in dirs.items() for arg in ("--pair", f"{s}={b}")]
-    done = run_tool(str(recipe), *args, "--names", "no KD", "--out", str(alone))
-    assert done.returncode == 0, done.stderr
-    kept = json.loads(alone.with_suffix(".json").read_text())
+    kept = report_of(recipe, alone, [f"{s}={b}" for s, (_, b) in dirs.items()], "--names", "no KD")
     assert kept["names"] == {"student": "no KD"} and "baseline" not in kept and "student_vs_baseline" not in kept["per_seed"]["1"]
-    both, later = tmp / "both", tmp / "later"
-    assert run_tool(str(recipe), *[x for s, (a, b) in dirs.items() for x in ("--pair", f"{s}={a}:{b}")], "--out", str(both)).returncode == 0
-    args = [x for s, (a, _) in dirs.items() for x in ("--pair", f"{s}={a}:{alone.with_suffix('.json')}#student")]
-    assert run_tool(str(recipe), *args, "--out", str(later)).returncode == 0
-    together, apart = (json.loads(p.with_suffix(".json").read_text()) for p in (both, later))
+    together = report_of(recipe, tmp / "both", [f"{s}={a}:{b}" for s, (a, b) in dirs.items()])
+    later = [f"{s}={a}:{alone.with_suffix('.json')}#student" for s, (a, _) in dirs.items()]
+    apart = report_of(recipe, tmp / "later", later)
     assert apart["per_seed"] == together["per_seed"] and apart["mean_student_minus_baseline"] == together["mean_student_minus_baseline"]
-    two_names = run_tool(str(recipe), *args[:2], "--names", "only-one", "--out", str(tmp / "n1"))
+    two_names = run_tool(str(recipe), "--pair", later[0], "--names", "only-one", "--out", str(tmp / "n1"))
     assert two_names.returncode != 0 and "comma-separated" in two_names.stderr

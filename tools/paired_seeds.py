@@ -89,11 +89,15 @@ def main() -> None:
                     runs[seed][role] = Path(side)
                     continue
                 if report not in reports:
-                    loaded = json.loads(Path(report).read_text())
+                    try:
+                        loaded = json.loads(Path(report).read_text())
+                    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                        raise SystemExit(f"error: {report}: not a JSON report ({e}); give this tool's OUT.json or a distill.json") from None
+                    loaded = loaded if isinstance(loaded, dict) else {}
                     reports[report] = loaded.get("seeds", loaded)  # a distill.json keeps the table under "seeds"
                 runs[seed][role] = ScoredSide.from_report(reports[report], seed, name, side, split, metric)
         table = seed_table(runs, test.texts, test.labels, recipe.model.max_length, metric=metric)
-    except (FtexportError, json.JSONDecodeError) as e:
+    except FtexportError as e:
         raise SystemExit(f"error: {e}") from None
     shown = dict(zip(("student", "baseline")[: len(names)], names, strict=True))
     rule = recipe.distill.ship if recipe.distill else "first"
