@@ -41,14 +41,15 @@ def main() -> None:
     ap.add_argument("--names", default="student,baseline", help="what the two sides are called in the report")
     ap.add_argument("--out", required=True, help="writes OUT.json and OUT.md")
     args = ap.parse_args()
-    specs: dict[int, dict[str, str]] = {}
+    specs: dict[int, dict[str, tuple[str, str]]] = {}
     for spec in args.pair:
         try:
             seed, sides = spec.split("=", 1)
             student, sep, baseline = sides.partition(":")
             if not student or (sep and not baseline):
                 raise ValueError
-            specs[int(seed)] = {"student": student, **({"baseline": baseline} if sep else {})}
+            # each side: a model folder, or (report, side name) for REPORT.json#SIDE
+            specs[int(seed)] = {role: side.partition("#")[::2] for role, side in (("student", student), ("baseline", baseline)) if side}
         except ValueError:
             ap.error(f"--pair {spec!r}: write SEED=STUDENT_DIR:BASELINE_DIR (or SEED=DIR for one side), e.g. 42=runs/a/kd:runs/b/baseline")
     if len({len(sides) for sides in specs.values()}) > 1:
@@ -59,7 +60,7 @@ def main() -> None:
         want = "the two sides' names, comma-separated, e.g. 'distilled,no KD'" if two else "one name for the one side, e.g. 'no KD'"
         ap.error(f"--names {args.names!r}: give {want}")
 
-    from ftexport.core.errors import FtexportError
+    from ftexport.core.errors import FtexportError, ModelError
     from ftexport.core.machine import machine_info
     from ftexport.data import load_data
     from ftexport.recipe import load_recipe
@@ -67,14 +68,13 @@ def main() -> None:
 
     recipe = load_recipe(args.recipe)
     for sides in specs.values():
-        for side in sides.values():
-            report, _, name = side.partition("#")
+        for path, name in sides.values():
             if name and name not in ("student", "baseline"):
-                ap.error(f"--pair: {side}: after '#' name the report's side, student or baseline")
-            if name and not Path(report).is_file():
-                ap.error(f"--pair: {report} is not a file (REPORT.json#SIDE reads an earlier report)")
-            if not name and not (Path(side) / "config.json").is_file():
-                ap.error(f"--pair: {side} is not a model folder (no config.json)")
+                ap.error(f"--pair: {path}#{name}: after '#' name the report's side, student or baseline")
+            if name and not Path(path).is_file():
+                ap.error(f"--pair: {path} is not a file (REPORT.json#SIDE reads an earlier report)")
+            if not name and not (Path(path) / "config.json").is_file():
+                ap.error(f"--pair: {path} is not a model folder (no config.json)")
     test = load_data(recipe.data, ("train", "test"))["test"]
     split = split_sha256(test.texts, test.labels)
     metric = recipe.training.metric
@@ -83,19 +83,18 @@ def main() -> None:
     try:
         for seed, sides in specs.items():
             runs[seed] = {}
-            for role, side in sides.items():
-                report, _, name = side.partition("#")
+            for role, (path, name) in sides.items():
                 if not name:
-                    runs[seed][role] = Path(side)
+                    runs[seed][role] = Path(path)
                     continue
-                if report not in reports:
+                if path not in reports:
                     try:
-                        loaded = json.loads(Path(report).read_text())
+                        loaded = json.loads(Path(path).read_text())
                     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                        raise SystemExit(f"error: {report}: not a JSON report ({e}); give this tool's OUT.json or a distill.json") from None
+                        raise ModelError(f"{path}: not a JSON report ({e}); give this tool's OUT.json or a distill.json") from None
                     loaded = loaded if isinstance(loaded, dict) else {}
-                    reports[report] = loaded.get("seeds", loaded)  # a distill.json keeps the table under "seeds"
-                runs[seed][role] = ScoredSide.from_report(reports[report], seed, name, side, split, metric)
+                    reports[path] = loaded.get("seeds", loaded)  # a distill.json keeps the table under "seeds"
+                runs[seed][role] = ScoredSide.from_report(reports[path], seed, name, f"{path}#{name}", split, metric)
         table = seed_table(runs, test.texts, test.labels, recipe.model.max_length, metric=metric)
     except FtexportError as e:
         raise SystemExit(f"error: {e}") from None
