@@ -464,6 +464,7 @@ def test_several_models_in_one_run_each_checked_against_its_own_pytorch(tiny_run
         ("--model", f"a={tmp_path / 'fb'}"): "the name a is taken",
         ("--model", f"b={tmp_path / 'nope'}"): "--model b:",
         ("--model", f"b={tmp_path / 'fb'}", "--backends", "c/ort-fp32"): "backend c/ort-fp32: no model is called c",
+        ("--backends", "a/ort-fp32"): "backend a/ort-fp32: this run times one model, whose backends go unnamed: give ort-fp32",
         ("--accuracy",): "--accuracy scores the recipe's labelled test split: give --recipe",
         ("--model", f"b={tmp_path / 'fb'}", "--label", "x/y"): "--label 'x/y': give the first model a name without /",
     }

@@ -333,6 +333,10 @@ def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str
     for m in models:
         for name in names:
             label, backend = split_backend(name)
+            if label is not None and labels == {None}:  # one model: its rows carry no name
+                raise RecipeError(
+                    f"backend {name}: this run times one model, whose backends go unnamed: give {backend}, or time several with --model"
+                )
             if label is not None and label not in labels:
                 raise RecipeError(f"backend {name}: no model is called {label} (the models: {', '.join(map(str, labels))})")
             if label is None or label == m.label:
