@@ -23,13 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ftexport.core.errors import FtexportError
+from ftexport.tasks.base import softmax
 from ftexport.train.teacher_outputs import TeacherOutputs
-
-
-def softmax(x: np.ndarray, t: float) -> np.ndarray:
-    z = x / t - (x / t).max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def compare(a: TeacherOutputs, b: TeacherOutputs, temperature: float) -> dict:
@@ -39,7 +34,7 @@ def compare(a: TeacherOutputs, b: TeacherOutputs, temperature: float) -> dict:
     if not len(common):
         raise FtexportError(f"{a.path} and {b.path} hold no text in common: write both from recipes that read the same texts")
     la, lb = a.rows[ia].astype(np.float64), b.rows[ib].astype(np.float64)
-    pa, pb = softmax(la, temperature), softmax(lb, temperature)
+    soft = np.abs(softmax(la / temperature) - softmax(lb / temperature))
     d = np.abs(la - lb)
     # a logit offset shared by every label changes nothing: compare the margins too
     margin = np.abs((la - la.mean(axis=1, keepdims=True)) - (lb - lb.mean(axis=1, keepdims=True)))
@@ -51,7 +46,7 @@ def compare(a: TeacherOutputs, b: TeacherOutputs, temperature: float) -> dict:
         "only_in_second": int(len(b.ids) - len(common)),
         "label_agreement": float((la.argmax(1) == lb.argmax(1)).mean()),
         "temperature": temperature,
-        "soft_target_abs_diff": {"mean": float(np.abs(pa - pb).mean()), "p99": float(np.quantile(np.abs(pa - pb), 0.99))},
+        "soft_target_abs_diff": {"mean": float(soft.mean()), "p99": float(np.quantile(soft, 0.99))},
         "logit_abs_diff": {"mean": float(d.mean()), "max": float(d.max())},
         "centred_logit_abs_diff": {"mean": float(margin.mean()), "p99": float(np.quantile(margin, 0.99))},
     }
