@@ -329,16 +329,18 @@ def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str
     """Qualified backend name -> (model, bare backend): a bare name for every model, a
     labelled one for its model; model by model, in the order asked."""
     labels = {m.label for m in models}
+    for name in names:
+        label, backend = split_backend(name)
+        if label is not None and labels == {None}:  # one model: its rows carry no name
+            raise RecipeError(
+                f"backend {name}: this run times one model, whose backends go unnamed: give {backend}, or time several with --model"
+            )
+        if label is not None and label not in labels:
+            raise RecipeError(f"backend {name}: no model is called {label} (the models: {', '.join(map(str, labels))})")
     out: dict[str, tuple[Model, str]] = {}
     for m in models:
         for name in names:
             label, backend = split_backend(name)
-            if label is not None and labels == {None}:  # one model: its rows carry no name
-                raise RecipeError(
-                    f"backend {name}: this run times one model, whose backends go unnamed: give {backend}, or time several with --model"
-                )
-            if label is not None and label not in labels:
-                raise RecipeError(f"backend {name}: no model is called {label} (the models: {', '.join(map(str, labels))})")
             if label is None or label == m.label:
                 out[m.qualify(backend)] = (m, backend)
     return out
