@@ -329,8 +329,8 @@ def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str
     """Qualified backend name -> (model, bare backend): a bare name for every model, a
     labelled one for its model; model by model, in the order asked."""
     labels = {m.label for m in models}
-    for name in names:
-        label, backend = split_backend(name)
+    asked = [(name, *split_backend(name)) for name in names]
+    for name, label, backend in asked:
         if label is not None and labels == {None}:  # one model: its rows carry no name
             raise RecipeError(
                 f"backend {name}: this run times one model, whose backends go unnamed: give {backend}, or time several with --model"
@@ -339,8 +339,7 @@ def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str
             raise RecipeError(f"backend {name}: no model is called {label} (the models: {', '.join(map(str, labels))})")
     out: dict[str, tuple[Model, str]] = {}
     for m in models:
-        for name in names:
-            label, backend = split_backend(name)
+        for _, label, backend in asked:
             if label is None or label == m.label:
                 out[m.qualify(backend)] = (m, backend)
     return out
