@@ -58,3 +58,22 @@ def test_old_reports_read_and_repack(task, tmp_path):
     out = CliRunner().invoke(main, ["-q", "pack", str(src), "-o", str(tmp_path / "again"), "--parity", str(reports)])
     assert out.exit_code == 0, out.output
     assert Bundle.open(tmp_path / "again").manifest.parity["passed"] is True
+    Bundle.open(src)  # the bundle packed from is untouched: its reports were replaced in the copy, not written through
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "int8-block"])
+def test_quantizing_again_leaves_the_source_bundle_as_it_was(mode, tmp_path):
+    """The output starts as hard links to the source's files: a variant built again must be a
+    new file, never a write through a link into the bundle it was made from."""
+    from click.testing import CliRunner
+
+    from ftexport.cli import main
+
+    src = tmp_path / "old"
+    shutil.copytree(FIXTURES / "text-classification", src)
+    before = {f.name: f.read_bytes() for f in src.iterdir() if f.is_file()}
+    out = CliRunner().invoke(main, ["-q", "quantize", str(src), "-o", str(tmp_path / "q"), "--mode", mode])
+    assert out.exit_code == 0, out.output
+    assert {f.name: f.read_bytes() for f in src.iterdir() if f.is_file()} == before
+    Bundle.open(src)
+    Bundle.open(tmp_path / "q")

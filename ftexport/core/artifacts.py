@@ -175,10 +175,7 @@ class StageRecord(JsonView):
         return cls(**kwargs)
 
     def write(self, directory: Path) -> StageRecord:
-        path = Path(directory) / RECORD
-        if path.exists():  # may be a hard link into an upstream artifact: never write through it
-            path.unlink()
-        path.write_text(self.dumps())
+        unlinked(Path(directory) / RECORD).write_text(self.dumps())  # may be a link into an upstream artifact
         return self
 
 
@@ -205,7 +202,10 @@ def is_fresh(directory: str | os.PathLike[str], key: str) -> bool:
 
 
 def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = (RECORD, "manifest.json")) -> None:
-    """Copy a directory's files into `dst` as hard links (copies across filesystems)."""
+    """Copy a directory's files into `dst` as hard links (copies across filesystems).
+
+    A linked file is the source's file: writing it in place writes the source too. Whatever a
+    stage writes into `dst` goes through `unlinked` first."""
     for f in src.rglob("*"):
         rel = f.relative_to(src)
         if f.is_dir() or rel.as_posix() in skip:
@@ -216,3 +216,12 @@ def link_tree(src: Path, dst: Path, skip: tuple[str, ...] = (RECORD, "manifest.j
             os.link(f, target)
         except OSError:
             shutil.copy2(f, target)
+
+
+def unlinked(path: Path) -> Path:
+    """`path` in a folder made by `link_tree`, ready to be written: its link to the source's file
+    (and to an ONNX model's external-data file beside it) is dropped, so the write makes a new
+    file and the bundle or model folder the stage read from keeps its bytes (and its sha256)."""
+    path.unlink(missing_ok=True)
+    path.with_name(f"{path.name}.data").unlink(missing_ok=True)
+    return path

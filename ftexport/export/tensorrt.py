@@ -47,7 +47,7 @@ from ftexport_runtime.engines.tensorrt import MUST_MATCH, EngineSpec, Profile, c
 from ftexport_runtime.tokenizer import load_tokenizer
 
 from ..core import progress
-from ..core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir
+from ..core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir, unlinked
 from ..core.errors import BackendUnavailable, BundleError, FtexportError, RecipeError, first_line
 from ..data import load_data
 from ..tasks import TASKS, get_task
@@ -391,8 +391,7 @@ def build_engines(
             engine, built_cache = build_engine(trt, plan, cache, str(cache_file))
             cache = built_cache if built_cache is not None else cache
             rel = f"{ENGINE_DIR}/model.{plan.name}.plan"
-            target = tmp / rel
-            target.unlink(missing_ok=True)  # a hard link into the source bundle: replace, never write through
+            target = unlinked(tmp / rel)
             target.write_bytes(engine)
             manifest.engines[plan.name] = EngineSpec(
                 plan.name,

@@ -10,7 +10,7 @@ from typing import Any
 from ftexport_runtime.bundle import Bundle, Manifest, make_tarball, write_manifest
 
 from ..core import progress
-from ..core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir
+from ..core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir, unlinked
 from ..core.errors import GateFailed, RecipeError
 from ..core.reports import BENCH_JSON, PARITY_JSON, BenchReport, ParityReport
 from ..judge.html import bench_html
@@ -91,20 +91,20 @@ def pack(
         sections = []
         if parity is not None:
             manifest.parity = parity_summary(parity, task)
-            (tmp / PARITY_JSON).write_text(parity.dumps())
+            unlinked(tmp / PARITY_JSON).write_text(parity.dumps())
             manifest.files[PARITY_JSON] = ""
             sections.append(task.parity_table(parity))
         if bench is not None:
             manifest.latency = latency_summary(bench)
-            (tmp / BENCH_JSON).write_text(bench.dumps())
+            unlinked(tmp / BENCH_JSON).write_text(bench.dumps())
             manifest.files[BENCH_JSON] = ""
             sections.append(task.bench_table(bench))
-            (tmp / "report.html").write_text(bench_html(bench, task, parity))
+            unlinked(tmp / "report.html").write_text(bench_html(bench, task, parity))
             manifest.files["report.html"] = ""
         if parity is not None:
             sections.insert(0, task.summary_table(parity, bench))
         if sections:
-            (tmp / REPORT_MD).write_text(f"# {manifest.name}\n\n" + "\n\n".join(sections) + "\n")
+            unlinked(tmp / REPORT_MD).write_text(f"# {manifest.name}\n\n" + "\n\n".join(sections) + "\n")
             manifest.files[REPORT_MD] = ""
         write_manifest(tmp, manifest)
         StageRecord(

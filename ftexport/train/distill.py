@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..core import progress
-from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir
+from ..core.artifacts import StageRecord, is_fresh, link_tree, make_key, read_record, stage_dir, unlinked
 from ..core.errors import ModelError, RecipeError
 from ..core.hf import cache_root, check_model_dir, load_tokenizer, model_folder, model_hash, predict_logits
 from ..core.machine import machine_info
@@ -724,8 +724,8 @@ def distill(recipe: Any, output: str | Path, quiet: bool = False) -> dict[str, A
     kd_record = read_record(kd_dir)
     with stage_dir(output) as tmp:
         link_tree(kd_dir, tmp)
-        (tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "distill.md").write_text(distill_markdown(report) + "\n")
+        unlinked(tmp / "distill.json").write_text(json.dumps(report, indent=2) + "\n")
+        unlinked(tmp / "distill.md").write_text(distill_markdown(report) + "\n")
         StageRecord(
             "distill",
             key,

@@ -32,7 +32,7 @@ from ftexport_runtime import Predictor
 from ftexport_runtime.bundle import Bundle, Manifest, Variant, write_manifest
 
 from ...core import progress
-from ...core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir
+from ...core.artifacts import StageRecord, key_of, link_tree, make_key, stage_dir, unlinked
 from ...core.errors import BundleError, RecipeError, first_line
 from ...data import fingerprint, load_data
 from ...tasks import TASKS, get_task
@@ -290,6 +290,7 @@ def quantize(bundle_dir: str | Path, output: str | Path, section: Any, data: Any
                 timing = predictor.encode([max(split.texts, key=len)])
 
         for mode in modes:
+            unlinked(tmp / mode.file)  # made again here: a new file, not a write into the source bundle's
             if not mode.int8:
                 mode.build(manifest, tmp, weights_source if mode.constant_weights else src.file)
                 continue
@@ -407,7 +408,7 @@ def _add_optimized(
     """Optimize the fp32 model at `level` (Optimum) into `file` and record it as variant `name`."""
     work = tmp / f"_{name}"
     produced, detail = optimize_graph(tmp, src_file, work, level)
-    shutil.move(str(produced), tmp / file)
+    shutil.move(str(produced), unlinked(tmp / file))
     shutil.rmtree(work)
     _add_variant(manifest, tmp, name, file, precision, {**extra, **detail})
 
