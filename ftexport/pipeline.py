@@ -23,7 +23,7 @@ from typing import Any
 
 from .core import progress
 from .core.artifacts import is_fresh
-from .core.errors import GateFailed
+from .core.errors import GateFailed, RecipeError
 from .core.reports import BenchReport, ParityReport
 from .export import resolve_exporter
 from .export import tensorrt as trt_mod
@@ -156,6 +156,14 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
             lambda: pack(bundle_dir, d["pack"], d["validate"], d["bench"]),
         ),
     ]
+    stages = [stage for stage, _, _ in plan]
+    if stop_after is not None and stop_after not in stages:
+        how = {"quantize": "give quantize.modes or quantize.optimize", "tensorrt": "set tensorrt.enabled: true"}
+        raise RecipeError(
+            f"--stop-after {stop_after}: recipe {recipe.name!r} has no {stop_after} stage"
+            + (f" ({how[stop_after]} to add one)" if stop_after in how else "")
+            + f"; its stages: {', '.join(stages)}"
+        )
     for stage, key, action in plan:
         if not rebuilt and is_fresh(d[stage], key()):
             progress.step(f"{stage}: up to date, skipped ({d[stage]})")

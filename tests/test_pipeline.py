@@ -111,6 +111,21 @@ def test_full_finetune_merge_passes_through(recipe_file):
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
 
 
+@pytest.mark.parametrize(("stage", "hint"), [("tensorrt", "tensorrt.enabled: true"), ("quantize", "quantize.modes")])
+def test_stop_after_a_stage_the_recipe_lacks_is_refused_before_any_work(recipe_file, stage, hint):
+    """--stop-after names a stage this recipe does not have: one line naming the stages it has,
+    not the whole pipeline run to the end."""
+    from click.testing import CliRunner
+
+    from ftexport.cli import main
+
+    path = recipe_file(quantize__modes=[], quantize__optimize=None)
+    out = CliRunner().invoke(main, ["-q", "run", str(path), "--stop-after", stage])
+    assert out.exit_code == 2, out.output
+    assert f"no {stage} stage" in out.output and hint in out.output and "train, merge, export, validate" in out.output
+    assert not load_recipe(path).output_dir().exists()
+
+
 def test_lora_merge_is_checked(tiny_run):
     record = json.loads((tiny_run[1].root / "merged" / "ftexport.json").read_text())
     assert record["settings"] == {"merged": True}
