@@ -733,8 +733,15 @@ def bench(
     _echo_json(report.to_json()) if as_json else click.echo(bench_table(report))
     if old is not None:
         rows = compare_reports(old, report, tolerance, relative_to)
-        click.echo(compare_table(rows, tolerance, relative_to), err=as_json)
         judged = "relative_change" if relative_to else "change"
+        if not any(judged in r for r in rows):  # a gate that judged nothing must not pass
+            why = (
+                f"no cell has a {relative_to} row of its batch and length in both reports; give --relative-to a backend both timed"
+                if rows
+                else "it shares no backend, batch and length with this run; time the grid it holds (--backends, --batch-sizes, --seq-len)"
+            )
+            raise RecipeError(f"--compare {compare_path}: nothing to judge: {why}")
+        click.echo(compare_table(rows, tolerance, relative_to), err=as_json)
         slower = [r for r in rows if r["regression"]]
         if slower:  # every regressed cell on one line, worst first: noise in one cell cannot hide a real slowdown in another
             cells = ", ".join(

@@ -418,6 +418,28 @@ def test_compare_relative_to_a_baseline_cancels_drift_of_the_whole_machine(tiny_
     assert bad.exit_code == 2 and "--relative-to pytorch: needs --compare" in bad.output
 
 
+def test_compare_that_judges_no_cell_fails_instead_of_passing(tiny_run, tmp_path):
+    """The gate must not pass on nothing: an old report with none of this run's cells, or (with
+    --relative-to) none of its baseline's rows, is a one-line error, exit 2."""
+    result = tiny_run[1]
+    assert run_bench(result, tmp_path / "base", "--batch-sizes", "1", "--seq-len", "8").exit_code == 0
+    baseline = json.loads((tmp_path / "base" / "bench.json").read_text())
+    other_grid = json.loads(json.dumps(baseline))
+    for r in other_grid["results"]:
+        r["batch"] = 64
+    no_pytorch = json.loads(json.dumps(baseline))
+    no_pytorch["results"] = [r for r in no_pytorch["results"] if r["backend"] != "pytorch"]
+    for name, report, extra, says in [
+        ("grid", other_grid, (), "it shares no backend, batch and length with this run"),
+        ("base", no_pytorch, ("--relative-to", "pytorch"), "no cell has a pytorch row"),
+    ]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+        out = run_bench(
+            result, tmp_path / f"new-{name}", "--batch-sizes", "1", "--seq-len", "8", "--compare", str(tmp_path / f"{name}.json"), *extra
+        )
+        assert out.exit_code == 2 and f"nothing to judge: {says}" in out.output.strip().splitlines()[-1], out.output
+
+
 def test_several_models_in_one_run_each_checked_against_its_own_pytorch(tiny_run, tmp_path):
     """--model: a second model (one that answers the opposite of the first) timed in the same
     run; each model's rows are checked against its own PyTorch, speed-ups are against the first
