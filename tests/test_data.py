@@ -79,6 +79,21 @@ def test_empty_text(tmp_path):
         load_data(section(tmp_path, "train.csv", "train.csv"))
 
 
+@pytest.mark.parametrize("limit", [None, 9])
+@pytest.mark.parametrize(
+    ("bad", "says"), [({"sentence": " ", "label": "positive"}, "has no text"), ({"sentence": "meh", "label": "neutral"}, "is not in")]
+)
+def test_bad_row_is_named_by_its_place_in_the_file_when_sampled(tmp_path, limit, bad, says):
+    """A sample of the rows (max_train_samples) shuffles them: the error still names the row
+    where the file has it (the 8th), not its place in the sample."""
+    rows = make_rows(10, 1)
+    rows[7] = bad
+    write_split(tmp_path / "train.csv", rows)
+    sec = section(tmp_path, "train.csv", "train.csv", max_train_samples=limit, label_names=["negative", "positive"])
+    with pytest.raises(DataError, match=rf"row 8 of .*train\.csv {says}"):
+        load_data(sec, ("train",))
+
+
 def test_missing_file(tmp_path):
     write_split(tmp_path / "train.csv", make_rows(4, 1))
     with pytest.raises(DataError, match=r"^recipe\.data\.test: .*absent\.csv does not exist$"):

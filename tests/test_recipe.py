@@ -87,6 +87,15 @@ def test_invalid_yaml(tmp_path):
         load_recipe(bad)
 
 
+def test_a_recipe_that_is_not_text_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "model.yaml"
+    bad.write_bytes(b"name: x\n\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(RecipeError, match=r"model\.yaml: not a UTF-8 text file \(byte 8 cannot be read\)"):
+        load_recipe(bad)
+    result = CliRunner().invoke(main, ["train", str(bad)])
+    assert result.exit_code == 2 and "not a UTF-8 text file" in result.output and "Traceback" not in result.output
+
+
 def test_cli_reports_one_line_and_exit_2(recipe_file):
     path = recipe_file(training__lr="fast")
     result = CliRunner().invoke(main, ["run", str(path)])

@@ -52,7 +52,7 @@ def _is_int(v: Any) -> bool:
 def _to_ids(values: pd.Series, names: list[str], split: str, path: str) -> list[int]:
     index = {n: i for i, n in enumerate(names)}
     ids = []
-    for row, v in enumerate(values.tolist()):
+    for row, v in zip(values.index, values.tolist()):  # the file's own row numbers: sampling keeps them
         if isinstance(v, str) and v in index:
             ids.append(index[v])
         elif _is_int(v) and 0 <= int(v) < len(names) and not isinstance(v, str):
@@ -116,7 +116,7 @@ def load_data(section: Any, splits: tuple[str, ...] = SPLITS, labelled: bool = T
         if limit is not None and limit < len(df):
             df = df.sample(n=limit, random_state=section.sample_seed)
         texts = df[section.text_column].tolist()
-        for row, t in enumerate(texts):
+        for row, t in zip(df.index, texts):  # the file's own row numbers: sampling keeps them
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"recipe.data.{split}: row {row + 1} of {where} has no text ({t!r}) in column {section.text_column!r}")
         out[split] = Split(split, texts, _to_ids(df[section.label_column], names, split, where) if labelled else [])

@@ -210,7 +210,9 @@ def load_recipe(path: str | os.PathLike[str], check: bool = True, overrides: Seq
     if not p.is_file():
         raise RecipeError(f"{p}: recipe file not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{p}: not a UTF-8 text file (byte {e.start} cannot be read); give a YAML recipe saved as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
