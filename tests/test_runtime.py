@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -243,6 +244,43 @@ def test_manifest_schema_errors_name_the_field(bundle, tmp_path):
     (b / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="field 'max_length' has the wrong type"):
         Bundle.open(b)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "says"),
+    [
+        (("versions",), "x", "field 'versions' must be an object, not str"),
+        (("source",), [1], "field 'source' must be an object, not list"),
+        (("variants", "fp32", "details"), [], "field 'variants.fp32.details' must be an object"),
+        (("variants", "fp32", "extra_files"), "model.onnx", "field 'variants.fp32.extra_files' must be a list"),
+        (("tokenizer", "pad_id"), "abc", "tokenizer.pad_id must be an integer token id, not 'abc'"),
+    ],
+)
+def test_hand_edited_manifest_fields_are_one_line_errors(bundle, tmp_path, path, value, says):
+    """manifest.json is the one file its own sha256 list cannot cover: every field it reads is
+    type-checked, so an edit gives an error naming the field, never a traceback."""
+    b = copy(bundle, tmp_path)
+    manifest = json.loads((b / "manifest.json").read_text())
+    node = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape(says)):
+        Bundle.open(b)
+
+
+@pytest.mark.parametrize("labels", [["only"], ["negative", "neutral", "positive"]])
+def test_labels_that_do_not_match_the_model_are_refused_not_misnamed(bundle, tmp_path, labels):
+    """Fewer labels than the model's scores failed on an index; more named the answers wrongly."""
+    b = copy(bundle, tmp_path)
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["labels"] = labels
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"the model gives 2 scores per text but manifest.json names {len(labels)} labels"):
+        Predictor.from_bundle(b).predict(["a fine film"])
+    out = run_cli("predict", str(b), "a fine film")
+    assert out.returncode != 0 and "manifest.json names" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_tarball_round_trip(bundle, tmp_path):

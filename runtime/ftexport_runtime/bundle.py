@@ -127,6 +127,16 @@ class Manifest:
                 raise BundleError(f"{where}: field '{key}' has the wrong type ({type(value).__name__})")
             return value
 
+        def optional(node: dict[str, Any], key: str, kind: type, name: str) -> Any:
+            """An optional field: absent or null is empty; present, it has its type."""
+            value = node.get(key)
+            if value is None:
+                return kind()
+            if not isinstance(value, kind):
+                what = "an object" if kind is dict else "a list"
+                raise BundleError(f"{where}: field '{name}' must be {what}, not {type(value).__name__}")
+            return value
+
         task = need("task", str)
         try:
             head = get_head(task)  # the task's head checks its own part of the manifest (labels, generation...)
@@ -147,8 +157,8 @@ class Manifest:
                 name=vname,
                 file=v["file"],
                 precision=v["precision"],
-                extra_files=list(v.get("extra_files", [])),
-                details=dict(v.get("details", {})),
+                extra_files=[str(x) for x in optional(v, "extra_files", list, f"variants.{vname}.extra_files")],
+                details=dict(optional(v, "details", dict, f"variants.{vname}.details")),
             )
         if not variants:
             raise BundleError(f"{where}: the bundle lists no model variants")
@@ -161,6 +171,8 @@ class Manifest:
         tokenizer = need("tokenizer", dict)
         if not isinstance(tokenizer.get("file"), str):
             raise BundleError(f"{where}: tokenizer.file is missing")
+        if tokenizer.get("pad_id") is not None and (not isinstance(tokenizer["pad_id"], int) or isinstance(tokenizer["pad_id"], bool)):
+            raise BundleError(f"{where}: tokenizer.pad_id must be an integer token id, not {tokenizer['pad_id']!r}")
         files = need("files", dict)
         for rel, digest in files.items():
             _check_relative(rel, where)
@@ -187,10 +199,10 @@ class Manifest:
             tokenizer=dict(tokenizer),
             files=dict(files),
             name=str(data.get("name", "model")),
-            versions=dict(data.get("versions") or {}),
+            versions=dict(optional(data, "versions", dict, "versions")),
             parity=data.get("parity"),
             latency=data.get("latency"),
-            source=dict(data.get("source") or {}),
+            source=dict(optional(data, "source", dict, "source")),
             backend_defaults=dict(backend_defaults),
             engines=engines,
             **owned,  # the head's sections, e.g. generation (what the KV-cache loop needs) or embedding

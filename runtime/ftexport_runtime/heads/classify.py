@@ -28,8 +28,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def check_width(logits: np.ndarray, labels: list[str], per: str) -> None:
+    """The model gives one score per label the manifest names, in that order; a manifest of
+    another model (or an edited one) would otherwise name answers wrongly, or fail on an index."""
+    if logits.shape[-1] != len(labels):
+        raise BundleError(
+            f"the model gives {logits.shape[-1]} scores per {per} but manifest.json names {len(labels)} labels "
+            f"({', '.join(labels)}): the manifest is not this model's; export or pack the bundle again"
+        )
+
+
 def classify(logits: np.ndarray, labels: list[str]) -> list[Prediction]:
-    probs = softmax(np.asarray(logits, dtype=np.float64))
+    logits = np.asarray(logits, dtype=np.float64)
+    check_width(logits, labels, "text")
+    probs = softmax(logits)
     best = probs.argmax(axis=-1)
     return [Prediction(labels[k], float(p[k]), {name: float(x) for name, x in zip(labels, p)}) for k, p in zip(best, probs)]
 

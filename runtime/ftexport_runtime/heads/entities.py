@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PredictError
-from .classify import check_labels, softmax
+from .classify import check_labels, check_width, softmax
 from .predict import PREDICT, predict_route
 
 AGGREGATIONS = ("simple", "first")
@@ -96,7 +96,9 @@ def token_entities(
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
-    probs = softmax(np.asarray(logits, dtype=np.float64))
+    logits = np.asarray(logits, dtype=np.float64)
+    check_width(logits, labels, "token")
+    probs = softmax(logits)
     tokens = [i for i in range(min(len(offsets), len(probs))) if not special[i] and offsets[i][1] > offsets[i][0]]
     if aggregation == "simple":
         units = [(labels[int(probs[i].argmax())], float(probs[i].max()), offsets[i][0], offsets[i][1]) for i in tokens]
