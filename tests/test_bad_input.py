@@ -72,6 +72,27 @@ def test_parity_report_of_an_old_run_still_reads(tiny_run, tmp_path):
     assert Bundle.open(tmp_path / "packed").manifest.parity["passed"] is True
 
 
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        ({"variants": {}}, "no verdict on variant fp32, int8 of this bundle (it judged: nothing)"),
+        ({"labels": ["ham", "spam"]}, "it judged labels [ham, spam], this bundle's are [negative, positive]"),
+        ({"task": "token-classification"}, "it judged a token-classification model, this bundle is text-classification"),
+    ],
+)
+def test_parity_report_of_another_bundle_is_refused(tiny_run, tmp_path, edit, says):
+    """pack --parity records the report's verdict in the manifest: a report that judged nothing
+    (vacuously passed) or judged another model must not become this bundle's 'passed'."""
+    result = tiny_run[1]
+    data = {**json.loads((result.root / "parity" / "parity.json").read_text()), **edit}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "parity.json").write_text(json.dumps(data))
+    out = CliRunner().invoke(main, ["-q", "pack", str(result.root / "quantized"), "-o", str(tmp_path / "packed"), "--parity", str(other)])
+    assert out.exit_code == 2 and says in out.output and len(out.output.strip().splitlines()) == 1, out.output
+    assert not (tmp_path / "packed").exists()
+
+
 def test_corrupt_parity_report_is_one_line(tiny_run, tmp_path):
     result = tiny_run[1]
     bad = tmp_path / "bad"

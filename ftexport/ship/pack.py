@@ -63,6 +63,26 @@ def keep_variants(root: Path, manifest: Manifest, keep: list[str]) -> None:
     manifest.backend_defaults = {b: v for b, v in manifest.backend_defaults.items() if v in keep}
 
 
+def check_parity_is_of(parity: ParityReport, manifest: Manifest, shipped: list[str], where: str | Path) -> None:
+    """A parity report packed into a bundle must be this bundle's: the same task and labels, and a
+    verdict on every variant it ships. Another bundle's report, or one that judged nothing (whose
+    `passed` is then vacuously true), would ship a verdict nobody measured."""
+    fix = "run `ftexport validate` on this bundle and pack with its report"
+    if parity.task and parity.task != manifest.task:
+        raise RecipeError(f"pack --parity {where}: it judged a {parity.task} model, this bundle is {manifest.task}; {fix}")
+    if parity.labels and manifest.labels and list(parity.labels) != list(manifest.labels):
+        raise RecipeError(
+            f"pack --parity {where}: it judged labels [{', '.join(parity.labels)}], this bundle's are [{', '.join(manifest.labels)}]; {fix}"
+        )
+    judged = {name.split("@")[0] for name in parity.variants}
+    missing = [v for v in shipped if v not in judged]
+    if missing:
+        raise RecipeError(
+            f"pack --parity {where}: no verdict on variant {', '.join(missing)} of this bundle "
+            f"(it judged: {', '.join(sorted(judged)) or 'nothing'}); {fix}, or ship fewer with --variants"
+        )
+
+
 def pack(
     bundle_dir: str | Path,
     output: str | Path,
@@ -78,6 +98,8 @@ def pack(
         if unknown:  # before anything is written
             raise RecipeError(f"pack --variants: no variant {unknown[0]!r} in this bundle (it has: {', '.join(bundle.manifest.variants)})")
     parity = ParityReport.load(parity_dir) if parity_dir else None
+    if parity is not None:
+        check_parity_is_of(parity, bundle.manifest, variants or list(bundle.manifest.variants), parity_dir)
     bench = BenchReport.load(bench_dir) if bench_dir else None
     if parity is not None and not parity.passed:
         raise GateFailed(f"pack: refusing to pack {bundle_dir}: it failed the parity gate (see {parity_dir}/parity.md)")
