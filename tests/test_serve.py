@@ -228,11 +228,41 @@ def test_control_characters_and_unicode_are_texts_like_any_other(client, fp32):
     assert r.json()["predictions"] == answers(fp32, texts)
 
 
+def test_a_predictor_that_caps_its_batch_caps_the_server_s(fp32):
+    """A TensorRT engine lowers the Predictor's max_batch to its profile's largest batch; the
+    server must form no larger batch (the engine would refuse it, failing valid requests)."""
+    from starlette.testclient import TestClient
+
+    class Capped:
+        max_batch = 3
+
+        def __init__(self):
+            self.sizes: list[int | None] = []
+
+        def metadata(self) -> dict:
+            return fp32.metadata()
+
+        def predict_batch(self, texts, batch_size=None):
+            self.sizes.append(batch_size)  # predict_batch runs the model on chunks of batch_size texts
+            return fp32.predict_batch(texts, batch_size)
+
+    capped = Capped()
+    with TestClient(create_app(capped, ServeConfig(max_batch=32, max_wait_ms=0))) as c:
+        assert c.get("/v1/metadata").json()["serving"]["max_batch"] == 3
+        r = c.post("/v1/predict", json={"texts": TEXTS[:7]})
+    assert r.status_code == 200 and close(r.json()["predictions"], answers(fp32, TEXTS[:7]))
+    assert capped.sizes and set(capped.sizes) == {3}
+
+
 def test_bad_settings_fail_before_serving():
     with pytest.raises(Exception, match=r"--max-request-items 64 is over --queue-size 8"):
         ServeConfig(queue_size=8).check()
     with pytest.raises(Exception, match=r"--max-batch must be a positive integer, got 0"):
         ServeConfig(max_batch=0).check()
+    for wait in (-1.0, float("inf"), float("nan"), 1e300):  # a lone request would wait for company for ever
+        with pytest.raises(Exception, match=r"--max-wait-ms must be from 0 to 60000, got"):
+            ServeConfig(max_wait_ms=wait).check()
+    assert ServeConfig(max_wait_ms=60_000).check().max_wait_ms == 60_000
 
 
 # --- batching and the queue ------------------------------------------------------------------

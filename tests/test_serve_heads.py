@@ -143,6 +143,9 @@ def test_stream_sends_one_event_per_token_then_the_whole(client, gp):
         (b'{"prompt": "a", "top_k": 0}', 422, r"top_k must be a positive integer"),
         (b'{"prompt": "a", "top_p": 2}', 422, r"top_p must be in \(0, 1\]"),
         (b'{"prompt": "a", "seed": 1.5}', 422, r'"seed" must be an integer'),
+        (b'{"prompt": "a", "do_sample": true, "seed": -1}', 422, r"seed must be an integer of 0 or more, got -1"),
+        (b'{"prompt": "a", "do_sample": true, "seed": -1, "stream": true}', 422, r"seed must be an integer of 0 or more"),
+        (b'{"prompt": "a", "do_sample": true, "temperature": 1e-320}', 422, r"temperature 1e-320 is under 0.0001"),
         (b'{"prompt": "a", "stream": "yes"}', 422, r'"stream" must be true or false, got a string'),
         (
             json.dumps({"prompt": "\u00e9" * 40, "stream": True}).encode(),

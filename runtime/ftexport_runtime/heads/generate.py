@@ -165,11 +165,21 @@ def next_token(
     return int(rng.choice(len(probs), p=probs))
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+MIN_TEMPERATURE = 1e-4  # below it a draw is the argmax, and logits / temperature can overflow
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None = None) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise PredictError(f"generate(): max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not temperature > 0:
         raise PredictError(f"generate(): temperature must be > 0, got {temperature!r} (for greedy decoding leave do_sample off)")
+    if temperature < MIN_TEMPERATURE:  # logits / temperature must stay finite for the softmax
+        raise PredictError(
+            f"generate(): temperature {temperature!r} is under {MIN_TEMPERATURE:g}, where sampling is the argmax anyway; "
+            "leave do_sample off for greedy decoding"
+        )
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise PredictError(f"generate(): seed must be an integer of 0 or more, got {seed!r}")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise PredictError(f"generate(): top_k must be a positive integer, got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -282,9 +292,11 @@ class Generator:
 
     # ---- generation --------------------------------------------------------------------------
 
-    def _steps_left(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> int:
+    def _steps_left(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None
+    ) -> int:
         """Check the settings and the prompts' room; how many tokens may be generated."""
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
         longest = max(len(p) for p in prompts)
         if longest >= self.max_length:
             raise PredictError(f"generate(): a prompt of {longest} tokens leaves no room in the model's {self.max_length} positions")
@@ -337,7 +349,7 @@ class Generator:
     ) -> list[list[int]]:
         """Continuations (ids) of prompt ids; use_cache=False recomputes the whole sequence at
         every step (slow; the reference the cache must reproduce)."""
-        steps = self._steps_left(prompts, max_new_tokens, temperature, top_k, top_p)
+        steps = self._steps_left(prompts, max_new_tokens, temperature, top_k, top_p, seed)
         out: list[list[int]] = [[] for _ in prompts]
         for chosen, running, _ in self._steps(prompts, steps, do_sample, temperature, top_k, top_p, seed, use_cache):
             for i in np.flatnonzero(running):
@@ -429,7 +441,7 @@ class Generator:
         if not isinstance(prompt, str):
             raise PredictError(f"stream() takes one prompt string, got {type(prompt).__name__}")
         ids = [self.encode(prompt)]
-        steps = self._steps_left(ids, max_new_tokens, temperature, top_k, top_p)
+        steps = self._steps_left(ids, max_new_tokens, temperature, top_k, top_p, seed)
         return Stream(self, prompt, self._steps(ids, steps, do_sample, temperature, top_k, top_p, seed, use_cache))
 
     def perplexity_inputs(self, texts: Sequence[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -357,7 +357,7 @@ def _openapi(config: Any, info: dict[str, Any]) -> tuple[dict[str, Any], dict[st
                 "top_k": {"type": ["integer", "null"], "minimum": 1},
                 "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
                 "do_sample": {"type": "boolean", "default": False},
-                "seed": {"type": ["integer", "null"]},
+                "seed": {"type": ["integer", "null"], "minimum": 0},
                 "stream": {"type": "boolean", "default": False},
             },
         },

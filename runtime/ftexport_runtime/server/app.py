@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -147,6 +147,9 @@ def create_app(predictor: Any, config: ServeConfig | None = None) -> Starlette:
     from .. import __version__
 
     config = (config or ServeConfig()).check()
+    most = getattr(predictor, "max_batch", None)  # a TensorRT engine lowers it to its profile's largest batch
+    if isinstance(most, int) and most < config.max_batch:
+        config = replace(config, max_batch=most)  # batches the engine would refuse are never formed
     info = {**predictor.metadata(), "runtime_version": __version__}
     head = get_head(info["task"])
     routes = list(head.routes)

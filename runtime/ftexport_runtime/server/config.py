@@ -10,6 +10,8 @@ import onnxruntime as ort
 
 from ..errors import FtexportError
 
+MAX_WAIT_MS = 60_000  # a minute: longer is no batching window, a request left waiting
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -29,8 +31,8 @@ class ServeConfig:
         for name, value in common + sorted(self.options.items()):
             if not isinstance(value, int) or value < 1:
                 raise FtexportError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.max_wait_ms < 0:
-            raise FtexportError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:  # also refuses nan and inf: a lone request would wait for ever
+            raise FtexportError(f"--max-wait-ms must be from 0 to {MAX_WAIT_MS}, got {self.max_wait_ms}")
         if self.max_request_items > self.queue_size:
             raise FtexportError(
                 f"--max-request-items {self.max_request_items} is over --queue-size {self.queue_size}: "
