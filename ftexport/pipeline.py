@@ -133,7 +133,7 @@ def run(recipe: Recipe, force: bool = False, stop_after: str | None = None) -> R
     plan += [
         (
             "validate",
-            lambda: parity_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, own),
+            lambda: parity_mod.validate_key(bundle_dir, d["merge"], recipe.data, v.split, gates, v.backends, own, v.batch_size),
             lambda: parity_mod.validate(
                 bundle_dir, d["merge"], recipe.data, gates, d["validate"], v.split, v.batch_size, v.backends, settings=own
             ),

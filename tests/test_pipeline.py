@@ -99,6 +99,11 @@ def test_changed_settings_rerun_from_that_stage(tiny_run, tmp_path):
     again = run(recipe)
     assert again.skipped == ["train", "merge", "export", "quantize", "validate"]
     assert again.ran == ["bench", "pack"]
+    # validate's batch: dynamic int8's answers depend on it, so its verdict is measured again
+    recipe.validate_ = recipe.validate_.model_copy(update={"batch_size": 8})
+    third = run(recipe, stop_after="validate")
+    assert third.skipped == ["train", "merge", "export", "quantize"] and third.ran == ["validate"]
+    assert json.loads((copy_root / "parity" / "ftexport.json").read_text())["settings"]["batch_size"] == 8
 
 
 def test_full_finetune_merge_passes_through(recipe_file):

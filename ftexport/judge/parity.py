@@ -30,11 +30,20 @@ PARITY_MD = "parity.md"
 
 
 def validate_key(
-    bundle_dir: Path, reference_dir: Path, data: Any, split: str, gates: dict[str, Any], backends: list[str], settings: Any = None
+    bundle_dir: Path,
+    reference_dir: Path,
+    data: Any,
+    split: str,
+    gates: dict[str, Any],
+    backends: list[str],
+    settings: Any = None,
+    batch_size: int = 64,
 ) -> str:
     keys = [key_of(d) or str(Path(d).resolve()) for d in (bundle_dir, reference_dir)]
     extra = [settings.model_dump()] if settings is not None else []  # a task's own parity settings (a decoder's greedy check)
-    return make_key("validate", keys, fingerprint(data), split, {k: g.model_dump() for k, g in gates.items()}, backends, *extra)
+    gate_json = {k: g.model_dump() for k, g in gates.items()}
+    # batch_size: dynamic int8 scales each call's activations as a whole, so its answers (and the verdict) depend on the batch
+    return make_key("validate", keys, fingerprint(data), split, gate_json, backends, batch_size, *extra)
 
 
 def result_name(variant: str, backend: str) -> str:
@@ -114,9 +123,9 @@ def validate(
         (tmp / PARITY_MD).write_text(parity_table(report) + "\n")
         StageRecord(
             "validate",
-            validate_key(bundle_dir, reference_dir, data, split, gates, list(backends), settings),
+            validate_key(bundle_dir, reference_dir, data, split, gates, list(backends), settings, batch_size),
             {"bundle": key_of(bundle_dir), "reference": key_of(reference_dir)},
-            {"split": split, "gates": {k: g.model_dump() for k, g in gates.items()}, "backends": list(backends)},
+            {"split": split, "gates": {k: g.model_dump() for k, g in gates.items()}, "backends": list(backends), "batch_size": batch_size},
             {"passed": report.passed},
         ).write(tmp)
     return report
