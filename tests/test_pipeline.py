@@ -131,6 +131,21 @@ def test_stop_after_a_stage_the_recipe_lacks_is_refused_before_any_work(recipe_f
     assert not load_recipe(path).output_dir().exists()
 
 
+def test_a_checkpoint_cut_short_while_saving_does_not_block_the_next_run(recipe_file):
+    """A crash or Ctrl-C while the Trainer saves leaves a checkpoint folder without its
+    trainer_state.json (written last); the next run drops it instead of failing to resume."""
+    from ftexport.train.trainer import train, train_key
+
+    recipe = load_recipe(recipe_file(method__name="full", training__epochs=1))
+    out = stage_dirs(recipe)["train"]
+    ckpt = out.parent / f".{out.name}.checkpoints"
+    (ckpt / "checkpoint-999").mkdir(parents=True)
+    (ckpt / "KEY").write_text(train_key(recipe))
+    (ckpt / "checkpoint-999" / "model.safetensors").write_bytes(b"\x00" * 100)  # the save got this far
+    train(recipe, out, quiet=True)
+    assert (out / "model.safetensors").is_file() and json.loads((out / "ftexport.json").read_text())["stage"] == "train"
+
+
 def test_lora_merge_is_checked(tiny_run):
     record = json.loads((tiny_run[1].root / "merged" / "ftexport.json").read_text())
     assert record["settings"] == {"merged": True}

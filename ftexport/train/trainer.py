@@ -165,6 +165,16 @@ def check_launcher(device: str) -> None:
         )
 
 
+def drop_incomplete_checkpoints(ckpt_dir: Path) -> list[str]:
+    """Remove the checkpoints a crash or Ctrl-C cut short while they were saved, and name them.
+    The Trainer writes trainer_state.json last, and resumes from the highest-numbered folder
+    whatever it holds: a partial one would fail every later run until deleted by hand."""
+    cut = sorted(p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and not (p / "trainer_state.json").is_file())
+    for p in cut:
+        shutil.rmtree(p)
+    return [p.name for p in cut]
+
+
 def train_key(recipe: Any) -> str:
     """Settings, the data's content and the starting weights' content: not how paths are spelled."""
     weights = model_hash(resolve_model_path(recipe.model.path)) if recipe.model.path is not None else None
@@ -317,6 +327,8 @@ def train(recipe: Any, output: str | Path, quiet: bool = False, trainer_class: A
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (ckpt_dir / "KEY").write_text(key)
+        for cut in drop_incomplete_checkpoints(ckpt_dir):
+            progress.info(f"train: {cut} was cut short (no trainer_state.json: a crash or Ctrl-C while saving); resuming without it")
     _barrier(state)  # every rank must see the same checkpoints to agree on resuming
     resume = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
 
