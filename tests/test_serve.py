@@ -312,6 +312,43 @@ def test_requests_arriving_within_max_wait_are_batched(fp32):
     assert stats["largest_batch"] > 1, stats
 
 
+def test_one_request_that_fails_its_batch_fails_alone(fp32):
+    """A text the model refuses (say one longer than a TensorRT engine takes) fails the model
+    call of every request batched with it; those requests are run again alone, so only its
+    sender gets the 422."""
+
+    class Picky:
+        def __init__(self):
+            self.calls: list[int] = []
+
+        def metadata(self) -> dict:
+            return fp32.metadata()
+
+        def predict_batch(self, texts, batch_size=None):
+            self.calls.append(len(texts))
+            if "refused" in texts:
+                raise PredictError("a text is 40 tokens but the engine accepts at most 16")
+            return fp32.predict_batch(texts, batch_size)
+
+    picky = Picky()
+    app = create_app(picky, ServeConfig(max_batch=64, max_wait_ms=400))
+    barrier = threading.Barrier(4)
+
+    def send(texts: list[str]) -> httpx.Response:
+        barrier.wait()
+        return post(url, texts)
+
+    requests = [[TEXTS[0]], ["refused"], [TEXTS[1], TEXTS[2]], [TEXTS[3]]]
+    with running(app) as url, ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(send, requests))
+    assert [r.status_code for r in responses] == [200, 422, 200, 200], [r.text for r in responses]
+    assert "at most 16" in responses[1].json()["error"]
+    for texts, r in zip(requests, responses):
+        if r.status_code == 200:
+            assert close(r.json()["predictions"], answers(fp32, texts))
+    assert max(picky.calls) > 2, picky.calls  # they did share a model call first
+
+
 def test_full_queue_answers_503_at_once_and_never_grows(fp32):
     gated = Gated(fp32)
     app = create_app(gated, ServeConfig(max_batch=1, max_wait_ms=0, queue_size=4, max_request_items=2))

@@ -178,16 +178,35 @@ class MicroBatcher:
             self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
             try:
                 answers = await loop.run_in_executor(self._executor, batch[0].fn, texts)
-            except Exception as e:  # noqa: BLE001  # a bug or a broken model: fail this batch, keep serving
+            except Exception as e:  # noqa: BLE001  # a bug, a broken model, or one request's input: keep serving
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(e)
+                    continue
+                # One request's texts can fail the whole batch (a text longer than a TensorRT
+                # engine takes): each request alone again, so only its own sender gets the error.
                 for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                    await self._run_alone(job)
                 continue
             start = 0
             for job in batch:
                 if not job.future.done():
                     job.future.set_result(answers[start : start + len(job.texts)])
                 start += len(job.texts)
+
+    async def _run_alone(self, job: _Job) -> None:
+        if job.future.done():
+            return
+        assert job.fn is not None
+        self.stats.batches += 1
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(self._executor, job.fn, job.texts)
+        except Exception as e:  # noqa: BLE001  # the caller's to report
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if not job.future.done():
+            job.future.set_result(answers)
 
     async def _run_call(self, job: _Job) -> None:
         assert job.call is not None
