@@ -1001,6 +1001,16 @@ def test_teacher_outputs_file_errors_name_the_field(tmp_path, teacher):
     names_both = r"the teacher predicts \['negative', 'positive'\], the recipe's labels are \['positive', 'negative'\]"
     with pytest.raises(RecipeError, match=names_both):
         d.distill(parse_recipe(swapped), tmp_path / "o1", quiet=True)
+    # without data.label_names the labels are the data's (sorted): a file of the other order is refused too
+    with np.load(saved) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "label_names": ["positive", "negative"]}))
+    np.savez(tmp_path / "swapped.npz", **arrays)
+    inferred = {**ok, "data": {k: v for k, v in ok["data"].items() if k != "label_names"}}
+    inferred["distill"] = {**ok["distill"], "teacher_outputs": str(tmp_path / "swapped.npz")}
+    other_order = r"the teacher predicts \['positive', 'negative'\], the recipe's labels are \['negative', 'positive'\]"
+    with pytest.raises(RecipeError, match=other_order):
+        d.distill(parse_recipe(inferred), tmp_path / "o1", quiet=True)
     longer = {**ok, "model": {**ok["model"], "max_length": 64}}
     with pytest.raises(RecipeError, match=r"cut at 32 tokens, the recipe's model.max_length is 64"):
         d.distill(parse_recipe(longer), tmp_path / "o2", quiet=True)

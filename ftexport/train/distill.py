@@ -247,13 +247,14 @@ def check_compatible(recipe: Any, teacher_dir: Path | None, student_dir: Path, o
     if d.student.layers is not None:
         student_config = AutoConfig.from_pretrained(str(student_dir), trust_remote_code=recipe.model.trust_remote_code)
         kept_layers(d.student.layers, student_config.num_hidden_layers, "model.path")
+    # data.label_names is optional: without it the labels are the training split's, sorted, as training maps them
+    labels = list(recipe.data.label_names or load_data(recipe.data, ("train",)).label_names)
     if teacher_dir is None:
         assert outputs is not None
-        outputs.check(recipe.data.label_names, recipe.model.max_length)
+        outputs.check(labels, recipe.model.max_length)
         return
     check_model_dir(teacher_dir, "recipe.distill.teacher")
     config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=recipe.model.trust_remote_code)
-    labels = recipe.data.label_names
     names = [config.id2label[i] for i in range(config.num_labels)] if config.id2label else []
     generic = all(n == f"LABEL_{i}" for i, n in enumerate(names))
     if labels and not generic and names != list(labels):
