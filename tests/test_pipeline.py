@@ -310,6 +310,23 @@ def test_export_refuses_a_path_that_is_not_a_model(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_export_refuses_damaged_weights_in_one_line(tiny_model, tmp_path, damage):
+    """A model folder whose model.safetensors is garbage or cut short (an interrupted copy):
+    one line naming the file, exit 2, no output; not a SafetensorError traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(os.urandom(100) if damage == "garbage" else data[: len(data) // 2])
+    out = CliRunner().invoke(main, ["-q", "export", str(model), "-o", str(tmp_path / "b")])
+    assert out.exit_code == 2, out.output
+    line = out.output.strip()
+    assert line.startswith(f"error: model dir: {weights} cannot be read (") and line.endswith("save or fetch it again"), line
+    assert ("cut short" in line) == (damage == "truncated") and "\n" not in line
+    assert not (tmp_path / "b").exists()
+
+
 def test_quantize_refuses_truncated_onnx(tiny_run, tmp_path):
     import shutil
 

@@ -118,6 +118,29 @@ def check_model_dir(path: Path, where: str = "recipe.model.path") -> None:
         AutoConfig.from_pretrained(str(path))
     except (ValueError, OSError, json.JSONDecodeError) as e:
         raise ModelError(f"{where}: {path}/config.json cannot be read by transformers ({first_line(e)})") from None
+    for weights in sorted(path.glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelError(f"{where}: {weights} cannot be read ({problem}); the file is damaged or incomplete: save or fetch it again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file's framing, or None: its header (8 bytes of length,
+    then JSON) must parse and every tensor's bytes lie inside the file. Reads the header only, so a
+    truncated or damaged download is named in one line before from_pretrained meets it."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if size < 8 or not 2 <= length <= size - 8:
+            return f"its header claims {length} bytes, the file has {size}"
+        try:
+            header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return f"its header is not safetensors JSON: {first_line(e)}"
+    if 8 + length + end > size:
+        return f"its tensors end at byte {8 + length + end}, the file has {size}: it was cut short"
+    return None
 
 
 def load_tokenizer(path: Path, where: str = "recipe.model.path") -> Any:
