@@ -1004,6 +1004,9 @@ def test_teacher_outputs_file_errors_name_the_field(tmp_path, teacher):
     # without data.label_names the labels are the data's (sorted): a file of the other order is refused too
     with np.load(saved) as z:
         arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "list-meta.npz", **{**arrays, "meta": np.array("[1, 2]")})
+    with pytest.raises(ModelError, match=r"list-meta.npz is not a readable teacher-outputs file \(its meta is not a JSON object\)"):
+        TeacherOutputs(tmp_path / "list-meta.npz")
     arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "label_names": ["positive", "negative"]}))
     np.savez(tmp_path / "swapped.npz", **arrays)
     inferred = {**ok, "data": {k: v for k, v in ok["data"].items() if k != "label_names"}}

@@ -91,6 +91,8 @@ class TeacherOutputs:
                 f"{WHERE}: {self.path} is not a readable teacher-outputs file ({type(e).__name__}: {str(e)[:80]}); write it again with "
                 "`ftexport distill RECIPE --save-teacher-outputs FILE`"
             ) from None
+        if not isinstance(self.meta, dict):
+            raise ModelError(f"{WHERE}: {self.path} is not a readable teacher-outputs file (its meta is not a JSON object); write it again")
         if self.meta.get("format") != FORMAT:
             raise ModelError(f"{WHERE}: {self.path} has format {self.meta.get('format')!r}, this ftexport reads {FORMAT!r}; write it again")
         if self.ids.shape != (len(self._logits),) or self._logits.ndim != 2 or _digest(self.ids, self._logits) != self.meta.get("sha256"):
