@@ -197,6 +197,21 @@ def test_instruct_section_belongs_to_text_generation(tmp_path, chat_model):
         parse_recipe(recipe)
 
 
+@pytest.mark.parametrize(
+    ("prompt", "found"), [("Review: {sentence}", "{sentence}"), ("Is it good?", "none"), ("{text} / {text}", "{text}")]
+)
+def test_instruct_prompt_must_place_the_text_once(tmp_path, chat_model, prompt, found):
+    """A prompt without {text} trains every row on the same user turn: refused in the recipe."""
+    from ftexport.core.errors import RecipeError
+    from ftexport.recipe import parse_recipe
+
+    recipe = instruct_recipe(tmp_path, chat_model)
+    recipe["instruct"]["prompt"] = prompt
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(recipe)
+    assert str(e.value).startswith("recipe.instruct.prompt: must hold {text} once") and f"(placeholders found: {found})" in str(e.value)
+
+
 def test_a_model_without_chat_template_cannot_be_instruction_tuned(tmp_path):
     from test_clm import TINY, lm_rows
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...core.errors import ModelError, RecipeError
 from ..encoder import EncodedTexts
@@ -23,6 +23,14 @@ class InstructSection(BaseModel):
     prompt: str = Field("{text}", description="the user turn; {text} is the row's text (data.text_column)")
     system: str | None = Field(None, description="the system turn (none: the chat template's own default)")
     max_new_tokens: int = Field(8, gt=0, le=256, description="tokens generated per answer when scoring")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_text(cls, v: str) -> str:
+        if v.count("{text}") != 1:  # without it every conversation would be the same, and the model learns one answer
+            found = ", ".join(sorted(set(re.findall(r"\{[^{}]*\}", v)))) or "none"
+            raise ValueError(f"must hold {{text}} once, where the row's text goes (placeholders found: {found}); e.g. 'Review: {{text}}'")
+        return v
 
     def user_turn(self, text: str) -> str:
         return self.prompt.replace("{text}", text)
