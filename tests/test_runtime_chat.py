@@ -368,6 +368,20 @@ def test_cli_generate_stream_prints_what_generate_prints(chat_bundle):
     assert both.stderr.splitlines() == ["error: --stream prints the text as it is made and --json prints whole results; choose one"]
 
 
+def test_bad_prompts_are_refused_before_anything_is_printed(chat_bundle, p):
+    """A lone surrogate (a byte argv could not decode) or a prompt too long for the model, among
+    several streamed prompts: one line, exit 2, and no earlier prompt half-printed."""
+    with pytest.raises(PredictError, match=r"generate\(\): the prompt is not valid Unicode \(a lone surrogate '\\ud800' at position 3\)"):
+        p.generate(["ok \ud800"], max_new_tokens=2)
+    with pytest.raises(PredictError, match=r"not valid Unicode"):
+        p.stream("ok \ud800")
+    b = str(chat_bundle)
+    for bad, says in [("ok \udcff", "not valid Unicode (a lone surrogate '\\udcff'"), ("story " * 400, "leaves no room in the model's")]:
+        out = run_cli("generate", b, "the film is", bad, "--max-new-tokens", "3", "--stream")
+        assert out.returncode == 2 and out.stdout == "", out.stdout
+        assert len(out.stderr.strip().splitlines()) == 1 and says in out.stderr, out.stderr
+
+
 def test_cli_chat_replies_once(chat_bundle, p, decoder):
     b = str(chat_bundle)
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a story"}]

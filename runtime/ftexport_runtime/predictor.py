@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from .bundle import Bundle, Variant
 from .engines import Engine, get_backend
 from .engines.ort import TENSORRT, OrtEngine, check_available, tensorrt_options, trt_cache_root
-from .errors import BackendUnavailable, BundleError, PredictError
+from .errors import BackendUnavailable, BundleError, PredictError, check_unicode
 from .heads import get_head, refusal
 from .heads.entities import Entities
 from .tokenizer import ENCODER_INPUTS, encoder_feeds, load_tokenizer
@@ -308,16 +308,7 @@ class Predictor:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise PredictError(f"{method}(): text #{i} is a {type(t).__name__}, not a string")
-            # tokenizers raises a bare TypeError on a lone surrogate ("\ud800"), which Python
-            # strings can hold (from surrogateescape or a JSON "\ud800") but UTF-8 cannot.
-            if not t.isascii():
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    raise PredictError(
-                        f"{method}(): text #{i} is not valid Unicode (a lone surrogate {t[e.start]!a} at position {e.start}); "
-                        "decode input with errors='replace' or drop such characters"
-                    ) from None
+            check_unicode(t, f"{method}(): text #{i}")
         return texts
 
     def generate(

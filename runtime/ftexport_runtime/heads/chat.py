@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from ..errors import BundleError, FtexportError, PredictError
+from ..errors import BundleError, FtexportError, PredictError, check_unicode
 
 
 def check_messages(messages: Any, where: str = "chat()") -> list[dict[str, Any]]:
@@ -39,14 +39,7 @@ def check_messages(messages: Any, where: str = "chat()") -> list[dict[str, Any]]
                 raise PredictError(f"{where}: message #{i}'s {key!r} is a {type(m[key]).__name__}, not a string")
         if not m["role"]:
             raise PredictError(f"{where}: message #{i}'s 'role' is empty (system, user or assistant)")
-        if not m["content"].isascii():
-            try:
-                m["content"].encode("utf-8")
-            except UnicodeEncodeError as e:
-                bad = m["content"][e.start]
-                raise PredictError(
-                    f"{where}: message #{i}'s content is not valid Unicode (a lone surrogate {bad!a} at position {e.start})"
-                ) from None
+        check_unicode(m["content"], f"{where}: message #{i}'s content")
         out.append(dict(m))
     return out
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from ..errors import BundleError, PredictError
+from ..errors import BundleError, PredictError, check_unicode
 from .chat import check_messages, compile_template, render
 from .generate_io import CHAT, GENERATE, GENERATE_ROUTE, MAX_NEW_TOKENS
 
@@ -274,6 +274,9 @@ class Generator:
     # ---- tokens ------------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise PredictError(f"generate(): a prompt is a {type(text).__name__}, not a string")
+        check_unicode(text, "generate(): the prompt")
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if not ids:
             if self.bos_id is None:

@@ -96,9 +96,10 @@ def _generate_arguments(p: Any) -> None:
 def _generate_run(args: Any, load: Callable[[], Any]) -> int:
     _no_stream_json(args)
     predictor = load()
-    if args.stream:
-        for prompt in args.prompts:
-            _print_stream(predictor.stream(prompt, **_settings(args)), prompt, space=True)
+    if args.stream:  # every prompt is checked (stream() refuses before any model call) before the first is printed
+        streams = [predictor.stream(prompt, **_settings(args)) for prompt in args.prompts]
+        for prompt, stream in zip(args.prompts, streams):
+            _print_stream(stream, prompt, space=True)
         return 0
     results = predictor.generate(list(args.prompts), **_settings(args))
     if args.json:
