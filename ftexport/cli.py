@@ -821,7 +821,9 @@ def pack(
     if triton_dir is not None:
         from .ship.triton import check_options
 
-        check_options(bundle, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu)  # refuse before packing anything
+        keep = variants.split(",") if variants and output is not None else None
+        # refuse before packing anything, choosing among the variants the packed bundle will have
+        check_options(bundle, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu, portable=triton_portable, keep=keep)
     source = bundle
     if output is not None:
         from .ship.pack import pack as pack_stage

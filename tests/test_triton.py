@@ -415,6 +415,23 @@ def test_cli_errors_are_one_line_exit_2(bundle, tmp_path, case, message):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--variants", "int8", "--triton-variant", "fp32"], "--triton-variant fp32: the packed bundle keeps only int8 (--variants)"),
+        (["--variants", "int8", "--triton-gpu"], "--triton-gpu: variant int8 is ONNX Runtime's CPU rewrite of dynamic int8"),
+        (["--triton-variant", "int8", "--triton-gpu"], "--triton-gpu: variant int8 is ONNX Runtime's CPU rewrite"),
+    ],
+)
+def test_cli_pack_triton_chooses_among_the_variants_kept(bundle, tmp_path, extra, says):
+    """With -o and --variants the repository is written from the packed bundle: its variant is
+    checked against what --variants keeps, before anything is written; a GPU repository never
+    gets the CPU-only int8 rewrite (the packed bundle's GPU default went with fp32)."""
+    out = CliRunner().invoke(main, ["-q", "pack", str(bundle), "-o", str(tmp_path / "final"), "--triton", str(tmp_path / "t"), *extra])
+    assert out.exit_code == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.output
+    assert not (tmp_path / "final").exists() and not (tmp_path / "t").exists()
+
+
 def test_cli_refuses_a_bad_triton_option_before_packing(bundle, tmp_path):
     out = CliRunner().invoke(
         main, ["-q", "pack", str(bundle), "-o", str(tmp_path / "final"), "--triton", str(tmp_path / "t"), "--triton-variant", "fp16"]

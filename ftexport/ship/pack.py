@@ -50,17 +50,25 @@ def pack_key(bundle_dir: Path, parity_dir: Path | None, bench_dir: Path | None, 
     return make_key("pack", keys, tar, variants)
 
 
-def keep_variants(root: Path, manifest: Manifest, keep: list[str]) -> None:
-    """Drop every variant not in `keep` (its files and hashes), so an app that ships one
-    precision does not carry, download and hash the others."""
-    for name in [n for n in manifest.variants if n not in keep]:
-        dropped = manifest.variants.pop(name)
-        for rel in (dropped.file, *dropped.extra_files):
-            (root / rel).unlink(missing_ok=True)  # a hard link into the source bundle: only the link goes
+def drop_variants(manifest: Manifest, keep: list[str]) -> list[Any]:
+    """The manifest as `pack --variants` leaves it: every variant not in `keep` gone (and its
+    hashes), the defaults moved to what is kept. Returns the dropped variants; touches no file."""
+    dropped = [manifest.variants.pop(name) for name in [n for n in manifest.variants if n not in keep]]
+    for v in dropped:
+        for rel in (v.file, *v.extra_files):
             manifest.files.pop(rel, None)
     if manifest.default_variant not in keep:
         manifest.default_variant = keep[0]
     manifest.backend_defaults = {b: v for b, v in manifest.backend_defaults.items() if v in keep}
+    return dropped
+
+
+def keep_variants(root: Path, manifest: Manifest, keep: list[str]) -> None:
+    """Drop every variant not in `keep` (its files and hashes), so an app that ships one
+    precision does not carry, download and hash the others."""
+    for dropped in drop_variants(manifest, keep):
+        for rel in (dropped.file, *dropped.extra_files):
+            (root / rel).unlink(missing_ok=True)  # a hard link into the source bundle: only the link goes
 
 
 def check_parity_is_of(parity: ParityReport, manifest: Manifest, shipped: list[str], where: str | Path) -> None:

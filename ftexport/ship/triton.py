@@ -252,11 +252,14 @@ def check_options(
     gpu: bool = False,
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     instances: int = 1,
+    portable: bool = False,
+    keep: list[str] | None = None,
 ) -> tuple[str, str]:
     """The cheap checks (no hashing), so `pack` can refuse before it writes anything.
 
     Returns (variant name, model name). The repository goes into a new or empty directory:
-    never over someone's files.
+    never over someone's files. keep: the variants `pack --variants` will keep, when the
+    repository is written from the packed bundle: the variant is chosen among them.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -276,7 +279,18 @@ def check_options(
             f"{bundle_dir}: task {bundle.manifest.task} has no Triton export yet (it is written for {able}: logits and "
             "labels.txt); ship the bundle to ftexport-runtime"
         )
+    if keep:
+        from .pack import drop_variants
+
+        if variant is not None and variant not in keep:
+            raise TritonError(f"--triton-variant {variant}: the packed bundle keeps only {', '.join(keep)} (--variants)")
+        drop_variants(bundle.manifest, keep)  # this Bundle object only: no file is touched
     chosen = bundle.variant(variant, "cuda" if gpu else "cpu")
+    if gpu and chosen.details.get("ort_graph") and not portable:
+        raise TritonError(
+            f"--triton-gpu: variant {chosen.name} is ONNX Runtime's CPU rewrite of dynamic int8 (CPU-only operators); "
+            "choose --triton-variant fp32 or fp16 (and keep it in --variants), or pass --triton-portable"
+        )
     name = model_name or bundle.manifest.name
     if not _NAME.fullmatch(name):
         raise TritonError(f"model name {name!r} cannot be a Triton model directory; use letters, digits, '_', '-' and '.' (--triton-name)")
@@ -306,7 +320,7 @@ def write_triton_repo(
     import onnx
 
     out = Path(out_dir)
-    variant, name = check_options(bundle_dir, out, variant, model_name, max_batch, gpu, queue_delay_us, instances)
+    variant, name = check_options(bundle_dir, out, variant, model_name, max_batch, gpu, queue_delay_us, instances, portable)
     bundle = Bundle.open(bundle_dir)  # verifies the sha256 of every file
     manifest = bundle.manifest
     chosen = bundle.variant(variant)
