@@ -25,9 +25,11 @@ from footprint import cold_start  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bundles", nargs="+", metavar="NAME=PATH", help="the first is the baseline")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=15, help="cold starts per bundle, alternating (at least 1)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    if a.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {a.repeats}")
     pairs: dict[str, str] = {}
     for arg in a.bundles:
         name, sep, path = arg.partition("=")
