@@ -195,24 +195,19 @@ class MicroBatcher:
                 start += len(job.texts)
 
     async def _run_alone(self, job: _Job) -> None:
-        if job.future.done():
-            return
-        assert job.fn is not None
-        self.stats.batches += 1
-        try:
-            answers = await asyncio.get_running_loop().run_in_executor(self._executor, job.fn, job.texts)
-        except Exception as e:  # noqa: BLE001  # the caller's to report
-            if not job.future.done():
-                job.future.set_exception(e)
-            return
         if not job.future.done():
-            job.future.set_result(answers)
+            assert job.fn is not None
+            await self._settle(job, job.fn, job.texts)
 
     async def _run_call(self, job: _Job) -> None:
         assert job.call is not None
+        await self._settle(job, job.call)
+
+    async def _settle(self, job: _Job, fn: Callable[..., Any], *args: Any) -> None:
+        """One model call for one job alone: its answer or its error goes to that job's future."""
         self.stats.batches += 1
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, job.call)
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except Exception as e:  # noqa: BLE001  # the caller's to report
             if not job.future.done():
                 job.future.set_exception(e)
