@@ -323,7 +323,10 @@ def test_cli_predict_prints_label_and_score(bundle):
 def test_cli_errors_are_one_line_exit_2(bundle, tmp_path):
     out = run_cli("predict", str(bundle))
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: predict() got an empty list of texts; pass at least one string"
+    assert out.stderr.strip() == "error: no texts: give TEXT arguments or --file FILE (one text per line)"
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    out = run_cli("predict", str(tmp_path / "nope"), "--file", str(tmp_path / "blank.txt"))  # refused before the bundle is read
+    assert (out.returncode, out.stderr.strip()) == (2, f"error: --file {tmp_path / 'blank.txt'}: no texts in it (blank lines are skipped)")
     b = copy(bundle, tmp_path)
     (b / "model.onnx").write_bytes(b"garbage")
     out = run_cli("verify", str(b))

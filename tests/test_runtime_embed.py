@@ -241,7 +241,7 @@ def test_cli_refusals_are_one_line_exit_2(embed_bundle, bundle):
     assert out.returncode == 2
     assert out.stderr.splitlines() == ["error: embed(): this bundle's task is text-classification; use predict()"]
     out = run_cli("embed", str(embed_bundle[0]))
-    assert (out.returncode, out.stderr.strip()) == (2, "error: embed() got an empty list of texts; pass at least one string")
+    assert (out.returncode, out.stderr.strip()) == (2, "error: no texts: give TEXT arguments or --file FILE (one text per line)")
     out = run_cli("embed", str(embed_bundle[0]), "--file", "/nonexistent/texts.txt")
     assert out.returncode == 2 and out.stderr.startswith("error: --file /nonexistent/texts.txt: cannot read it")
     info = run_cli("info", str(embed_bundle[0]))

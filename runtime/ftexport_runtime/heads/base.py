@@ -52,6 +52,12 @@ def read_texts(args: Any) -> list[str]:
                 texts += [line.rstrip("\n") for line in f if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise FtexportError(f"--file {args.file}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if not texts:  # before the bundle is loaded
+        raise FtexportError(
+            f"--file {args.file}: no texts in it (blank lines are skipped)"
+            if args.file and not args.texts
+            else "no texts: give TEXT arguments or --file FILE (one text per line)"
+        )
     return texts
 
 
