@@ -345,22 +345,17 @@ def export(
     if model_dir and not output:
         raise RecipeError("export: -o/--output is required with MODEL_DIR")
     trt_flags = {"precisions": list(precisions) or None, "batch": batch, "seq": seq, "on_longer": on_longer, "workspace_gib": workspace_gib}
-    if not trt and (recipe_path or any(v is not None for v in trt_flags.values())):
-        raise RecipeError("export: --precision, --recipe, --batch, --seq, --on-longer and --workspace-gib are TensorRT options; add --trt")
-    if trt:  # refuse before exporting: the engines are what was asked for
-        from .export.tensorrt import require_tensorrt
-
-        require_tensorrt()
-    if model_dir:
-        from .export.stage import export as export_stage
-
-        export_stage(model_dir, output, opset=opset, max_length=max_length, name=name, exporter=exporter)
-    if trt:
+    if not trt and (recipe_path or overrides or any(v is not None for v in trt_flags.values())):
+        raise RecipeError(
+            "export: --precision, --recipe, --set, --batch, --seq, --on-longer and --workspace-gib are TensorRT options; add --trt"
+        )
+    if trt:  # refuse before exporting: the engines are what was asked for, and every option of theirs is checked first
         from pydantic import ValidationError
 
-        from .export.tensorrt import build_engines, training_texts
+        from .export.tensorrt import build_engines, require_tensorrt, training_texts
         from .recipe import TensorRTSection, format_error
 
+        require_tensorrt()
         recipe = _recipe(recipe_path, overrides)
         fields = (recipe.tensorrt if recipe else TensorRTSection()).model_dump()
         fields.update({k: v for k, v in trt_flags.items() if v is not None})
@@ -370,6 +365,11 @@ def export(
             err = e.errors()[0]
             raise RecipeError(format_error({**err, "loc": ("tensorrt", *err["loc"])}).replace("recipe.tensorrt.", "--")) from None
         texts = training_texts(recipe.data) if recipe is not None and section.seq is None else None
+    if model_dir:
+        from .export.stage import export as export_stage
+
+        export_stage(model_dir, output, opset=opset, max_length=max_length, name=name, exporter=exporter)
+    if trt:
         build_engines(
             bundle_dir or output,
             output if bundle_dir else None,
@@ -718,14 +718,17 @@ def bench(
         section = BenchSection.model_validate({**base.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
     except ValidationError as e:
         err = e.errors()[0]
-        raise RecipeError(format_error({**err, "loc": ("bench", *err["loc"])}).replace("recipe.bench.", "--").replace("_", "-")) from None
+        option = (str(err["loc"][0]).replace("_", "-"), *err["loc"][1:])  # the option's spelling, not the value's
+        raise RecipeError(format_error({**err, "loc": ("bench", *option)}).replace("recipe.bench.", "--")) from None
     old = BenchReport.load(compare_path) if compare_path else None  # a bad file fails before any timing
-    if relative_to and (old is None or relative_to not in section.backends):
-        raise RecipeError(f"--relative-to {relative_to}: needs --compare and {relative_to} among the backends timed")
+    others = _bench_models(models, label)
+    labels = [label, *others] if others else [None]  # with --model every row is MODEL/BACKEND
+    timed = {b if name is None or "/" in b else f"{name}/{b}" for b in section.backends for name in labels}
+    if relative_to and (old is None or relative_to not in timed):
+        raise RecipeError(f"--relative-to {relative_to}: needs --compare and one of the rows timed ({', '.join(sorted(timed))})")
     out = output or f"{bundle.rstrip('/')}.bench"
     parity = ParityReport.load(parity_dir) if parity_dir else None
     texts = read_texts(texts_path) if texts_path else held_out_texts(rec.data, get_task(rec.task).labelled) if rec else None
-    others = _bench_models(models, label)
     if score and rec is None:
         raise RecipeError("--accuracy scores the recipe's labelled test split: give --recipe")
     accuracy_data = rec.data if score and rec else None

@@ -293,11 +293,16 @@ def test_compare_catches_an_injected_slowdown(tiny_run, tmp_path):
 def test_bad_grids_backends_and_reports_are_one_line_errors(tiny_run, tmp_path):
     result = tiny_run[1]
     (tmp_path / "junk.json").write_text("{not json")
+    old_report = next((result.root).glob("*/bench.json"))
     cases = {
         ("--seq-lens", "16,4096"): "exceeds the bundle's max_length",
         ("--batch-sizes", "0,4"): "--batch-sizes",
         ("--seq-lens", "-8"): "--seq-lens",
         ("--backends", "pytorch,onnx-magic"): "unknown backend 'onnx-magic'",
+        ("--backends", "ort_int8"): "--backends: unknown backend 'ort_int8'",  # the value as typed, the option as spelt
+        ("--seq-lens", "1", "--backends", "ort-int8", "--traffic", "fixed"): "a sequence of 1 tokens holds no text",
+        # with --model the rows are MODEL/BACKEND: a bare backend name matches none of them
+        ("--relative-to", "pytorch", "--model", "t=" + str(result.root / "quantized"), "--compare", str(old_report)): "main/pytorch",
         ("--compare", str(tmp_path / "junk.json")): "not a readable bench.json",
         ("--texts", str(tmp_path / "missing.txt")): "--texts",
         ("--repeats", "0"): "--repeats",

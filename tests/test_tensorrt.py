@@ -596,6 +596,21 @@ def test_trt_without_tensorrt_is_one_line_and_exit_2(qbundle, tmp_path, tiny_run
     assert out.exit_code == 2 and "give --trt too" in out.output
 
 
+def test_export_trt_checks_its_options_before_exporting(fake_gpu, tiny_run, tmp_path):
+    """export MODEL -o OUT --trt: a bad --batch, a missing --recipe or --set without one fails
+    before the minutes-long ONNX export, not after it with OUT left without engines."""
+    merged, out_dir = str(tiny_run[1].root / "merged"), tmp_path / "o"
+    for extra, says in [
+        (["--batch", "1,x,8"], "--batch"),
+        (["--recipe", str(tmp_path / "typo.yaml")], "typo.yaml: recipe file not found"),
+    ]:
+        out = CliRunner().invoke(main, ["-q", "export", merged, "-o", str(out_dir), "--trt", *extra])
+        assert out.exit_code == 2 and says in out.output and len(out.output.strip().splitlines()) == 1, out.output
+        assert not out_dir.exists()
+    out = CliRunner().invoke(main, ["-q", "export", merged, "-o", str(out_dir), "--set", "tensorrt.precisions=[fp16]"])
+    assert out.exit_code == 2 and "are TensorRT options; add --trt" in out.output and not out_dir.exists()
+
+
 def test_recipe_tensorrt_section(recipe_file, tmp_path):
     runner = CliRunner()
     path = recipe_file(tensorrt__enabled=True, tensorrt__precisions=["int8"])

@@ -64,13 +64,21 @@ def texts_of_length(predictor: Any, seq_len: int, batch: int, pool: list[str] | 
         real = [i for i, s in enumerate(enc.special_tokens_mask) if not s]
         n_special = len(enc.ids) - len(real)
         want = seq_len - n_special
-        for cut in (want, want - 1, want + 1, want - 2, want + 2):
+        if want < 1:
+            raise RecipeError(
+                f"bench: a sequence of {seq_len} tokens holds no text (the tokenizer adds {n_special} special tokens); "
+                f"time lengths of at least {n_special + 1} (bench.seq_lens, --seq-len, --seq-lens)"
+            )
+        for cut in (c for c in (want, want - 1, want + 1, want - 2, want + 2) if 1 <= c <= len(real)):
             candidate = text[: enc.offsets[real[cut - 1]][1]]
             if len(predictor.tokenizer.encode(candidate).ids) == seq_len:
                 out.append(candidate)
                 break
         else:
-            raise RecipeError(f"bench: could not build a text of exactly {seq_len} tokens")
+            raise RecipeError(
+                f"bench: could not build a text of exactly {seq_len} tokens from whole words; time another length "
+                "(bench.seq_lens, --seq-len, --seq-lens)"
+            )
     return out
 
 
