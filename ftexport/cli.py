@@ -692,7 +692,7 @@ def bench(
 
     from .core.reports import BenchReport, ParityReport
     from .judge.bench import bench as bench_stage
-    from .judge.bench import bench_table, compare_reports, compare_table, held_out_texts, read_texts
+    from .judge.bench import bench_table, compare_reports, compare_table, held_out_texts, read_texts, row_names
     from .recipe import BenchSection, format_error
     from .tasks import get_task
 
@@ -722,8 +722,7 @@ def bench(
         raise RecipeError(format_error({**err, "loc": ("bench", *option)}).replace("recipe.bench.", "--")) from None
     old = BenchReport.load(compare_path) if compare_path else None  # a bad file fails before any timing
     others = _bench_models(models, label)
-    labels = [label, *others] if others else [None]  # with --model every row is MODEL/BACKEND
-    timed = {b if name is None or "/" in b else f"{name}/{b}" for b in section.backends for name in labels}
+    timed = row_names([label, *others] if others else [None], section.backends)  # with --model every row is MODEL/BACKEND
     if relative_to and (old is None or relative_to not in timed):
         raise RecipeError(f"--relative-to {relative_to}: needs --compare and one of the rows timed ({', '.join(sorted(timed))})")
     out = output or f"{bundle.rstrip('/')}.bench"
@@ -821,17 +820,17 @@ def pack(
         raise FtexportError("pack: give -o/--output for the final bundle, --triton DIR for a Triton repository, or both")
     if output is None and (parity_dir or bench_dir or tar or variants):
         raise FtexportError("pack: --parity, --bench, --tar and --variants need -o/--output (they shape the packed bundle)")
+    keep = variants.split(",") if variants else None  # --variants needs -o (refused above)
     if triton_dir is not None:
         from .ship.triton import check_options
 
-        keep = variants.split(",") if variants and output is not None else None
         # refuse before packing anything, choosing among the variants the packed bundle will have
         check_options(bundle, triton_dir, triton_variant, triton_name, triton_max_batch, triton_gpu, portable=triton_portable, keep=keep)
     source = bundle
     if output is not None:
         from .ship.pack import pack as pack_stage
 
-        source = str(pack_stage(bundle, output, parity_dir, bench_dir, tar, variants.split(",") if variants else None))
+        source = str(pack_stage(bundle, output, parity_dir, bench_dir, tar, keep))
         click.echo(source)
     if triton_dir is not None:
         from .ship.triton import write_triton_repo

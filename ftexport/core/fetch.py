@@ -134,6 +134,7 @@ def _assemble(model: SplitZipModel, pieces: list[Path], output: Path, whole: Pat
             if not members:
                 raise ModelError(f"fetch-model {model.name}: the zip holds no folder {model.folder}/")
             with stage_dir(output) as tmp:
+                sizes: dict[str, int] = {}  # what is_assembled checks on a later run
                 for m in members:
                     rel = Path(m.filename).relative_to(model.folder)
                     if rel.is_absolute() or ".." in rel.parts:
@@ -142,7 +143,7 @@ def _assemble(model: SplitZipModel, pieces: list[Path], output: Path, whole: Pat
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with z.open(m) as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 22)
-                sizes = {Path(m.filename).relative_to(model.folder).as_posix(): m.file_size for m in members}
+                    sizes[rel.as_posix()] = m.file_size
                 record = {"model": model.name, "zip_sha256": got, "pieces": list(model.distributions), "files": sizes}
                 (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     except zipfile.BadZipFile as e:

@@ -40,7 +40,7 @@ from ..data import load_data
 from ..tasks import DEFAULT_TASK, get_task
 from ..tasks.base import Cell
 from .html import bench_html
-from .runners import Model, Runner, build_runner, parse_backend, skip_reason, split_backend
+from .runners import Model, Runner, build_runner, parse_backend, qualify, skip_reason, split_backend
 
 BENCH_MD = "bench.md"
 REPORT_HTML = "report.html"
@@ -325,10 +325,11 @@ def _check_models(models: list[Model], scoring: bool) -> None:
         raise RecipeError(f"--model: the labels {labels} repeat; give every model its own name (--label names the first)")
 
 
-def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str]]:
-    """Qualified backend name -> (model, bare backend): a bare name for every model, a
-    labelled one for its model; model by model, in the order asked."""
-    labels = {m.label for m in models}
+def row_names(models: list[str | None], names: list[str]) -> dict[str, tuple[str | None, str]]:
+    """Each row a run times -> (its model's label, bare backend), for the models' labels (None
+    for the one model of a one-model run) and the backends asked: a bare name for every model,
+    a labelled one for its model; model by model, in the order asked."""
+    labels = set(models)
     asked = [(name, *split_backend(name)) for name in names]
     for name, label, backend in asked:
         if label is not None and labels == {None}:  # one model: its rows carry no name
@@ -337,12 +338,18 @@ def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str
             )
         if label is not None and label not in labels:
             raise RecipeError(f"backend {name}: no model is called {label} (the models: {', '.join(map(str, labels))})")
-    out: dict[str, tuple[Model, str]] = {}
-    for m in models:
+    out: dict[str, tuple[str | None, str]] = {}
+    for model in models:
         for _, label, backend in asked:
-            if label is None or label == m.label:
-                out[m.qualify(backend)] = (m, backend)
+            if label is None or label == model:
+                out[qualify(model, backend)] = (model, backend)
     return out
+
+
+def _wanted(models: list[Model], names: list[str]) -> dict[str, tuple[Model, str]]:
+    """Qualified backend name -> (model, bare backend), as row_names names the rows."""
+    by_label = {m.label: m for m in models}
+    return {name: (by_label[label], backend) for name, (label, backend) in row_names([m.label for m in models], names).items()}
 
 
 def _baselines(models: list[Model], backends: list[str]) -> dict[str, str]:

@@ -73,7 +73,12 @@ class Model:
     reference: Path | None
 
     def qualify(self, backend: str) -> str:
-        return f"{self.label}/{backend}" if self.label else backend
+        return qualify(self.label, backend)
+
+
+def qualify(label: str | None, backend: str) -> str:
+    """A backend's row name: 'teacher/ort-int8' for a model called teacher, bare when unnamed."""
+    return f"{label}/{backend}" if label else backend
 
 
 def split_backend(name: str) -> tuple[str | None, str]:
